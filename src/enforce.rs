@@ -1,0 +1,104 @@
+//! The boundary between decisions and their effect: the [`Enforcer`].
+//!
+//! The daemon talks to one enforcer. [`DryRun`] only logs; the kernel
+//! enforcer (ipset + SOCK_DESTROY + conntrack over netlink) lives in
+//! `enforce/kernel.rs`-style modules behind the same trait, and later
+//! backends (nftables, a fleet-wide store) slot in the same way.
+//!
+//! Contract: `ban`/`unban` never block. An enforcer that talks to the kernel
+//! queues the request, registers its sockets with the loop in [`register`],
+//! and finishes the work in [`ready`] when a socket is readable. Errors are
+//! logged and counted by the enforcer, never returned to the loop.
+//!
+//! [`register`]: Enforcer::register
+//! [`ready`]: Enforcer::ready
+
+use std::io;
+use std::time::Duration;
+
+use crate::clock::Micros;
+use crate::key::Key;
+use crate::policy::Ban;
+
+/// Counters every enforcer keeps (plain data: summary, metrics later).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnforceStats {
+    pub bans: u64,
+    pub unbans: u64,
+    pub tcp_killed: u64,
+    pub udp_killed: u64,
+    pub errors: u64,
+    pub repairs: u64,
+}
+
+/// Something that can keep a key out.
+pub trait Enforcer {
+    /// For logs: `kernel`, `dry-run`.
+    fn name(&self) -> &'static str;
+
+    /// Bans already in force when refract starts (read back from the kernel),
+    /// with the time they have left. Called once, before the loop runs; may
+    /// block briefly.
+    fn existing_bans(&mut self) -> io::Result<Vec<(Key, Duration)>> {
+        Ok(Vec::new())
+    }
+
+    /// Keeps `ban.key` out for `ttl` and ends its open connections.
+    fn ban(&mut self, ban: &Ban, ttl: Duration, now: Micros);
+
+    /// Lets `key` back in before its ban runs out.
+    fn unban(&mut self, key: Key, now: Micros);
+
+    /// Registers the enforcer's sockets with the loop; it owns the tokens
+    /// `first .. first + TOKENS` (see the daemon's token table).
+    fn register(&mut self, registry: &mio::Registry, first: usize) -> io::Result<()> {
+        let _ = (registry, first);
+        Ok(())
+    }
+
+    /// One of the enforcer's tokens is ready: drain it to `WouldBlock`.
+    fn ready(&mut self, token: usize, now: Micros) {
+        let _ = (token, now);
+    }
+
+    /// When the enforcer wants [`Enforcer::tick`] (retries, timeouts).
+    fn next_deadline(&self) -> Option<Micros> {
+        None
+    }
+
+    /// Called at or after [`Enforcer::next_deadline`].
+    fn tick(&mut self, now: Micros) {
+        let _ = now;
+    }
+
+    /// Shutdown: finishes queued work, waiting at most `budget`.
+    fn flush(&mut self, budget: Duration) {
+        let _ = budget;
+    }
+
+    fn stats(&self) -> EnforceStats;
+}
+
+/// `--dry-run`: decides and audits, touches nothing.
+#[derive(Debug, Default)]
+pub struct DryRun {
+    stats: EnforceStats,
+}
+
+impl Enforcer for DryRun {
+    fn name(&self) -> &'static str {
+        "dry-run"
+    }
+
+    fn ban(&mut self, _ban: &Ban, _ttl: Duration, _now: Micros) {
+        self.stats.bans += 1;
+    }
+
+    fn unban(&mut self, _key: Key, _now: Micros) {
+        self.stats.unbans += 1;
+    }
+
+    fn stats(&self) -> EnforceStats {
+        self.stats.clone()
+    }
+}

@@ -1,0 +1,5 @@
+//! Netlink: the wire format (`buf`, `msg`) and the kernel families refract
+//! speaks (ipset over nfnetlink, sock_diag, conntrack).
+
+pub mod buf;
+pub mod msg;
