@@ -1,9 +1,9 @@
 //! The boundary between decisions and their effect: the [`Enforcer`].
 //!
 //! The daemon talks to one enforcer. [`DryRun`] only logs; the kernel
-//! enforcer (ipset + SOCK_DESTROY + conntrack over netlink) lives in
-//! `enforce/kernel.rs`-style modules behind the same trait, and later
-//! backends (nftables, a fleet-wide store) slot in the same way.
+//! enforcer (ipset + SOCK_DESTROY + conntrack over netlink) is
+//! [`kernel`], behind the same trait; later backends (nftables, a
+//! fleet-wide store) slot in the same way.
 //!
 //! Contract: `ban`/`unban` never block. An enforcer that talks to the kernel
 //! queues the request, registers its sockets with the loop in [`register`],
@@ -19,6 +19,8 @@ use std::time::Duration;
 use crate::clock::Micros;
 use crate::key::Key;
 use crate::policy::Ban;
+
+pub mod kernel;
 
 /// Counters every enforcer keeps (plain data: summary, metrics later).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

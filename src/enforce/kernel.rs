@@ -1,0 +1,1 @@
+//! SKELETON: the kernel enforcer, being written in its own branch.
