@@ -399,9 +399,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether `key` touches an allowlisted network: the key inside one, or one
+/// inside the key (a /64 key holding an allowed /128: banning the key would
+/// ban the allowed address). IPv4 keys also match IPv4-mapped IPv6 networks.
 /// Two prefixes overlap exactly when one contains the other.
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    a.contains(b) || b.contains(a)
+fn allowlisted(allow: &[IpNet], key: Key) -> bool {
+    let knet = key.net();
+    allow.iter().any(|n| {
+        n.contains(&knet)
+            || knet.contains(n)
+            || matches!(key, Key::V4(a) if n.contains(&IpAddr::V6(a.to_ipv6_mapped())))
+    })
 }
 
 impl Policy {
@@ -423,10 +431,27 @@ impl Policy {
 
     /// Replaces the configuration (SIGHUP), keeping all state. New limits,
     /// allowlist and window apply from the next line; existing bans keep
-    /// their end. Keys tracked under an old `v6_prefix` simply age out.
+    /// their end (the caller decides about bans of newly allowed keys). Keys
+    /// that became allowlisted stop counting at once; keys tracked under an
+    /// old `v6_prefix` age out. Existing candidates keep their rules even if
+    /// `confirm` is turned off. O(state), once per reload.
     pub fn reconfigure(&mut self, cfg: PolicyConfig) {
         let shrink = cfg.window < self.cfg.window;
+        let allow = cfg.allow != self.cfg.allow && !cfg.allow.is_empty();
         self.cfg = cfg;
+        if allow {
+            for user in self.slots.iter_mut().filter_map(|s| s.user.as_mut()) {
+                let mut i = 0;
+                while i < user.entries.len() {
+                    if allowlisted(&self.cfg.allow, user.entries.as_slice()[i].key) {
+                        user.entries.remove(i);
+                        self.entries -= 1;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
         if shrink {
             self.rebuild_heap();
         }
@@ -637,13 +662,7 @@ impl Policy {
             return Err(Skip::Loopback);
         }
         let key = Key::new(ip, self.cfg.v6_prefix);
-        let knet = key.net();
-        if self
-            .cfg
-            .allow
-            .iter()
-            .any(|n| n.contains(&ip) || n.contains(&canon) || overlaps(n, &knet))
-        {
+        if allowlisted(&self.cfg.allow, key) {
             return Err(Skip::Allowlisted);
         }
         Ok((key, email))
@@ -1262,6 +1281,25 @@ mod tests {
         }
         assert_eq!(p.tracked(), (1, 1));
         assert_eq!(p.stats().bans, 0);
+    }
+
+    #[test]
+    fn reconfigured_allowlist_applies_at_once() {
+        let mut p = policy(|_| {});
+        at(&mut p, T0, "alice", "192.0.2.1");
+        let mut cfg = p.config().clone();
+        cfg.allow = vec!["::ffff:192.0.2.0/120".parse().unwrap()];
+        p.reconfigure(cfg);
+        assert_eq!(p.tracked(), (1, 0));
+        assert_eq!(
+            at(&mut p, T0 + S, "alice", "198.51.100.1"),
+            Verdict::Admitted(key("198.51.100.1"))
+        );
+        // A mapped network allows the plain IPv4 address too.
+        assert_eq!(
+            at(&mut p, T0 + S, "alice", "192.0.2.1"),
+            Verdict::Skipped(Skip::Allowlisted)
+        );
     }
 
     #[test]
