@@ -2,4 +2,6 @@
 //! speaks (ipset over nfnetlink, sock_diag, conntrack).
 
 pub mod buf;
+pub mod conntrack;
+pub mod diag;
 pub mod msg;
