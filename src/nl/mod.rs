@@ -2,4 +2,6 @@
 //! speaks (ipset over nfnetlink, sock_diag, conntrack).
 
 pub mod buf;
+pub mod consts;
 pub mod msg;
+pub mod socket;
