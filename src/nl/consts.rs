@@ -5,7 +5,6 @@
 //!
 //! sock_diag and conntrack constants live beside their own modules.
 
-
 // ---- /usr/include/linux/netlink.h ----
 
 pub const NETLINK_NETFILTER: i32 = 12;

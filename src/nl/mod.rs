@@ -3,5 +3,6 @@
 
 pub mod buf;
 pub mod consts;
+pub mod ipset;
 pub mod msg;
 pub mod socket;
