@@ -1,1 +1,51 @@
-//! SKELETON: the validated configuration.
+//! The validated configuration: what `cli` turns the command line (and the
+//! `REFRACT_*` environment) into. Everything here has been checked; the
+//! daemon and `replay` never see a raw string.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::policy::PolicyConfig;
+
+/// Transport protocols the DROP rule and the connection killer cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protos {
+    pub tcp: bool,
+    pub udp: bool,
+}
+
+/// How the DROP rule is managed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirewallMode {
+    /// `iptables`/`ip6tables` at startup, checked with `-C` first.
+    Iptables,
+    /// The operator writes the rule; refract only fills the sets.
+    None,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub access_log: PathBuf,
+    pub block_log: PathBuf,
+    /// Per-user limits file (`EMAIL N` lines), re-read on SIGHUP.
+    pub limits_file: Option<PathBuf>,
+    pub protos: Protos,
+    /// Inbound ports, deduplicated, in the order given.
+    pub ports: Vec<u16>,
+    pub window: Duration,
+    pub timeout: Duration,
+    /// Decision parameters (window, ban, limits, allowlist, confirm, caps),
+    /// with the limits file already loaded.
+    pub policy: PolicyConfig,
+    pub dry_run: bool,
+    /// Read the log from its beginning instead of its end.
+    pub from_start: bool,
+    pub firewall: FirewallMode,
+    pub set_v4: String,
+    pub set_v6: String,
+    /// `maxelem` of the sets.
+    pub set_size: u32,
+    /// Longest log line accepted; longer lines are counted and skipped.
+    pub max_line: usize,
+}
