@@ -2,6 +2,9 @@
 //! speaks (ipset over nfnetlink, sock_diag, conntrack).
 
 pub mod buf;
+pub mod consts;
 pub mod conntrack;
 pub mod diag;
+pub mod ipset;
 pub mod msg;
+pub mod socket;
