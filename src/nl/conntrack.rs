@@ -30,16 +30,17 @@
 //! ports, `CTA_ID` and `CTA_ZONE` are network order; `CTA_FILTER` flags are
 //! host order (`NLA_U32`).
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use crate::key::Key;
 use crate::nl::buf::NlBuf;
+use crate::nl::consts::{
+    NFNETLINK_V0, NFNL_SUBSYS_CTNETLINK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use crate::nl::msg::{Attrs, Msg};
-
-// ---- /usr/include/linux/netfilter/nfnetlink.h ----
-
-pub const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-pub const NFNETLINK_V0: u8 = 0;
+use crate::nl::socket::NlSocket;
 
 // ---- /usr/include/linux/netfilter/nfnetlink_conntrack.h ----
 
@@ -149,10 +150,21 @@ pub struct DumpRequest {
     pub protocol: u8,
     pub port: u16,
     pub key: Key,
+    /// Send the `CTA_FILTER` (and its tuple). Off only to retry on a kernel
+    /// that refuses the filter (`EINVAL`/`EOPNOTSUPP`): the plain dump of
+    /// the family is then filtered in process alone.
+    pub kernel_filter: bool,
 }
 
 impl DumpRequest {
     pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
+        let nl_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        if !self.kernel_filter {
+            buf.message(ct_msg_type(IPCTNL_MSG_CT_GET), nl_flags, seq, |b| {
+                put_nfgenmsg(b, self.family);
+            });
+            return;
+        }
         // An exact address can be filtered in the kernel; a prefix cannot.
         let exact_src = match self.key {
             Key::V4(a) if self.family == AF_INET => Some(IpAddr::V4(a)),
@@ -163,7 +175,6 @@ impl DumpRequest {
         if exact_src.is_some() {
             flags |= CTA_FILTER_F_CTA_IP_SRC;
         }
-        let nl_flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
         buf.message(ct_msg_type(IPCTNL_MSG_CT_GET), nl_flags, seq, |b| {
             put_nfgenmsg(b, self.family);
             b.nested(CTA_TUPLE_ORIG, |b| {
@@ -198,7 +209,7 @@ pub struct DeleteRequest {
 impl DeleteRequest {
     pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
         let f = &self.flow;
-        let nl_flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let nl_flags = NLM_F_REQUEST | NLM_F_ACK;
         buf.message(ct_msg_type(IPCTNL_MSG_CT_DELETE), nl_flags, seq, |b| {
             put_nfgenmsg(b, f.family);
             b.nested(CTA_TUPLE_ORIG, |b| {
@@ -292,6 +303,89 @@ pub fn parse_flow(msg: &Msg<'_>) -> Option<Flow> {
     })
 }
 
+/// Blocking: the `protocol` flows from inside `key` to one of `ports`
+/// (one dump per port, every entry checked in process). For startup,
+/// tests and as the reference sequence for the loop.
+pub fn find(
+    sock: &mut NlSocket,
+    protocol: u8,
+    key: Key,
+    ports: &[u16],
+    timeout: Duration,
+) -> io::Result<Vec<Flow>> {
+    let mut flows = Vec::new();
+    let mut buf = NlBuf::new();
+    for (i, &port) in ports.iter().enumerate() {
+        if ports[..i].contains(&port) {
+            continue;
+        }
+        let mut req = DumpRequest {
+            family: family(key),
+            protocol,
+            port,
+            key,
+            kernel_filter: true,
+        };
+        let replies = loop {
+            buf.clear();
+            req.emit(&mut buf, sock.next_seq());
+            match sock.request(&buf, timeout) {
+                Err(e)
+                    if req.kernel_filter
+                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+                {
+                    req.kernel_filter = false;
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("conntrack: dump for {key} port {port}: {e}"),
+                    ))
+                }
+                Ok(r) => break r,
+            }
+        };
+        flows.extend(
+            replies
+                .iter()
+                .filter_map(|m| parse_flow(&m.as_msg()))
+                .filter(|f| f.family == req.family && matches(f, key, protocol, &[port])),
+        );
+    }
+    Ok(flows)
+}
+
+/// Blocking: deletes the UDP conntrack entries from inside `key` to one of
+/// `ports` and returns how many the kernel removed. An entry gone between
+/// dump and delete (`ENOENT`) is not counted and not an error.
+pub fn kill_udp(
+    sock: &mut NlSocket,
+    key: Key,
+    ports: &[u16],
+    timeout: Duration,
+) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut buf = NlBuf::new();
+    for flow in find(sock, libc::IPPROTO_UDP as u8, key, ports, timeout)? {
+        buf.clear();
+        DeleteRequest { flow }.emit(&mut buf, sock.next_seq());
+        match sock.request(&buf, timeout) {
+            Ok(_) => deleted += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "conntrack: delete {}:{} -> {}:{}: {e}",
+                        flow.orig.src, flow.orig.sport, flow.orig.dst, flow.orig.dport
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +416,7 @@ mod tests {
             protocol: UDP,
             port: 443,
             key: Key::V4("192.0.2.7".parse().unwrap()),
+            kernel_filter: true,
         }
         .emit(&mut b, 5);
         #[rustfmt::skip]
@@ -350,6 +445,7 @@ mod tests {
             protocol: UDP,
             port: 8443,
             key: Key::new("2001:db8:1::10".parse().unwrap(), 64),
+            kernel_filter: true,
         }
         .emit(&mut b, 6);
         #[rustfmt::skip]
@@ -362,6 +458,26 @@ mod tests {
             &nla(6, CTA_PROTO_DST_PORT), &[0x20, 0xfb, 0, 0], // 8443
             &nla(12, CTA_FILTER | NESTED),
             &nla(8, CTA_FILTER_ORIG_FLAGS), &ne32(0b10_1000), // PROTO_NUM | DST_PORT
+        ]
+        .concat();
+        assert_eq!(b.as_bytes(), &want[..]);
+    }
+
+    #[test]
+    fn dump_request_without_kernel_filter_is_the_bare_family() {
+        let mut b = NlBuf::new();
+        DumpRequest {
+            family: AF_INET,
+            protocol: UDP,
+            port: 443,
+            key: Key::V4("192.0.2.7".parse().unwrap()),
+            kernel_filter: false,
+        }
+        .emit(&mut b, 7);
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &ne32(20)[..], &ne16(0x0101), &ne16(0x0301), &ne32(7), &ne32(0),
+            &[2, 0, 0, 0],
         ]
         .concat();
         assert_eq!(b.as_bytes(), &want[..]);

@@ -61,10 +61,13 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use crate::key::Key;
 use crate::nl::buf::NlBuf;
+use crate::nl::consts::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::nl::msg::Msg;
+use crate::nl::socket::NlSocket;
 
 // ---- /usr/include/linux/sock_diag.h ----
 
@@ -309,7 +312,7 @@ impl DumpRequest<'_> {
             ifindex: 0,
             cookie: [INET_DIAG_NOCOOKIE; 2],
         };
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
         buf.message(SOCK_DIAG_BY_FAMILY, flags, seq, |b| {
             put_req_v2(b, self.family, self.protocol, KILL_STATES, &any);
             b.attr(INET_DIAG_REQ_BYTECODE, &bc);
@@ -328,7 +331,7 @@ pub struct DestroyRequest {
 
 impl DestroyRequest {
     pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
         buf.message(SOCK_DESTROY, flags, seq, |b| {
             // idiag_states is not read for an exact lookup
             // (`inet_diag_find_one_icsk()`); 0 as `ss -K` sends it.
@@ -373,6 +376,73 @@ pub fn parse_socket(msg: &Msg<'_>) -> Option<SockId> {
         ifindex: ne32(p, 40),
         cookie: [ne32(p, 44), ne32(p, 48)],
     })
+}
+
+/// Blocking: the sockets of `key` on local `ports` in one `family`, as
+/// the kernel's filter selects them (nothing re-checked here, so tests see
+/// exactly what the bytecode matched). For startup, tests and as the
+/// reference sequence for the loop, which sends the same requests
+/// without blocking. `protocol` is `IPPROTO_TCP`.
+pub fn find(
+    sock: &mut NlSocket,
+    family: u8,
+    protocol: u8,
+    key: Key,
+    ports: &[u16],
+    timeout: Duration,
+) -> io::Result<Vec<SockId>> {
+    let mut buf = NlBuf::new();
+    let seq = sock.next_seq();
+    DumpRequest {
+        family,
+        protocol,
+        ports,
+        key,
+    }
+    .emit(&mut buf, seq)?;
+    let replies = sock
+        .request(&buf, timeout)
+        .map_err(|e| io::Error::new(e.kind(), format!("sock_diag: dump for {key}: {e}")))?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| parse_socket(&m.as_msg()))
+        .collect())
+}
+
+/// Blocking: destroys every TCP socket of `key` on local `ports` in
+/// `family` and returns how many the kernel aborted. A socket that closed
+/// between dump and destroy (`ENOENT`) is not counted and not an error.
+/// Each socket is checked again in process before it is destroyed, so a
+/// filter bug could only ever spare a socket, never kill a wrong one.
+pub fn kill_tcp(
+    sock: &mut NlSocket,
+    family: u8,
+    key: Key,
+    ports: &[u16],
+    timeout: Duration,
+) -> io::Result<usize> {
+    let protocol = libc::IPPROTO_TCP as u8;
+    let mut killed = 0;
+    let mut buf = NlBuf::new();
+    for id in find(sock, family, protocol, key, ports, timeout)? {
+        if !ports.contains(&id.sport) || !key.contains(id.remote().ip()) {
+            continue;
+        }
+        buf.clear();
+        let seq = sock.next_seq();
+        DestroyRequest { protocol, id }.emit(&mut buf, seq);
+        match sock.request(&buf, timeout) {
+            Ok(_) => killed += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("sock_diag: destroy {} -> {}: {e}", id.remote(), id.local()),
+                ))
+            }
+        }
+    }
+    Ok(killed)
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! speaks (ipset over nfnetlink, sock_diag, conntrack).
 
 pub mod buf;
-pub mod consts;
 pub mod conntrack;
+pub mod consts;
 pub mod diag;
 pub mod ipset;
 pub mod msg;
