@@ -252,6 +252,16 @@ fn tcp_ipv4_only_listener() {
     a_new.assert_killed();
     b_new.assert_alive();
     b443.assert_alive();
+    // Several ports: the kernel runs the JMP branches of the filter (8443
+    // matches a port in the middle of the list).
+    let ports = [80, 8443, 443];
+    assert_eq!(diag::kill_tcp(&mut s, AF_INET, ka, &ports, T).unwrap(), 1);
+    a8443.assert_killed();
+    b443.assert_alive();
+    let kb = key(B4, 64);
+    assert_eq!(diag::kill_tcp(&mut s, AF_INET, kb, &ports, T).unwrap(), 2);
+    b443.assert_killed();
+    b_new.assert_killed();
 }
 
 #[test]

@@ -25,6 +25,12 @@
 //!    original tuple plus `CTA_ID`, so an entry that expired and was
 //!    recreated meanwhile is left alone (`ENOENT`).
 //!
+//! From the loop: the same requests as [`find`]/[`kill_udp`], without
+//! blocking: one dump per configured port (one dump at a time per socket),
+//! [`parse_flow`] + [`matches`] on its entries, deletes after its `Done`;
+//! on `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter`
+//! off.
+//!
 //! Layouts: `/usr/include/linux/netfilter/nfnetlink_conntrack.h` and
 //! `nfnetlink.h` (`struct nfgenmsg` after the netlink header). Addresses,
 //! ports, `CTA_ID` and `CTA_ZONE` are network order; `CTA_FILTER` flags are

@@ -54,6 +54,17 @@
 //! the bytecode says what it means. An IPv6 key in an `AF_INET` dump gets
 //! an `AF_INET6` cond and thus matches nothing (callers skip that dump).
 //!
+//! # Driving it from the loop
+//!
+//! [`find`] and [`kill_tcp`] are the blocking reference sequence; the loop
+//! sends the same requests without blocking: one [`DumpRequest`] per
+//! family in [`families`] (one dump at a time per socket: a second dump
+//! while one runs gets `EBUSY`), every `Reply::Data` of its sequence number
+//! through [`parse_socket`], and only after its `Done` one
+//! [`DestroyRequest`] per socket. Destroying while the dump still runs
+//! would unlink sockets from the hash chain the kernel is walking and can
+//! make its resume position skip one. Acks map `ENOENT` to "already gone".
+//!
 //! All structs are read and written through byte offsets, never casts.
 //! Ports and addresses in `struct inet_diag_sockid` are network order;
 //! everything else (including the bytecode's port operand and the
