@@ -16,7 +16,7 @@
 //!    destination port `port`, and for an exact-address key (IPv4, IPv6
 //!    /128) also that source address. The kernel filter has no prefixes,
 //!    so a /64 key is narrowed to "UDP to the port" in the kernel.
-//! 2. [`matches`]: every entry is checked in process (source inside the
+//! 2. [`matches()`]: every entry is checked in process (source inside the
 //!    key, protocol, destination port) whatever the kernel did. Kernels
 //!    before 5.9 ignore `CTA_FILTER` (nfnetlink parses attributes
 //!    liberally) and send the whole family, so the kernel filter is only
@@ -27,7 +27,7 @@
 //!
 //! From the loop: the same requests as [`find`]/[`kill_udp`], without
 //! blocking: one dump per configured port (one dump at a time per socket),
-//! [`parse_flow`] + [`matches`] on its entries, deletes after its `Done`;
+//! [`parse_flow`] + [`matches()`] on its entries, deletes after its `Done`;
 //! on `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter`
 //! off.
 //!

@@ -98,8 +98,8 @@ pub const INET_DIAG_BC_S_LE: u8 = 3;
 pub const INET_DIAG_BC_D_COND: u8 = 8;
 pub const INET_DIAG_BC_S_EQ: u8 = 11;
 
-/// `sizeof(struct inet_diag_sockid)`: sport, dport, src[4], dst[4], if,
-/// cookie[2].
+/// `sizeof(struct inet_diag_sockid)`: sport, dport, `src[4]`, `dst[4]`, if,
+/// `cookie[2]`.
 pub const SOCKID_LEN: usize = 48;
 /// `sizeof(struct inet_diag_req_v2)`: family, protocol, ext, pad, states,
 /// then the sockid.
