@@ -1,6 +1,886 @@
-//! SKELETON: command-line parsing (argh) and the refract 0.2 compatibility layer.
+//! The command line: argh for the flags, a normaliser in front of it for
+//! refract 0.2's spellings, the `REFRACT_*` environment twins, and the
+//! validation that turns strings into a [`Config`].
+//!
+//! refract 0.2 was a Go program using the standard `flag` package, and its
+//! unit file passes `--proto=tcp --dport=443 --window=5s --timeout=1m
+//! --access.log=PATH --block.log=PATH`. Go's `flag` accepts `-name`,
+//! `--name`, `-name=value` and `--name=value`, and `--bool=true|false`. argh
+//! accepts only `--name value` with dashes, so [`normalize`] rewrites the
+//! argument vector first: `--access.log=X` → `--access-log X`. Both
+//! spellings keep working.
+//!
+//! Precedence: a flag on the command line, else its `REFRACT_*` variable,
+//! else the default. Every invalid value stops the program with one line
+//! naming the flag and exit code 2, before anything is touched.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+use ipnet::IpNet;
+
+use crate::config::{load_limits, Config, FirewallMode, Protos};
+use crate::policy::PolicyConfig;
+
+/// Exit code for a usage error (bad flag or value), as with BSD `EX_USAGE`'s
+/// common shell convention and refract 0.2's `flag.ExitOnError`.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(FromArgs, Debug, Default, PartialEq)]
+/// per-user session limits for Xray-core and V2Ray, enforced in the kernel.
+#[argh(
+    note = "Commands:\n  refract [flags]                   follow the access log and enforce (the daemon)\n  refract replay FILE [--explain]   print what a live run would have banned (- reads stdin)\n  refract check [flags]             validate config, log and kernel support; change nothing\n  refract cleanup [flags]           remove the sets and the DROP rules\n\nEvery flag also reads REFRACT_<NAME> (REFRACT_DPORT, REFRACT_ACCESS_LOG, ...) when not given.\nrefract 0.2 spellings are accepted: --access.log=PATH --block.log=PATH --window=5s."
+)]
+pub struct Args {
+    /// protocols to police: tcp, udp or tcp,udp (default tcp)
+    #[argh(option)]
+    pub proto: Option<String>,
+    /// inbound port(s), comma-separated (default 443)
+    #[argh(option)]
+    pub dport: Option<String>,
+    /// how long an address stays online after its last line: 500ms, 5s, 1m,
+    /// 1h30m (default 5s)
+    #[argh(option)]
+    pub window: Option<String>,
+    /// how long a ban lasts (default 1m)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// the proxy's access log (default /var/log/xray/access.log); also
+    /// --access.log
+    #[argh(option)]
+    pub access_log: Option<String>,
+    /// the audit log of bans (default /var/log/refract/block.log); also
+    /// --block.log
+    #[argh(option)]
+    pub block_log: Option<String>,
+    /// addresses allowed per user (default 1)
+    #[argh(option)]
+    pub limit: Option<String>,
+    /// per-user limits file, one "EMAIL N" per line, # comments; re-read on
+    /// SIGHUP (default none)
+    #[argh(option)]
+    pub limits: Option<String>,
+    /// IPv6 addresses count as one device per prefix of this length, 1-128
+    /// (default 64)
+    #[argh(option)]
+    pub ipv6_prefix: Option<String>,
+    /// never count or ban this network (CIDR or address); repeatable
+    #[argh(option)]
+    pub allow: Vec<String>,
+    /// ban a newcomer only once an old device is seen again while it is
+    /// online (no bans for WiFi to LTE switches)
+    #[argh(switch)]
+    pub confirm: bool,
+    /// decide and audit, but change nothing in the kernel
+    #[argh(switch)]
+    pub dry_run: bool,
+    /// read the access log from its beginning (default: from its end)
+    #[argh(switch)]
+    pub from_start: bool,
+    /// DROP rule management: iptables or none (default iptables)
+    #[argh(option)]
+    pub firewall: Option<String>,
+    /// ipset for IPv4 bans (default refract_banned_users)
+    #[argh(option)]
+    pub set_name: Option<String>,
+    /// ipset for IPv6 bans (default refract_banned_users6)
+    #[argh(option)]
+    pub set_name6: Option<String>,
+    /// maximum entries per ipset (default 65536)
+    #[argh(option)]
+    pub set_size: Option<String>,
+    /// longest log line read; longer ones are skipped, e.g. 64k, 1m
+    /// (default 64k)
+    #[argh(option)]
+    pub max_line: Option<String>,
+    /// most users tracked at once (default 200000)
+    #[argh(option)]
+    pub max_users: Option<String>,
+    /// most addresses tracked at once (default 1000000)
+    #[argh(option)]
+    pub max_keys: Option<String>,
+    /// replay: print one line per input line with what happened
+    #[argh(switch)]
+    pub explain: bool,
+    /// print the version and exit
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+    /// the log file for `replay` (- for standard input)
+    #[argh(positional)]
+    pub file: Vec<String>,
+}
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Daemon,
+    Replay,
+    Check,
+    Cleanup,
+}
+
+/// A usage error: one line for the operator, exit code 2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// Flags that take a value, in their canonical (argh) spelling.
+const VALUE_FLAGS: &[&str] = &[
+    "proto",
+    "dport",
+    "window",
+    "timeout",
+    "access-log",
+    "block-log",
+    "limit",
+    "limits",
+    "ipv6-prefix",
+    "allow",
+    "firewall",
+    "set-name",
+    "set-name6",
+    "set-size",
+    "max-line",
+    "max-users",
+    "max-keys",
+];
+
+/// Switches, in their canonical spelling.
+const SWITCHES: &[&str] = &[
+    "confirm",
+    "dry-run",
+    "from-start",
+    "explain",
+    "version",
+    "help",
+];
+
+/// Rewrites refract 0.2 / Go `flag` spellings into argh's:
+/// `--access.log=X` and `-access.log X` → `--access-log X`, `--dport=443` →
+/// `--dport 443`, `--confirm=true` → `--confirm`, `--confirm=false` → (gone).
+/// Unknown flags pass through untouched so argh names them in its error.
+/// Everything after a bare `--` is left alone.
+pub fn normalize(args: &[String]) -> Result<Vec<String>, UsageError> {
+    let mut out = Vec::with_capacity(args.len() + 4);
+    let mut rest = false;
+    for a in args {
+        if rest || !a.starts_with('-') || a == "-" {
+            out.push(a.clone());
+            continue;
+        }
+        if a == "--" {
+            rest = true;
+            out.push(a.clone());
+            continue;
+        }
+        let body = a
+            .strip_prefix("--")
+            .or_else(|| a.strip_prefix('-'))
+            .unwrap_or(a);
+        let (name, value) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (body, None),
+        };
+        let canon = name.replace(['.', '_'], "-");
+        let single_dash = !a.starts_with("--");
+        let known_value = VALUE_FLAGS.contains(&canon.as_str());
+        let known_switch = SWITCHES.contains(&canon.as_str());
+        if single_dash && !known_value && !known_switch {
+            // `-V`, `-h` and unknown short flags: argh decides.
+            out.push(a.clone());
+            continue;
+        }
+        if known_switch {
+            match value {
+                None => out.push(format!("--{canon}")),
+                Some(v) => match v {
+                    "true" | "1" | "t" | "T" | "TRUE" | "True" => out.push(format!("--{canon}")),
+                    "false" | "0" | "f" | "F" | "FALSE" | "False" => {}
+                    _ => {
+                        return Err(usage(format!(
+                            "--{canon}: invalid boolean {v:?} (use true or false)"
+                        )))
+                    }
+                },
+            }
+            continue;
+        }
+        if known_value {
+            out.push(format!("--{canon}"));
+            if let Some(v) = value {
+                out.push(v.to_string());
+            }
+            continue;
+        }
+        out.push(match value {
+            Some(_) => format!("--{canon}"),
+            None => a.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Parses the normalised argument vector (without the program name).
+pub fn parse_args(argv: &[String]) -> Result<(Command, Args), Result<String, UsageError>> {
+    let (command, rest) = match argv.first().map(String::as_str) {
+        Some("replay") => (Command::Replay, &argv[1..]),
+        Some("check") => (Command::Check, &argv[1..]),
+        Some("cleanup") => (Command::Cleanup, &argv[1..]),
+        _ => (Command::Daemon, argv),
+    };
+    let normalized = normalize(rest).map_err(Err)?;
+    let strs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+    let name = match command {
+        Command::Daemon => "refract",
+        Command::Replay => "refract replay",
+        Command::Check => "refract check",
+        Command::Cleanup => "refract cleanup",
+    };
+    match Args::from_args(&[name], &strs) {
+        Ok(args) => Ok((command, args)),
+        Err(e) => match e.status {
+            Ok(()) => Err(Ok(e.output)),
+            Err(()) => Err(Err(usage(first_line(&e.output)))),
+        },
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim()
+        .to_string()
+}
+
+/// The environment twin of a flag: `access-log` → `REFRACT_ACCESS_LOG`.
+pub fn env_name(flag: &str) -> String {
+    format!("REFRACT_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Looks up flag values in the environment through `env` (injected so
+/// tests need not touch the process environment).
+pub struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl std::fmt::Debug for Env<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Env")
+    }
+}
+
+impl<'a> Env<'a> {
+    pub fn new(get: &'a dyn Fn(&str) -> Option<String>) -> Env<'a> {
+        Env { get }
+    }
+
+    fn var(&self, flag: &str) -> Option<String> {
+        (self.get)(&env_name(flag)).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The flag's value if given, else its environment twin.
+    fn pick(&self, given: &Option<String>, flag: &str) -> Option<(String, bool)> {
+        match given {
+            Some(v) => Some((v.clone(), false)),
+            None => self.var(flag).map(|v| (v, true)),
+        }
+    }
+
+    fn switch(&self, given: bool, flag: &str) -> Result<bool, UsageError> {
+        if given {
+            return Ok(true);
+        }
+        match self.var(flag) {
+            None => Ok(false),
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                usage(format!(
+                    "{}: invalid boolean {v:?} (use true or false)",
+                    env_name(flag)
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" | "t" => Some(true),
+        "0" | "false" | "no" | "off" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a Go-style duration: `500ms`, `5s`, `1m`, `1h`, `1h30m`, `1.5s`.
+/// Units: `ms`, `s`, `m`, `h` (and `us`/`µs`). Zero is allowed by the
+/// parser; callers decide whether it makes sense.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += value * scale;
+    }
+    if !total.is_finite() || total > 10.0 * 365.0 * 86_400.0 {
+        return None;
+    }
+    Some(Duration::from_micros((total * 1e6).round() as u64))
+}
+
+/// Parses a size: `65536`, `64k`, `1m` (binary units).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.strip_suffix(['k', 'm']) {
+        Some(n) if s.ends_with('k') => (n, 1024),
+        Some(n) => (n, 1024 * 1024),
+        None => (s.as_str(), 1),
+    };
+    num.parse::<usize>().ok()?.checked_mul(mult)
+}
+
+/// Turns parsed arguments and the environment into a validated [`Config`].
+pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Config, UsageError> {
+    // A value from the environment is named by its variable in errors.
+    let label = |flag: &str, from_env: bool| {
+        if from_env {
+            env_name(flag)
+        } else {
+            format!("--{flag}")
+        }
+    };
+    let get = |given: &Option<String>, flag: &str, default: &str| -> (String, String) {
+        match env.pick(given, flag) {
+            Some((v, from_env)) => (v, label(flag, from_env)),
+            None => (default.to_string(), format!("--{flag}")),
+        }
+    };
+
+    let (proto, l) = get(&args.proto, "proto", "tcp");
+    let mut protos = Protos {
+        tcp: false,
+        udp: false,
+    };
+    for p in proto.split(',').map(str::trim) {
+        match p.to_ascii_lowercase().as_str() {
+            "tcp" => protos.tcp = true,
+            "udp" => protos.udp = true,
+            _ => {
+                return Err(usage(format!(
+                    "{l}: invalid protocol {p:?} (use tcp, udp or tcp,udp)"
+                )))
+            }
+        }
+    }
+
+    let (dport, l) = get(&args.dport, "dport", "443");
+    let mut ports = Vec::new();
+    for p in dport.split(',').map(str::trim) {
+        let port: u16 = p
+            .parse()
+            .ok()
+            .filter(|&n| n != 0)
+            .ok_or_else(|| usage(format!("{l}: invalid port {p:?} (1-65535)")))?;
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    if ports.len() > 15 {
+        // iptables' multiport match takes at most 15 ports.
+        return Err(usage(format!("{l}: at most 15 ports, got {}", ports.len())));
+    }
+
+    let duration = |given: &Option<String>, flag: &str, default: &str| {
+        let (v, l) = get(given, flag, default);
+        parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
+            usage(format!(
+                "{l}: invalid duration {v:?} (use e.g. 500ms, 5s, 1m, 1h30m)"
+            ))
+        })
+    };
+    let window = duration(&args.window, "window", "5s")?;
+    let timeout = duration(&args.timeout, "timeout", "1m")?;
+    if timeout.as_secs() > u64::from(u32::MAX) {
+        return Err(usage(
+            "--timeout: longer than the kernel's ipset timeout (136 years)",
+        ));
+    }
+
+    let number = |given: &Option<String>, flag: &str, default: &str, min: u64, max: u64| {
+        let (v, l) = get(given, flag, default);
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                usage(format!(
+                    "{l}: invalid value {v:?} (a whole number from {min} to {max})"
+                ))
+            })
+    };
+    let limit = number(&args.limit, "limit", "1", 1, 1_000_000)? as u32;
+    let v6_prefix = number(&args.ipv6_prefix, "ipv6-prefix", "64", 1, 128)? as u8;
+    let set_size = number(&args.set_size, "set-size", "65536", 128, 1 << 26)? as u32;
+    let max_users = number(&args.max_users, "max-users", "200000", 1, 1 << 32)? as usize;
+    let max_keys = number(&args.max_keys, "max-keys", "1000000", 1, 1 << 34)? as usize;
+
+    let (ml, l) = get(&args.max_line, "max-line", "64k");
+    let max_line = parse_size(&ml)
+        .filter(|n| (256..=256 << 20).contains(n))
+        .ok_or_else(|| usage(format!("{l}: invalid size {ml:?} (256 to 256m, e.g. 64k)")))?;
+
+    let mut allow_strs: Vec<(String, String)> = args
+        .allow
+        .iter()
+        .map(|a| (a.clone(), "--allow".to_string()))
+        .collect();
+    if args.allow.is_empty() {
+        if let Some(v) = env.var("allow") {
+            for a in v.split([',', ' ', '\t']).filter(|s| !s.is_empty()) {
+                allow_strs.push((a.to_string(), env_name("allow")));
+            }
+        }
+    }
+    let mut allow = Vec::new();
+    for (a, l) in allow_strs {
+        let net = a
+            .parse::<IpNet>()
+            .or_else(|_| a.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                usage(format!(
+                    "{l}: invalid network {a:?} (use a CIDR like 10.0.0.0/8 or an address)"
+                ))
+            })?;
+        allow.push(net.trunc());
+    }
+
+    let (firewall, l) = get(&args.firewall, "firewall", "iptables");
+    let firewall = match firewall.as_str() {
+        "iptables" => FirewallMode::Iptables,
+        "none" => FirewallMode::None,
+        other => {
+            return Err(usage(format!(
+                "{l}: invalid value {other:?} (use iptables or none)"
+            )))
+        }
+    };
+
+    let set_name = |given: &Option<String>, flag: &str, default: &str| {
+        let (v, l) = get(given, flag, default);
+        // IPSET_MAXNAMELEN is 32 including the NUL (linux/netfilter/ipset/ip_set.h).
+        if v.is_empty() || v.len() > 31 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(usage(format!(
+                "{l}: invalid set name {v:?} (1-31 printable characters)"
+            )));
+        }
+        Ok(v)
+    };
+    let set_v4 = set_name(&args.set_name, "set-name", "refract_banned_users")?;
+    let set_v6 = set_name(&args.set_name6, "set-name6", "refract_banned_users6")?;
+    if set_v4 == set_v6 {
+        return Err(usage("--set-name6: must differ from --set-name"));
+    }
+
+    let (access_log, _) = get(&args.access_log, "access-log", "/var/log/xray/access.log");
+    let (block_log, _) = get(&args.block_log, "block-log", "/var/log/refract/block.log");
+    if access_log.is_empty() {
+        return Err(usage("--access-log: empty path"));
+    }
+    let limits_file = env
+        .pick(&args.limits, "limits")
+        .map(|(v, _)| PathBuf::from(v));
+    let limits = match &limits_file {
+        Some(p) => load_limits(p).map_err(usage)?,
+        None => HashMap::new(),
+    };
+
+    let confirm = env.switch(args.confirm, "confirm")?;
+    let dry_run = env.switch(args.dry_run, "dry-run")?;
+    let from_start = env.switch(args.from_start, "from-start")?;
+
+    match command {
+        Command::Replay => {
+            if args.file.len() != 1 {
+                return Err(usage(
+                    "replay: expected exactly one FILE (or - for standard input)",
+                ));
+            }
+        }
+        _ => {
+            if let Some(f) = args.file.first() {
+                return Err(usage(format!("unexpected argument {f:?}")));
+            }
+            if args.explain {
+                return Err(usage("--explain: only with replay"));
+            }
+        }
+    }
+
+    let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+    let policy = PolicyConfig {
+        window: micros(window),
+        ban: micros(timeout),
+        limit,
+        limits,
+        v6_prefix,
+        allow,
+        confirm,
+        max_users,
+        max_keys,
+    };
+    Ok(Config {
+        access_log: PathBuf::from(access_log),
+        block_log: PathBuf::from(block_log),
+        limits_file,
+        protos,
+        ports,
+        window,
+        timeout,
+        policy,
+        dry_run,
+        from_start,
+        firewall,
+        set_v4,
+        set_v6,
+        set_size,
+        max_line,
+    })
+}
 
 /// Entry point; returns the exit code.
 pub fn main() -> i32 {
-    0
+    let argv: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(OsString::into_string)
+        .collect()
+    {
+        Ok(v) => v,
+        Err(bad) => {
+            eprintln!(
+                "refract: argument is not valid UTF-8: {}",
+                bad.to_string_lossy()
+            );
+            return EXIT_USAGE;
+        }
+    };
+    let (command, args) = match parse_args(&argv) {
+        Ok(x) => x,
+        Err(Ok(help)) => {
+            println!("{help}");
+            return 0;
+        }
+        Err(Err(e)) => {
+            eprintln!("refract: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if args.version {
+        println!("refract {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let getenv = |k: &str| std::env::var(k).ok();
+    let cfg = match build_config(command, &args, &Env::new(&getenv)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("refract: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    match command {
+        Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
+        Command::Daemon | Command::Check | Command::Cleanup => {
+            eprintln!("refract: this build has no live daemon yet; use `refract replay FILE`");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn cfg(argv: &[&str]) -> Result<Config, String> {
+        let (cmd, args) = parse_args(&s(argv)).map_err(|e| match e {
+            Ok(help) => help,
+            Err(u) => u.0,
+        })?;
+        build_config(cmd, &args, &Env::new(&no_env)).map_err(|e| e.0)
+    }
+
+    /// Everything of a Config that can be compared.
+    fn shape(c: &Config) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {} {} {:?} {} {} {} {}",
+            c.access_log,
+            c.block_log,
+            c.protos,
+            c.ports,
+            c.window,
+            c.timeout,
+            c.firewall,
+            c.dry_run,
+            c.from_start,
+            c.limits_file,
+            c.set_v4,
+            c.set_v6,
+            c.max_line,
+            format_args!(
+                "{} {} {} {} {:?} {}",
+                c.policy.window,
+                c.policy.ban,
+                c.policy.limit,
+                c.policy.v6_prefix,
+                c.policy.allow,
+                c.policy.confirm
+            )
+        )
+    }
+
+    #[test]
+    fn refract_0_2_unit_file_strings_parse_like_new_spellings() {
+        let old = cfg(&[
+            "--proto=tcp",
+            "--dport=443",
+            "--window=5s",
+            "--timeout=1m",
+            "--access.log=/var/log/xray/access.log",
+            "--block.log=/var/log/xray/block.log",
+        ])
+        .unwrap();
+        let new = cfg(&[
+            "--proto",
+            "tcp",
+            "--dport",
+            "443",
+            "--window",
+            "5s",
+            "--timeout",
+            "1m",
+            "--access-log",
+            "/var/log/xray/access.log",
+            "--block-log",
+            "/var/log/xray/block.log",
+        ])
+        .unwrap();
+        assert_eq!(shape(&old), shape(&new));
+        assert_eq!(old.ports, vec![443]);
+        assert_eq!(old.window, Duration::from_secs(5));
+        assert_eq!(old.timeout, Duration::from_secs(60));
+        assert_eq!(old.access_log, PathBuf::from("/var/log/xray/access.log"));
+        assert_eq!(old.block_log, PathBuf::from("/var/log/xray/block.log"));
+        // Go's flag package also takes a single dash.
+        let single = cfg(&[
+            "-proto=tcp",
+            "-dport",
+            "443",
+            "-access.log=/var/log/xray/access.log",
+            "-block.log=/var/log/xray/block.log",
+            "-window=5s",
+            "-timeout=1m",
+        ])
+        .unwrap();
+        assert_eq!(shape(&single), shape(&old));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.ports, vec![443]);
+        assert_eq!(
+            c.protos,
+            Protos {
+                tcp: true,
+                udp: false
+            }
+        );
+        assert_eq!(c.window, Duration::from_secs(5));
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert_eq!(c.policy.limit, 1);
+        assert_eq!(c.policy.v6_prefix, 64);
+        assert_eq!(c.set_v4, "refract_banned_users");
+        assert_eq!(c.set_v6, "refract_banned_users6");
+        assert_eq!(c.firewall, FirewallMode::Iptables);
+        assert!(!c.dry_run && !c.from_start && !c.policy.confirm);
+        assert_eq!(c.access_log, PathBuf::from("/var/log/xray/access.log"));
+        assert_eq!(c.max_line, 64 * 1024);
+    }
+
+    #[test]
+    fn new_flags() {
+        let c = cfg(&[
+            "--dport=443,8443,443",
+            "--proto=tcp,udp",
+            "--limit=3",
+            "--ipv6-prefix=56",
+            "--allow=10.0.0.0/8",
+            "--allow",
+            "2001:db8::1",
+            "--confirm",
+            "--dry-run=true",
+            "--from-start=false",
+            "--firewall=none",
+        ])
+        .unwrap();
+        assert_eq!(c.ports, vec![443, 8443]);
+        assert_eq!(
+            c.protos,
+            Protos {
+                tcp: true,
+                udp: true
+            }
+        );
+        assert_eq!(c.policy.limit, 3);
+        assert_eq!(c.policy.v6_prefix, 56);
+        assert_eq!(c.policy.allow.len(), 2);
+        assert_eq!(c.policy.allow[1].to_string(), "2001:db8::1/128");
+        assert!(c.policy.confirm && c.dry_run && !c.from_start);
+        assert_eq!(c.firewall, FirewallMode::None);
+    }
+
+    #[test]
+    fn durations() {
+        let d = |x| parse_duration(x);
+        assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(d("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(d("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(d("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(d("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(d("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(d("2m3s4ms"), Some(Duration::from_millis(123_004)));
+        for bad in ["", "5", "s", "5x", "-5s", "5s5", "1e9h", "ms5"] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--window=5x"], "--window: invalid duration \"5x\""),
+            (&["--timeout=0s"], "--timeout: invalid duration"),
+            (&["--dport=0"], "--dport: invalid port \"0\""),
+            (&["--dport=443,http"], "--dport: invalid port \"http\""),
+            (&["--proto=sctp"], "--proto: invalid protocol \"sctp\""),
+            (&["--limit=0"], "--limit: invalid value \"0\""),
+            (
+                &["--ipv6-prefix=129"],
+                "--ipv6-prefix: invalid value \"129\"",
+            ),
+            (
+                &["--allow=10.0.0.0/33"],
+                "--allow: invalid network \"10.0.0.0/33\"",
+            ),
+            (&["--firewall=nft"], "--firewall: invalid value \"nft\""),
+            (&["--confirm=maybe"], "--confirm: invalid boolean"),
+            (
+                &["--set-name=this-name-is-far-too-long-for-ipset"],
+                "--set-name: invalid set name",
+            ),
+            (&["--max-line=1"], "--max-line: invalid size"),
+            (&["--bogus=1"], "--bogus"),
+            (
+                &["--limits=/nonexistent/limits"],
+                "limits: /nonexistent/limits:",
+            ),
+            (&["--explain"], "--explain: only with replay"),
+            (&["replay"], "replay: expected exactly one FILE"),
+        ];
+        for (argv, want) in cases {
+            let err = cfg(argv).unwrap_err();
+            assert!(err.contains(want), "{argv:?}: {err:?} lacks {want:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+
+    #[test]
+    fn environment_twins_fill_missing_flags() {
+        let env = |k: &str| -> Option<String> {
+            match k {
+                "REFRACT_DPORT" => Some("8443".into()),
+                "REFRACT_WINDOW" => Some("10s".into()),
+                "REFRACT_CONFIRM" => Some("true".into()),
+                "REFRACT_ALLOW" => Some("10.0.0.0/8, 192.0.2.1".into()),
+                "REFRACT_LIMIT" => Some("many".into()),
+                _ => None,
+            }
+        };
+        let (cmd, args) = parse_args(&s(&["--window=7s", "--limit=2"])).unwrap();
+        let c = build_config(cmd, &args, &Env::new(&env)).unwrap();
+        assert_eq!(c.ports, vec![8443]);
+        assert_eq!(c.window, Duration::from_secs(7), "the flag wins");
+        assert!(c.policy.confirm);
+        assert_eq!(c.policy.allow.len(), 2);
+        let (cmd, args) = parse_args(&s(&[])).unwrap();
+        let err = build_config(cmd, &args, &Env::new(&env)).unwrap_err();
+        assert!(
+            err.0.starts_with("REFRACT_LIMIT: invalid value \"many\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn subcommands_and_help() {
+        let (cmd, args) =
+            parse_args(&s(&["replay", "--window=10s", "x.log", "--explain"])).unwrap();
+        assert_eq!(cmd, Command::Replay);
+        assert_eq!(args.file, vec!["x.log".to_string()]);
+        assert!(args.explain);
+        assert_eq!(parse_args(&s(&["check"])).unwrap().0, Command::Check);
+        assert_eq!(parse_args(&s(&["cleanup"])).unwrap().0, Command::Cleanup);
+        let help = match parse_args(&s(&["--help"])) {
+            Err(Ok(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        for flag in VALUE_FLAGS
+            .iter()
+            .chain(SWITCHES.iter().filter(|s| **s != "help"))
+        {
+            assert!(help.contains(&format!("--{flag}")), "help lacks --{flag}");
+        }
+        assert!(help.contains("default 5s") && help.contains("default 443"));
+    }
 }

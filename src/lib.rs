@@ -22,6 +22,7 @@ pub mod enforce;
 pub mod firewall;
 pub mod key;
 pub mod nl;
+pub mod notify;
 pub mod policy;
 pub mod replay;
 pub mod sys;

@@ -1,1 +1,380 @@
-//! SKELETON: being written in its own branch.
+//! `refract replay FILE`: parser and policy over a finished log, with the
+//! log's own timestamps as the clock, touching nothing in the kernel.
+//!
+//! It prints the audit lines a live run would have written (stdout) and a
+//! summary (stderr); `--explain` prints one line per input line instead. The
+//! file is read through bounded mmap windows ([`WINDOW`] bytes at a time),
+//! so a log of any size replays in constant memory; `-` reads standard
+//! input in chunks.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use crate::accesslog::{self, Skip};
+use crate::audit;
+use crate::clock::Micros;
+use crate::config::Config;
+use crate::key::Key;
+use crate::policy::{Policy, Verdict};
+
+/// Bytes mapped at a time.
+pub const WINDOW: usize = 16 << 20;
+
+/// Splits a byte stream into lines, carrying a partial line between chunks
+/// and skipping (not buffering) lines longer than `max_line`.
+#[derive(Debug)]
+pub struct Lines {
+    carry: Vec<u8>,
+    max_line: usize,
+    /// Inside an over-long line: drop bytes until its newline.
+    skipping: bool,
+}
+
+impl Lines {
+    pub fn new(max_line: usize) -> Lines {
+        Lines {
+            carry: Vec::new(),
+            max_line,
+            skipping: false,
+        }
+    }
+
+    /// Feeds `chunk`; calls `f` with each complete line (without `\n`), or
+    /// with `Err(Skip::TooLong)` once per over-long line.
+    pub fn feed(&mut self, mut chunk: &[u8], f: &mut impl FnMut(Result<&[u8], Skip>)) {
+        while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
+            let (head, tail) = (&chunk[..nl], &chunk[nl + 1..]);
+            if self.skipping {
+                self.skipping = false;
+            } else if self.carry.is_empty() {
+                if head.len() > self.max_line {
+                    f(Err(Skip::TooLong));
+                } else {
+                    f(Ok(head));
+                }
+            } else if self.carry.len() + head.len() > self.max_line {
+                self.carry.clear();
+                f(Err(Skip::TooLong));
+            } else {
+                self.carry.extend_from_slice(head);
+                f(Ok(&self.carry));
+                self.carry.clear();
+            }
+            chunk = tail;
+        }
+        if chunk.is_empty() || self.skipping {
+            return;
+        }
+        if self.carry.len() + chunk.len() > self.max_line {
+            self.carry.clear();
+            self.skipping = true;
+            f(Err(Skip::TooLong));
+        } else {
+            self.carry.extend_from_slice(chunk);
+        }
+    }
+
+    /// End of input: a last line without its newline still counts.
+    pub fn finish(&mut self, f: &mut impl FnMut(Result<&[u8], Skip>)) {
+        if !self.carry.is_empty() {
+            f(Ok(&self.carry));
+            self.carry.clear();
+        }
+        self.skipping = false;
+    }
+
+    /// Bytes of an incomplete line held back.
+    pub fn pending(&self) -> usize {
+        self.carry.len()
+    }
+}
+
+/// What a replay counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub lines: u64,
+    pub counted: u64,
+    pub skipped: [u64; Skip::ALL.len()],
+    pub users: u64,
+    pub bans: u64,
+}
+
+impl Summary {
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.iter().sum()
+    }
+}
+
+/// Parser + policy + output for one replay; feed it lines.
+#[derive(Debug)]
+pub struct Replayer<W: Write> {
+    policy: Policy,
+    users: HashSet<Box<[u8]>>,
+    explain: bool,
+    out: W,
+    buf: Vec<u8>,
+    pub summary: Summary,
+}
+
+impl<W: Write> Replayer<W> {
+    pub fn new(cfg: &Config, explain: bool, out: W) -> Replayer<W> {
+        Replayer {
+            policy: Policy::new(cfg.policy.clone()),
+            users: HashSet::new(),
+            explain,
+            out,
+            buf: Vec::with_capacity(256),
+            summary: Summary::default(),
+        }
+    }
+
+    /// One input line (or a reader's verdict on it).
+    pub fn line(&mut self, line: Result<&[u8], Skip>) -> io::Result<()> {
+        self.summary.lines += 1;
+        let n = self.summary.lines;
+        let access = match line.and_then(accesslog::parse) {
+            Ok(a) => a,
+            Err(skip) => return self.skip(n, skip, None, None),
+        };
+        let now: Micros = access.ts.as_micros();
+        if self.policy.next_deadline().is_some_and(|d| d <= now) {
+            self.policy.expire(now);
+        }
+        let verdict = self.policy.observe(now, &access);
+        if let Verdict::Skipped(skip) = verdict {
+            let key = match access.source {
+                accesslog::Source::Ip(ip, _) => Some(Key::new(ip, self.policy.config().v6_prefix)),
+                _ => None,
+            };
+            return self.skip(n, skip, key, access.email);
+        }
+        self.summary.counted += 1;
+        if let Some(email) = access.email {
+            if !self.users.contains(email) {
+                self.users.insert(email.into());
+                self.summary.users += 1;
+            }
+        }
+        let email = access.email.unwrap_or_default();
+        self.buf.clear();
+        match &verdict {
+            Verdict::Banned(ban) => {
+                self.summary.bans += 1;
+                if self.explain {
+                    self.explain_line(n, "banned", Some(ban.key), &ban.user);
+                    self.buf.extend_from_slice(b" origin=");
+                    for (i, k) in ban.origins.iter().enumerate() {
+                        if i > 0 {
+                            self.buf.push(b',');
+                        }
+                        let _ = write!(self.buf, "{k}");
+                    }
+                } else {
+                    audit::write_line(&mut self.buf, access.ts, ban);
+                }
+            }
+            Verdict::Admitted(k) if self.explain => {
+                self.explain_line(n, "admitted", Some(*k), email)
+            }
+            Verdict::Refreshed(k) if self.explain => {
+                self.explain_line(n, "refreshed", Some(*k), email)
+            }
+            Verdict::Candidate(k) if self.explain => {
+                self.explain_line(n, "candidate", Some(*k), email)
+            }
+            Verdict::Ignored(k) if self.explain => {
+                self.explain_line(n, "ignored-banned", Some(*k), email)
+            }
+            _ => return Ok(()),
+        }
+        self.buf.push(b'\n');
+        self.out.write_all(&self.buf)
+    }
+
+    fn explain_line(&mut self, n: u64, what: &str, key: Option<Key>, user: &[u8]) {
+        let _ = write!(self.buf, "{n} {what}");
+        if let Some(k) = key {
+            let _ = write!(self.buf, " {k}");
+        }
+        if !user.is_empty() {
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(user);
+        }
+    }
+
+    fn skip(
+        &mut self,
+        n: u64,
+        skip: Skip,
+        key: Option<Key>,
+        user: Option<&[u8]>,
+    ) -> io::Result<()> {
+        self.summary.skipped[skip.index()] += 1;
+        if !self.explain {
+            return Ok(());
+        }
+        self.buf.clear();
+        let _ = write!(self.buf, "{n} skipped:{}", skip.name());
+        if let Some(k) = key {
+            let _ = write!(self.buf, " {k}");
+        }
+        if let Some(u) = user {
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(u);
+        }
+        self.buf.push(b'\n');
+        self.out.write_all(&self.buf)
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// Replays everything `src` yields through `rep`.
+pub fn replay_reader<W: Write>(
+    rep: &mut Replayer<W>,
+    mut src: impl Read,
+    max_line: usize,
+) -> io::Result<()> {
+    let mut lines = Lines::new(max_line);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut err = Ok(());
+    let mut sink = |l: Result<&[u8], Skip>| {
+        if err.is_ok() {
+            err = rep.line(l);
+        }
+    };
+    loop {
+        let n = match src.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        lines.feed(&chunk[..n], &mut sink);
+    }
+    lines.finish(&mut sink);
+    err
+}
+
+/// Replays a regular file through mmap windows of at most [`WINDOW`] bytes.
+pub fn replay_file<W: Write>(
+    rep: &mut Replayer<W>,
+    file: &File,
+    max_line: usize,
+) -> io::Result<()> {
+    let size = file.metadata()?.len();
+    let mut lines = Lines::new(max_line);
+    let mut err = Ok(());
+    let mut sink = |l: Result<&[u8], Skip>| {
+        if err.is_ok() {
+            err = rep.line(l);
+        }
+    };
+    let mut off = 0u64;
+    while off < size {
+        let len = (size - off).min(WINDOW as u64) as usize;
+        let map = crate::sys::mmap::map_window(file, off, len)?;
+        lines.feed(&map, &mut sink);
+        drop(map);
+        off += len as u64;
+    }
+    lines.finish(&mut sink);
+    err
+}
+
+/// `refract replay`: returns the exit code.
+pub fn main(cfg: &Config, path: &str, explain: bool) -> i32 {
+    let stdout = io::stdout();
+    let mut rep = Replayer::new(
+        cfg,
+        explain,
+        io::BufWriter::with_capacity(64 << 10, stdout.lock()),
+    );
+    let res = if path == "-" {
+        replay_reader(&mut rep, io::stdin().lock(), cfg.max_line)
+    } else {
+        match File::open(Path::new(path)) {
+            Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => {
+                replay_file(&mut rep, &f, cfg.max_line)
+            }
+            Ok(f) => replay_reader(&mut rep, f, cfg.max_line),
+            Err(e) => Err(e),
+        }
+    };
+    let summary = rep.summary.clone();
+    let flushed = rep.into_inner().flush();
+    if let Err(e) = res.and(flushed) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return 0;
+        }
+        eprintln!("refract: replay: {path}: {e}");
+        return 1;
+    }
+    eprintln!("{}", format_summary(&summary));
+    0
+}
+
+/// The one-line summary printed on stderr.
+pub fn format_summary(s: &Summary) -> String {
+    let mut out = format!(
+        "replay: {} lines, {} counted, {} skipped",
+        s.lines,
+        s.counted,
+        s.skipped_total()
+    );
+    let parts: Vec<String> = Skip::ALL
+        .iter()
+        .filter(|k| s.skipped[k.index()] > 0)
+        .map(|k| format!("{} {}", k.name(), s.skipped[k.index()]))
+        .collect();
+    if !parts.is_empty() {
+        out.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    out.push_str(&format!(", {} users, {} bans", s.users, s.bans));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(chunks: &[&[u8]], max: usize) -> Vec<Result<Vec<u8>, Skip>> {
+        let mut l = Lines::new(max);
+        let mut out = Vec::new();
+        let mut f = |r: Result<&[u8], Skip>| out.push(r.map(|x| x.to_vec()));
+        for c in chunks {
+            l.feed(c, &mut f);
+        }
+        l.finish(&mut f);
+        out
+    }
+
+    #[test]
+    fn lines_across_chunks() {
+        let got = collect(&[b"ab", b"c\nde", b"f\n\ng", b"h"], 100);
+        let want: Vec<Result<Vec<u8>, Skip>> = vec![
+            Ok(b"abc".to_vec()),
+            Ok(b"def".to_vec()),
+            Ok(b"".to_vec()),
+            Ok(b"gh".to_vec()),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn over_long_lines_are_skipped_once() {
+        let got = collect(&[b"12345\nab", b"cdefgh", b"ij\nok\n123456789\nz"], 5);
+        let want: Vec<Result<Vec<u8>, Skip>> = vec![
+            Ok(b"12345".to_vec()),
+            Err(Skip::TooLong),
+            Ok(b"ok".to_vec()),
+            Err(Skip::TooLong),
+            Ok(b"z".to_vec()),
+        ];
+        assert_eq!(got, want);
+    }
+}
