@@ -20,11 +20,18 @@
 //!   a ban of another user's next address.
 //! - Timers: one min-heap of `(deadline, timer)` with lazy deletion. Each
 //!   user with state has exactly one live heap entry (`User::queued`), never
-//!   later than its earliest entry expiry (deadlines only move later while the
+//!   later than its earliest window end (deadlines only move later while the
 //!   window stays the same; a shrinking window rebuilds the heap). Each ban
 //!   has one. Stale heap entries are skipped when popped. So
-//!   [`Policy::next_deadline`] is O(1) and may be early, never late.
+//!   [`Policy::next_deadline`] is O(1) and may be early, never late. (An
+//!   entry ended by another user's ban is not a deadline of its own: it is
+//!   settled at its ban's start whenever its user is next looked at.)
+//! - "Seen after" (for `--confirm`) is line order, a sequence number, so
+//!   lines sharing a timestamp are still ordered.
 //! - The refresh path (a known key of a known user) does not allocate.
+//! - The work per line is O(entries of the user) (O(entries²) only while it
+//!   has candidates or expired entries to settle), plus one hash lookup per
+//!   entry while bans exist.
 //!
 //! # Choices the design leaves open
 //!
@@ -44,6 +51,7 @@
 //!   of order) is treated as happening at the latest time seen; a larger step
 //!   (a clock jump, a DST change in replay) is treated as no time passing and
 //!   the internal clock continues from there (an offset absorbs the jump).
+//!   Every line moves the clock (skipped ones too), as `expire` does.
 //!   Deadlines and `Ban::until` are reported on the caller's scale.
 //! - An address whose key (its /64) contains an allowlisted network is
 //!   allowlisted too: banning the key would ban the allowlisted address.
