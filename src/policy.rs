@@ -29,9 +29,10 @@
 //! - "Seen after" (for `--confirm`) is line order, a sequence number, so
 //!   lines sharing a timestamp are still ordered.
 //! - The refresh path (a known key of a known user) does not allocate.
-//! - The work per line is O(entries of the user) (O(entries²) only while it
-//!   has candidates or expired entries to settle), plus one hash lookup per
-//!   entry while bans exist.
+//! - The work per line is O(entries of the user), plus O(entries) per entry
+//!   that ended since the user was last settled, plus one hash lookup per
+//!   entry while bans exist. Without `--confirm` a user has at most `limit`
+//!   entries.
 //!
 //! # Choices the design leaves open
 //!
@@ -266,12 +267,12 @@ impl Entries {
         o
     }
 
-    /// Index of the oldest candidate satisfying `pred`.
-    fn oldest_candidate(&self, pred: impl Fn(&Entry) -> bool) -> Option<usize> {
+    /// Index of the oldest candidate.
+    fn oldest_candidate(&self) -> Option<usize> {
         self.as_slice()
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.candidate && pred(e))
+            .filter(|(_, e)| e.candidate)
             .min_by_key(|(_, e)| (e.since, e.key))
             .map(|(i, _)| i)
     }
@@ -364,7 +365,7 @@ fn settle(
 
 fn promote(entries: &mut Entries, limit: usize, stats: &mut PolicyStats) {
     while entries.admitted() < limit {
-        let Some(c) = entries.oldest_candidate(|_| true) else {
+        let Some(c) = entries.oldest_candidate() else {
             return;
         };
         let e = &mut entries.as_mut_slice()[c];
@@ -398,6 +399,16 @@ fn user_deadline(entries: &Entries, window: Micros) -> Micros {
         .map(|e| e.last_seen.saturating_add(window).saturating_add(1))
         .min()
         .unwrap_or(0)
+}
+
+/// `limit(user)`: the per-user entry, else the default; at least 1.
+fn limit_of(cfg: &PolicyConfig, email: &[u8]) -> usize {
+    let l = if cfg.limits.is_empty() {
+        cfg.limit
+    } else {
+        cfg.limits.get(email).copied().unwrap_or(cfg.limit)
+    };
+    l.max(1) as usize
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {
@@ -482,7 +493,7 @@ impl Policy {
         if self.banned(key, t) {
             return Verdict::Ignored(key);
         }
-        let limit = self.limit(email);
+        let limit = limit_of(&self.cfg, email);
         let window = self.cfg.window;
         let tag = access.inbound.or(access.detour).unwrap_or_default();
 
@@ -512,19 +523,22 @@ impl Policy {
                 return Verdict::Candidate(key);
             }
             // --confirm: `limit` admitted keys seen since a candidate
-            // appeared means limit + 1 devices online at once.
-            let c = user.entries.oldest_candidate(|c| {
-                let seen = user
-                    .entries
-                    .as_slice()
-                    .iter()
-                    .filter(|a| !a.candidate && a.seq > c.since)
-                    .count();
-                seen >= limit
-            });
-            let Some(c) = c else {
+            // appeared means limit + 1 devices online at once. The oldest
+            // candidate has the most admitted keys seen after it, so if it
+            // does not qualify no other does.
+            let Some(c) = user.entries.oldest_candidate() else {
                 return Verdict::Refreshed(key);
             };
+            let since = user.entries.as_slice()[c].since;
+            let seen = user
+                .entries
+                .as_slice()
+                .iter()
+                .filter(|a| !a.candidate && a.seq > since)
+                .count();
+            if seen < limit {
+                return Verdict::Refreshed(key);
+            }
             let cand = user.entries.remove(c);
             self.entries -= 1;
             let origins = user.entries.origins();
@@ -630,19 +644,6 @@ impl Policy {
 
     fn banned(&self, key: Key, t: Micros) -> bool {
         self.bans.get(&key).is_some_and(|b| b.until > t)
-    }
-
-    fn limit(&self, email: &[u8]) -> usize {
-        let l = if self.cfg.limits.is_empty() {
-            self.cfg.limit
-        } else {
-            self.cfg
-                .limits
-                .get(email)
-                .copied()
-                .unwrap_or(self.cfg.limit)
-        };
-        l.max(1) as usize
     }
 
     /// The skip rules, in the order of [`Skip`]; on success the key and user.
@@ -763,15 +764,7 @@ impl Policy {
         if user.queued != d {
             return;
         }
-        let limit = {
-            let l = if self.cfg.limits.is_empty() {
-                self.cfg.limit
-            } else {
-                let name: &[u8] = &user.name;
-                self.cfg.limits.get(name).copied().unwrap_or(self.cfg.limit)
-            };
-            l.max(1) as usize
-        };
+        let limit = limit_of(&self.cfg, &user.name);
         let removed = settle(
             &mut user.entries,
             t,
