@@ -1,1 +1,179 @@
-fn main() {}
+//! `cargo bench --bench replay`: how fast refract gets through a log.
+//!
+//! Generates 1,000,000 lines with [`gen::generate`] (deterministic), keeps
+//! them in memory and in a temporary file (removed at the end), and prints
+//! one table: each case is the median of [`RUNS`] runs over the whole log,
+//! as ns/line, lines/s and its ratio to the newline count, the
+//! memory-bandwidth floor (nothing that looks at every line can beat it).
+//!
+//! Adding a measurement is one more `Case::new(..)` line in [`cases`].
+//!
+//! `cargo bench --bench replay -- --write-log PATH [LINES]` only writes the
+//! generated log (default 1,000,000 lines) to PATH and exits; scripts use it.
+
+mod gen;
+
+use std::fs::File;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use refract::accesslog::{self, Status};
+use refract::{cli, replay};
+
+const LINES: usize = 1_000_000;
+const SEED: u64 = 1;
+const RUNS: usize = 7;
+
+/// One measured thing: a closure that processes the whole log once and
+/// returns a count (checked to be non-zero, and kept alive by `black_box`).
+struct Case<'a> {
+    name: &'static str,
+    run: Box<dyn FnMut() -> u64 + 'a>,
+}
+
+impl<'a> Case<'a> {
+    fn new(name: &'static str, run: impl FnMut() -> u64 + 'a) -> Case<'a> {
+        Case {
+            name,
+            run: Box::new(run),
+        }
+    }
+}
+
+/// Everything the table reports; the first case is the reference.
+fn cases<'a>(log: &'a [u8], path: &'a Path) -> Vec<Case<'a>> {
+    vec![
+        Case::new("newline count", move || count_newlines(log)),
+        Case::new("parser", move || parse_all(log)),
+        Case::new("replay end-to-end", move || replay_end_to_end(path)),
+    ]
+}
+
+/// The memory-bandwidth reference: one pass, one compare per byte.
+fn count_newlines(log: &[u8]) -> u64 {
+    log.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Splits the log into lines and parses each; returns the access lines.
+fn parse_all(log: &[u8]) -> u64 {
+    let mut n = 0;
+    for line in lines(log) {
+        if black_box(accesslog::parse(line)).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `refract replay FILE` as the binary runs it (default flags, audit output
+/// discarded): the mmap-window reader, parser and policy together.
+fn replay_end_to_end(path: &Path) -> u64 {
+    let argv = ["replay".to_string(), path.display().to_string()];
+    let (cmd, args) = match cli::parse_args(&argv) {
+        Ok(parsed) => parsed,
+        Err(e) => panic!("bench: replay arguments: {e:?}"),
+    };
+    let no_env = |_: &str| None;
+    let cfg = match cli::build_config(cmd, &args, &cli::Env::new(&no_env)) {
+        Ok(c) => c,
+        Err(e) => panic!("bench: replay config: {e:?}"),
+    };
+    let mut rep = replay::Replayer::new(&cfg, false, std::io::sink());
+    let file = File::open(path).expect("bench: open the generated log");
+    replay::replay_file(&mut rep, &file, cfg.max_line).expect("bench: replay");
+    rep.summary.lines
+}
+
+fn lines(log: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let log = log.strip_suffix(b"\n").unwrap_or(log);
+    log.split(|&b| b == b'\n')
+}
+
+/// Removes the temporary log however the bench ends.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    // cargo passes `--bench`; everything else is ours.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let Some(i) = args.iter().position(|a| a == "--write-log") {
+        let Some(path) = args.get(i + 1) else {
+            eprintln!("usage: replay --write-log PATH [LINES]");
+            std::process::exit(2);
+        };
+        let n = match args.get(i + 2).map(|s| s.replace('_', "").parse::<usize>()) {
+            None => LINES,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                eprintln!("bench: LINES must be a number");
+                std::process::exit(2);
+            }
+        };
+        if let Err(e) = std::fs::write(path, gen::generate(n, SEED)) {
+            eprintln!("bench: write {path}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+
+    let t = Instant::now();
+    let log = gen::generate(LINES, SEED);
+    let gen_time = t.elapsed();
+    let tmp =
+        TempFile(std::env::temp_dir().join(format!("refract-bench-{}.log", std::process::id())));
+    std::fs::write(&tmp.0, &log).expect("bench: write the temporary log");
+
+    let (mut access, mut email, mut rejected) = (0u64, 0u64, 0u64);
+    for line in lines(&log) {
+        if let Ok(a) = accesslog::parse(line) {
+            access += 1;
+            email += u64::from(a.email.is_some());
+            rejected += u64::from(a.status == Status::Rejected);
+        }
+    }
+    println!(
+        "log: {LINES} lines, {:.1} MiB, generated in {:.0} ms; {access} access lines ({email} with email, {rejected} rejected)",
+        log.len() as f64 / (1 << 20) as f64,
+        gen_time.as_secs_f64() * 1e3
+    );
+    println!("each case: median of {RUNS} runs over the whole log");
+    println!();
+    println!(
+        "{:<20} {:>10} {:>9} {:>13} {:>10}",
+        "case", "ms", "ns/line", "lines/s", "x newline"
+    );
+    let mut reference = None;
+    for mut case in cases(&log, &tmp.0) {
+        let mut times = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let n = black_box((case.run)());
+            times.push(t.elapsed());
+            assert!(n > 0, "bench: {} counted nothing", case.name);
+        }
+        let m = median(times).as_secs_f64();
+        let reference = *reference.get_or_insert(m);
+        println!(
+            "{:<20} {:>10.2} {:>9.1} {:>13.0} {:>10.1}",
+            case.name,
+            m * 1e3,
+            m * 1e9 / LINES as f64,
+            LINES as f64 / m,
+            m / reference
+        );
+    }
+}

@@ -233,10 +233,7 @@ fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
         return None;
     }
     let to_start = after + 1;
-    let to_len = line[to_start..]
-        .iter()
-        .position(|&b| b == b' ')
-        .unwrap_or(line.len() - to_start);
+    let to_len = find_byte(&line[to_start..], b' ').unwrap_or(line.len() - to_start);
     if to_len == 0 {
         return None;
     }
@@ -295,34 +292,50 @@ fn find_timestamp(line: &[u8]) -> Option<(Timestamp, usize)> {
 }
 
 /// `YYYY/MM/DD HH:MM:SS[.f{1,6}] ` at `at`.
+///
+/// The fixed part is checked eight bytes at a time: subtracting a template
+/// (`'0'` at digit positions, the separator itself elsewhere) leaves every
+/// byte of a well-formed stamp in `0..=9`. A byte below its template byte
+/// underflows to `>= 0xC6` and one above `'9'` stays `>= 10`, so the lowest
+/// bad byte is always caught (a borrow only disturbs bytes above it).
 fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
+    const TEMPLATE: &[u8; 19] = b"0000/00/00 00:00:00";
     let t = line.get(at..at + 19)?;
-    if t[4] != b'/' || t[7] != b'/' || t[10] != b' ' || t[13] != b':' || t[16] != b':' {
-        return None;
+    let mut d = [0u8; 24];
+    for (k, &off) in [0usize, 8, 11].iter().enumerate() {
+        let v = word(&t[off..off + 8]).wrapping_sub(word(&TEMPLATE[off..off + 8]));
+        if (v.wrapping_add(0x7676_7676_7676_7676) | v) & HI != 0 {
+            return None;
+        }
+        d[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
-    let year = digits(&t[0..4])?;
+    // d[0..8] = t[0..8], d[8..16] = t[8..16], d[16..24] = t[11..19].
+    let n2 = |hi: u8, lo: u8| u32::from(hi) * 10 + u32::from(lo);
     let civil = Civil {
-        year: year as i32,
-        month: digits(&t[5..7])?,
-        day: digits(&t[8..10])?,
-        hour: digits(&t[11..13])?,
-        minute: digits(&t[14..16])?,
-        second: digits(&t[17..19])?,
+        year: (n2(d[0], d[1]) * 100 + n2(d[2], d[3])) as i32,
+        month: n2(d[5], d[6]),
+        day: n2(d[8], d[9]),
+        hour: n2(d[16], d[17]),
+        minute: n2(d[19], d[20]),
+        second: n2(d[22], d[23]),
     };
     let mut i = at + 19;
     let mut micros = 0;
     if line.get(i) == Some(&b'.') {
         i += 1;
-        let frac = &line[i..];
-        let n = frac
-            .iter()
-            .take(7)
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if !(1..=6).contains(&n) {
+        let mut n = 0;
+        while let Some(&b) = line.get(i + n) {
+            let dig = b.wrapping_sub(b'0');
+            if dig > 9 || n == 6 {
+                break;
+            }
+            micros = micros * 10 + u32::from(dig);
+            n += 1;
+        }
+        if n == 0 {
             return None;
         }
-        micros = digits(&frac[..n])? * [100_000, 10_000, 1_000, 100, 10, 1][n - 1];
+        micros *= [100_000, 10_000, 1_000, 100, 10, 1][n - 1];
         i += n;
     }
     if line.get(i) != Some(&b' ') {
@@ -372,16 +385,13 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
     };
     if rest.get(net_len) == Some(&b'[') {
         let inner_start = net_len + 1;
-        let close = inner_start + rest[inner_start..].iter().position(|&b| b == b']')?;
+        let close = inner_start + find_byte(&rest[inner_start..], b']')?;
         let inner = &rest[inner_start..close];
         if rest.get(close + 1) != Some(&b':') {
             return None;
         }
         let port_start = close + 2;
-        let port_len = rest[port_start..]
-            .iter()
-            .position(|&b| b == b' ')
-            .unwrap_or(rest.len() - port_start);
+        let port_len = find_byte(&rest[port_start..], b' ').unwrap_or(rest.len() - port_start);
         let port = parse_port(&rest[port_start..port_start + port_len])?;
         let end = i + port_start + port_len;
         let source = if inner == b"Masked IPv4" || inner == b"Masked IPv6" || inner.contains(&b'/')
@@ -398,7 +408,7 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
         };
         return Some((source, end));
     }
-    let len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    let len = find_byte(rest, b' ').unwrap_or(rest.len());
     let tok = &rest[..len];
     let end = i + len;
     if tok == b"DNS" {
@@ -408,7 +418,7 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
         return Some((Source::Unix, end));
     }
     let addr = &tok[net_len..];
-    let colon = addr.iter().rposition(|&b| b == b':')?;
+    let colon = rfind_byte(addr, b':')?;
     let (host, port) = (&addr[..colon], parse_port(&addr[colon + 1..])?);
     if let Some(ip) = parse_ipv4(host) {
         return Some((ip_source(IpAddr::V4(ip), port), end));
@@ -424,7 +434,10 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
 }
 
 fn ip_source(ip: IpAddr, port: u16) -> Source {
-    let ip = ip.to_canonical();
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
     if ip.is_unspecified() {
         Source::Unix
     } else {
@@ -440,19 +453,39 @@ fn parse_port(s: &[u8]) -> Option<u16> {
 }
 
 /// Dotted quad, no leading zeros (as Go prints it and as `std` accepts).
+/// One pass, no splitting: this runs on nearly every line.
 fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
-    let mut octets = [0u8; 4];
-    let mut parts = s.split(|&b| b == b'.');
-    for o in &mut octets {
-        let p = parts.next()?;
-        if p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
-            return None;
-        }
-        *o = u8::try_from(digits(p)?).ok()?;
-    }
-    if parts.next().is_some() {
+    if s.len() < 7 || s.len() > 15 {
         return None;
     }
+    let mut octets = [0u8; 4];
+    let mut n = 0; // octets completed
+    let mut acc: u32 = 0;
+    let mut len = 0; // digits in the current octet
+    for &b in s {
+        if b == b'.' {
+            if len == 0 || n == 3 {
+                return None;
+            }
+            octets[n] = acc as u8;
+            n += 1;
+            (acc, len) = (0, 0);
+        } else {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 || (len == 1 && acc == 0) {
+                return None;
+            }
+            acc = acc * 10 + u32::from(d);
+            len += 1;
+            if acc > 255 {
+                return None;
+            }
+        }
+    }
+    if len == 0 || n != 3 {
+        return None;
+    }
+    octets[3] = acc as u8;
     Some(Ipv4Addr::from(octets))
 }
 
@@ -461,7 +494,7 @@ fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
 fn find_email(line: &[u8], from: usize) -> Option<(usize, Option<&[u8]>)> {
     let hay = &line[from..];
     let mut end = hay.len();
-    while let Some(colon) = hay[..end].iter().rposition(|&b| b == b':') {
+    while let Some(colon) = rfind_byte(&hay[..end], b':') {
         if colon >= 6 && &hay[colon - 6..colon] == b" email" {
             let mut value = &hay[colon + 1..];
             if let [b' ', v @ ..] = value {
@@ -479,7 +512,7 @@ fn find_email(line: &[u8], from: usize) -> Option<(usize, Option<&[u8]>)> {
 /// ` >> ` or ` ==> ` (`app/dispatcher/default.go`), `None` for `[out]`.
 fn inbound_of(d: &[u8]) -> Option<&[u8]> {
     let mut end = d.len();
-    while let Some(p) = d[..end].iter().rposition(|&b| b == b'>') {
+    while let Some(p) = rfind_byte(&d[..end], b'>') {
         if d.get(p + 1) == Some(&b' ') && p >= 2 {
             let start = match (d[p - 2], d[p - 1]) {
                 (b' ', b'-' | b'>') => Some(p - 2),
@@ -493,6 +526,62 @@ fn inbound_of(d: &[u8]) -> Option<&[u8]> {
         end = p;
     }
     None
+}
+
+/// Word-at-a-time byte search (SWAR): the scans over a line are most of the
+/// parser's work, and eight bytes per step beats one. Safe code only:
+/// `chunks_exact` words, an exact zero-byte test (no false positives, so it
+/// also works right-to-left).
+const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+#[inline]
+fn word(c: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(c);
+    u64::from_le_bytes(a)
+}
+
+/// The high bit of every byte of `v` that is zero.
+#[inline]
+fn zero_bytes(v: u64) -> u64 {
+    !(((v & LO7).wrapping_add(LO7)) | v) & HI
+}
+
+/// Index of the first `b` in `hay`.
+#[inline]
+fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
+    let pat = u64::from(b) * 0x0101_0101_0101_0101;
+    let mut chunks = hay.chunks_exact(8);
+    let mut off = 0;
+    for c in &mut chunks {
+        let z = zero_bytes(word(c) ^ pat);
+        if z != 0 {
+            return Some(off + (z.trailing_zeros() / 8) as usize);
+        }
+        off += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&x| x == b)
+        .map(|p| off + p)
+}
+
+/// Index of the last `b` in `hay`.
+#[inline]
+fn rfind_byte(hay: &[u8], b: u8) -> Option<usize> {
+    let pat = u64::from(b) * 0x0101_0101_0101_0101;
+    let mut chunks = hay.rchunks_exact(8);
+    let mut end = hay.len();
+    for c in &mut chunks {
+        end -= 8;
+        let z = zero_bytes(word(c) ^ pat);
+        if z != 0 {
+            return Some(end + (63 - z.leading_zeros()) as usize / 8);
+        }
+    }
+    chunks.remainder().iter().rposition(|&x| x == b)
 }
 
 #[cfg(test)]
