@@ -187,6 +187,11 @@ fn main() {
     let t = Instant::now();
     let log = gen::generate(LINES, SEED);
     let gen_time = t.elapsed();
+    // Same seed, same bytes; a shorter log is a prefix of a longer one.
+    assert!(
+        log.starts_with(&gen::generate(10_000, SEED)),
+        "bench: generator is not deterministic"
+    );
     let tmp =
         TempFile(std::env::temp_dir().join(format!("refract-bench-{}.log", std::process::id())));
     std::fs::write(&tmp.0, &log).expect("bench: write the temporary log");

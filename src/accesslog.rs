@@ -72,6 +72,15 @@
 //! - **Rejected** lines have an empty TO (two spaces) and a free-text reason
 //!   that may contain `[`, `]`, `:`, `>`; they never carry a detour, and only
 //!   V2Ray's VMess rejection carries an email (found as above).
+//!
+//! # Cost
+//!
+//! The scans for ` `, `:`, `]`, `>` go eight bytes at a time (safe SWAR on
+//! `chunks_exact`), IPv4 and IPv6 are parsed by hand from bytes (`std`'s
+//! parsers want `&str`; the IPv6 one is checked against `std` in the tests),
+//! and the timestamp's fixed part is validated as three words. A typical
+//! IPv4 line costs about 60–70 ns on the 2-core build VM (`cargo bench
+//! --bench replay`), of which ~9 ns is [`Timestamp::from_civil`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -493,6 +502,23 @@ fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
 /// optional dotted quad at the end). Hand-written because `std`'s parser
 /// wants `&str` and costs about 100 ns on a full address.
 fn parse_ipv6(s: &[u8]) -> Option<Ipv6Addr> {
+    /// Hex digit values; 0xff for every other byte (one load per byte
+    /// instead of three range tests).
+    const HEX: [u8; 256] = {
+        let mut t = [0xff; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
     let mut g = [0u16; 8];
     let mut n = 0; // groups written
     let mut gap = None; // where `::` stands, in groups
@@ -505,12 +531,10 @@ fn parse_ipv6(s: &[u8]) -> Option<Ipv6Addr> {
         let start = i;
         let mut v = 0u32;
         while let Some(&b) = s.get(i) {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                b'A'..=b'F' => b - b'A' + 10,
-                _ => break,
-            };
+            let d = HEX[usize::from(b)];
+            if d > 15 {
+                break;
+            }
             v = v << 4 | u32::from(d);
             i += 1;
         }
