@@ -222,3 +222,223 @@ fn wrong_type_set_fails_with_the_fix_command() {
         "{msg}"
     );
 }
+
+// ---- Ending open connections ----
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use common::netns::veth;
+use refract::enforce::KillReport;
+
+/// node ⇄ a (the client to ban) and node ⇄ b (a client that must keep
+/// working), each over its own veth pair, v4 and v6.
+struct Topo {
+    node: Netns,
+    a: Netns,
+    b: Netns,
+}
+
+fn topo(tag: &str) -> Option<Topo> {
+    let node = ns(&format!("{tag}n"))?;
+    let a = ns(&format!("{tag}a"))?;
+    let b = ns(&format!("{tag}b"))?;
+    veth(
+        &node,
+        "na",
+        &["10.201.1.1/24", "2001:db8:201:1::1/64"],
+        &a,
+        "a0",
+        &["10.201.1.2/24", "2001:db8:201:1::2/64"],
+    );
+    veth(
+        &node,
+        "nb",
+        &["10.201.2.1/24", "2001:db8:201:2::1/64"],
+        &b,
+        "b0",
+        &["10.201.2.2/24", "2001:db8:201:2::2/64"],
+    );
+    Some(Topo { node, a, b })
+}
+
+fn connect(from: &Netns, to: &str) -> std::io::Result<TcpStream> {
+    let to: SocketAddr = to.parse().unwrap();
+    from.in_netns(|| TcpStream::connect_timeout(&to, Duration::from_millis(700)))
+}
+
+/// A connected pair: (client end, server end).
+fn pair(from: &Netns, l: &TcpListener, to: &str) -> (TcpStream, TcpStream) {
+    let c = connect(from, to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    let (s, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    (c, s)
+}
+
+/// The client end was reset by the node (SOCK_DESTROY sends a RST).
+fn was_reset(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 8];
+    match c.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// The pair still carries data both ways.
+fn works(c: &mut TcpStream, s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 4];
+    c.write_all(b"ping").is_ok()
+        && s.read_exact(&mut b).is_ok()
+        && s.write_all(b"pong").is_ok()
+        && c.read_exact(&mut b).is_ok()
+        && &b == b"pong"
+}
+
+#[test]
+fn ban_resets_tcp_connections_on_dual_stack_and_v4_listeners() {
+    let Some(t) = topo("kt") else { return };
+    // 443: dual-stack (IPv4 clients appear as ::ffff:a.b.c.d in AF_INET6);
+    // 8443: IPv4 only.
+    let dual = t.node.in_netns(|| TcpListener::bind("[::]:443").unwrap());
+    let v4only = t
+        .node
+        .in_netns(|| TcpListener::bind("0.0.0.0:8443").unwrap());
+    let (mut a443, _s1) = pair(&t.a, &dual, "10.201.1.1:443");
+    let (mut a8443, _s2) = pair(&t.a, &v4only, "10.201.1.1:8443");
+    let (mut a6, mut s6) = pair(&t.a, &dual, "[2001:db8:201:1::1]:443");
+    let (mut b443, mut sb) = pair(&t.b, &dual, "10.201.2.1:443");
+
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.ports = vec![443, 8443];
+    let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
+
+    let key_a = v4("10.201.1.2");
+    e.ban(&ban(key_a), Duration::from_secs(60), 1);
+    e.flush(Duration::from_secs(2));
+    assert_eq!(
+        e.take_reports(),
+        vec![KillReport {
+            key: key_a,
+            tcp: 2,
+            udp: 0
+        }]
+    );
+    assert!(
+        was_reset(&mut a443),
+        "dual-stack connection of the banned v4 client"
+    );
+    assert!(
+        was_reset(&mut a8443),
+        "v4-only connection of the banned client"
+    );
+    // Other keys are untouched: a's IPv6 connection and b.
+    assert!(works(&mut a6, &mut s6));
+    assert!(works(&mut b443, &mut sb));
+    // New connections from the banned address are dropped; b still connects.
+    assert!(connect(&t.a, "10.201.1.1:443").is_err());
+    let (mut b2, mut sb2) = pair(&t.b, &dual, "10.201.2.1:443");
+    assert!(works(&mut b2, &mut sb2));
+
+    // Now a's /64.
+    let key6 = Key::new("2001:db8:201:1::2".parse().unwrap(), 64);
+    e.ban(&ban(key6), Duration::from_secs(60), 2);
+    e.flush(Duration::from_secs(2));
+    assert_eq!(
+        e.take_reports(),
+        vec![KillReport {
+            key: key6,
+            tcp: 1,
+            udp: 0
+        }]
+    );
+    assert!(was_reset(&mut a6));
+    assert!(works(&mut b443, &mut sb));
+    let st = e.stats();
+    assert_eq!((st.tcp_killed, st.errors), (3, 0), "{st:?}");
+    // A ban with nothing open reports zero kills.
+    e.ban(&ban(v4("203.0.113.5")), Duration::from_secs(60), 3);
+    e.flush(Duration::from_secs(2));
+    let r = e.take_reports();
+    assert_eq!((r.len(), r[0].tcp), (1, 0), "{r:?}");
+}
+
+#[test]
+fn ban_deletes_udp_conntrack_entries() {
+    if !have_tool("conntrack", &["--version"]) {
+        eprintln!("skip: `conntrack` not installed");
+        return;
+    }
+    let Some(t) = topo("ku") else { return };
+    // Any conntrack match turns connection tracking on in the namespace;
+    // an ESTABLISHED accept rule is also why stale entries must go.
+    t.node.ok(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED",
+        "-j",
+        "ACCEPT",
+    ]);
+    let server = t.node.in_netns(|| UdpSocket::bind("0.0.0.0:443").unwrap());
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for (n, peer) in [(&t.a, "10.201.1.2"), (&t.b, "10.201.2.2")] {
+        let dst = if peer.starts_with("10.201.1") {
+            "10.201.1.1:443"
+        } else {
+            "10.201.2.1:443"
+        };
+        n.in_netns(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"hello", dst).unwrap();
+        });
+        let mut b = [0u8; 16];
+        let (_, from) = server.recv_from(&mut b).unwrap();
+        assert_eq!(from.ip().to_string(), peer);
+    }
+    let flows = |src: &str| {
+        let out = t
+            .node
+            .exec(&["conntrack", "-L", "-p", "udp", "--orig-src", src]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("dport=443"))
+            .count()
+    };
+    assert_eq!(flows("10.201.1.2"), 1);
+    assert_eq!(flows("10.201.2.2"), 1);
+
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.protos = Protos {
+        tcp: false,
+        udp: true,
+    };
+    let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
+    let key = v4("10.201.1.2");
+    e.ban(&ban(key), Duration::from_secs(60), 1);
+    e.flush(Duration::from_secs(2));
+    assert_eq!(
+        e.take_reports(),
+        vec![KillReport {
+            key,
+            tcp: 0,
+            udp: 1
+        }]
+    );
+    assert_eq!(flows("10.201.1.2"), 0);
+    assert_eq!(flows("10.201.2.2"), 1);
+    assert_eq!((e.stats().udp_killed, e.stats().errors), (1, 0));
+    let rules = t.node.ok(&["iptables", "-S", "INPUT"]);
+    assert!(
+        rules.contains(
+            "-p udp -m udp --dport 443 -m set --match-set refract_banned_users src -j DROP"
+        ),
+        "{rules}"
+    );
+}

@@ -24,6 +24,26 @@
 //!
 //! A request unanswered after [`REPLY_TIMEOUT`] is dropped and counted.
 //! Invariant: every sent request is either in `pending` or already counted.
+//!
+//! Right after the ADD, the ban's open connections are ended (the set
+//! entry already stops new packets, so nothing can reconnect in between):
+//!
+//! - TCP (`--proto tcp`): a sock_diag dump per address family the key can
+//!   live in ([`diag::families`]: an IPv4 key also in `AF_INET6`, for
+//!   dual-stack listeners), filtered in the kernel by bytecode (local port
+//!   in `--dport`, remote address in the key), then one `SOCK_DESTROY` per
+//!   socket found, re-checked in process first.
+//! - UDP (`--proto udp`): a ctnetlink dump per port (flows from the key to
+//!   the port), then one conntrack DELETE per flow.
+//!
+//! A netlink socket runs one dump at a time (`netlink_dump_start()` answers
+//! `EBUSY` otherwise), so each kill socket has a queue of dumps; the
+//! destroys of one dump are sent when it ends. `ENOBUFS` on a kill socket
+//! means acks were dropped: the running dump is run again when it ends
+//! (at most [`MAX_RESTARTS`] times; kills are idempotent, a socket already
+//! gone answers `ENOENT`), and unanswered destroys are re-sent. When all of
+//! a key's dumps and kills are answered, a [`KillReport`] says how many
+//! connections died ([`Enforcer::take_reports`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -33,19 +53,30 @@ use std::time::{Duration, Instant};
 
 use crate::clock::{Micros, SECOND};
 use crate::config::{Config, Protos};
-use crate::enforce::{EnforceStats, Enforcer};
+use crate::enforce::{EnforceStats, Enforcer, KillReport};
 use crate::firewall::{Firewall, FirewallMode};
 use crate::key::Key;
 use crate::nl::buf::NlBuf;
+use crate::nl::conntrack::{self, Flow};
 use crate::nl::consts::*;
+use crate::nl::diag::{self, SockId};
 use crate::nl::ipset::{self, Family};
 use crate::nl::msg::{Messages, Reply};
 use crate::nl::socket::NlSocket;
 use crate::policy::Ban;
 
 /// Tokens the enforcer registers, starting at the `first` given to
-/// [`Enforcer::register`]: `first` is the ipset socket.
-pub const TOKENS: usize = 1;
+/// [`Enforcer::register`]: `first` is the ipset socket, `first + 1` the
+/// sock_diag socket (with `--proto tcp`), `first + 2` the conntrack socket
+/// (with `--proto udp`).
+pub const TOKENS: usize = 3;
+
+/// How often one dump is run again after an overrun.
+pub const MAX_RESTARTS: u8 = 3;
+
+/// Finished kill reports kept for [`Enforcer::take_reports`]; older ones
+/// are dropped when the daemon does not collect them.
+const MAX_REPORTS: usize = 1024;
 
 /// How long a request may stay unanswered before it is counted as failed.
 pub const REPLY_TIMEOUT: Micros = 5 * SECOND;
@@ -58,6 +89,10 @@ const MAX_PENDING: usize = 4096;
 /// Receive buffer of the ipset socket: room for thousands of ACKs between
 /// two loop iterations, and for the list dump at startup.
 const RCVBUF: usize = 1 << 20;
+
+/// Receive buffer of the kill sockets (dumps are flow-controlled by the
+/// kernel; this is for the destroy/delete acks).
+const KILL_RCVBUF: usize = 1 << 19;
 
 /// Timeout for the blocking startup exchanges.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,6 +213,464 @@ fn log(msg: fmt::Arguments<'_>) {
     eprintln!("refract: {msg}");
 }
 
+// ---- Connection killing ----
+
+/// One dump that looks for a key's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dump {
+    /// TCP sockets of `key` in one address family.
+    Tcp { key: Key, family: u8 },
+    /// UDP conntrack flows from `key` to `port`. `kernel_filter` off after
+    /// a kernel refused `CTA_FILTER` (before 5.9 some answer `EINVAL`).
+    Udp {
+        key: Key,
+        port: u16,
+        kernel_filter: bool,
+    },
+}
+
+impl Dump {
+    fn key(&self) -> Key {
+        match *self {
+            Dump::Tcp { key, .. } | Dump::Udp { key, .. } => key,
+        }
+    }
+}
+
+/// A connection to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    Tcp(SockId),
+    Udp(Flow),
+}
+
+#[derive(Debug)]
+struct Running {
+    seq: u32,
+    dump: Dump,
+    restarts: u8,
+    found: Vec<Victim>,
+    deadline: Micros,
+    /// Acks were dropped while this dump ran: run it again at its end.
+    overrun: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Destroying {
+    seq: u32,
+    key: Key,
+    victim: Victim,
+    deadline: Micros,
+}
+
+/// Per-key bookkeeping: how many dumps and kills are still unanswered,
+/// and what the answered ones achieved.
+#[derive(Clone, Copy, Debug)]
+struct Tally {
+    key: Key,
+    outstanding: u32,
+    tcp: u32,
+    udp: u32,
+}
+
+#[derive(Debug, Default)]
+struct Tallies {
+    open: Vec<Tally>,
+    done: VecDeque<KillReport>,
+}
+
+impl Tallies {
+    fn open(&mut self, key: Key, n: u32) {
+        match self.open.iter_mut().find(|t| t.key == key) {
+            Some(t) => t.outstanding += n,
+            None => self.open.push(Tally {
+                key,
+                outstanding: n,
+                tcp: 0,
+                udp: 0,
+            }),
+        }
+    }
+
+    /// One unit of work for `key` is answered, having killed `tcp`/`udp`.
+    fn close(&mut self, key: Key, tcp: u32, udp: u32) {
+        let Some(i) = self.open.iter().position(|t| t.key == key) else {
+            return;
+        };
+        let t = &mut self.open[i];
+        t.tcp += tcp;
+        t.udp += udp;
+        t.outstanding = t.outstanding.saturating_sub(1);
+        if t.outstanding == 0 {
+            let t = self.open.swap_remove(i);
+            if self.done.len() >= MAX_REPORTS {
+                self.done.pop_front();
+            }
+            self.done.push_back(KillReport {
+                key: t.key,
+                tcp: t.tcp,
+                udp: t.udp,
+            });
+        }
+    }
+}
+
+/// What the kill sockets share with the enforcer while handling replies.
+struct Ctx<'a> {
+    ports: &'a [u16],
+    now: Micros,
+    stats: &'a mut EnforceStats,
+    tallies: &'a mut Tallies,
+}
+
+/// One kill socket (sock_diag or conntrack) with its dump queue.
+#[derive(Debug)]
+struct Killer {
+    /// `sock_diag` or `conntrack`, for messages.
+    what: &'static str,
+    sock: NlSocket,
+    queue: VecDeque<(Dump, u8)>,
+    running: Option<Running>,
+    destroying: VecDeque<Destroying>,
+    /// The kernel refused `CTA_FILTER` once: send plain dumps from now on.
+    no_ct_filter: bool,
+    buf: NlBuf,
+    rx: Vec<u8>,
+}
+
+const TCP: u8 = libc::IPPROTO_TCP as u8;
+const UDP: u8 = libc::IPPROTO_UDP as u8;
+
+impl Killer {
+    fn open(what: &'static str, protocol: i32) -> io::Result<Killer> {
+        Ok(Killer {
+            what,
+            sock: NlSocket::open(protocol, KILL_RCVBUF)?,
+            queue: VecDeque::new(),
+            running: None,
+            destroying: VecDeque::new(),
+            no_ct_filter: false,
+            buf: NlBuf::new(),
+            rx: Vec::new(),
+        })
+    }
+
+    fn busy(&self) -> bool {
+        self.running.is_some() || !self.queue.is_empty() || !self.destroying.is_empty()
+    }
+
+    fn deadline(&self) -> Option<Micros> {
+        let d = self.destroying.iter().map(|d| d.deadline).min();
+        match (self.running.as_ref().map(|r| r.deadline), d) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Starts the next queued dump if none is running.
+    fn start_next(&mut self, cx: &mut Ctx<'_>) {
+        while self.running.is_none() {
+            let Some((mut dump, restarts)) = self.queue.pop_front() else {
+                return;
+            };
+            if let Dump::Udp { kernel_filter, .. } = &mut dump {
+                *kernel_filter &= !self.no_ct_filter;
+            }
+            let seq = self.sock.next_seq();
+            self.buf.clear();
+            let emitted = match dump {
+                Dump::Tcp { key, family } => diag::DumpRequest {
+                    family,
+                    protocol: TCP,
+                    ports: cx.ports,
+                    key,
+                }
+                .emit(&mut self.buf, seq),
+                Dump::Udp {
+                    key,
+                    port,
+                    kernel_filter,
+                } => {
+                    conntrack::DumpRequest {
+                        family: conntrack::family(key),
+                        protocol: UDP,
+                        port,
+                        key,
+                        kernel_filter,
+                    }
+                    .emit(&mut self.buf, seq);
+                    Ok(())
+                }
+            };
+            match emitted.and_then(|()| self.sock.send(&self.buf)) {
+                Ok(()) => {
+                    self.running = Some(Running {
+                        seq,
+                        dump,
+                        restarts,
+                        found: Vec::new(),
+                        deadline: cx.now + REPLY_TIMEOUT,
+                        overrun: false,
+                    })
+                }
+                Err(e) => {
+                    cx.stats.errors += 1;
+                    log(format_args!("{}: dump for {}: {e}", self.what, dump.key()));
+                    cx.tallies.close(dump.key(), 0, 0);
+                }
+            }
+        }
+    }
+
+    /// Sends one destroy (TCP) or delete (UDP).
+    fn kill(&mut self, key: Key, victim: Victim, cx: &mut Ctx<'_>) {
+        let seq = self.sock.next_seq();
+        self.buf.clear();
+        match victim {
+            Victim::Tcp(id) => diag::DestroyRequest { protocol: TCP, id }.emit(&mut self.buf, seq),
+            Victim::Udp(flow) => conntrack::DeleteRequest { flow }.emit(&mut self.buf, seq),
+        }
+        cx.tallies.open(key, 1);
+        match self.sock.send(&self.buf) {
+            Ok(()) => self.destroying.push_back(Destroying {
+                seq,
+                key,
+                victim,
+                deadline: cx.now + REPLY_TIMEOUT,
+            }),
+            Err(e) => {
+                cx.stats.errors += 1;
+                log(format_args!(
+                    "{}: kill {}: {e}",
+                    self.what,
+                    victim_str(&victim)
+                ));
+                cx.tallies.close(key, 0, 0);
+            }
+        }
+    }
+
+    /// Drains the socket to `WouldBlock`, then starts the next dump.
+    fn drain(&mut self, cx: &mut Ctx<'_>) {
+        for _ in 0..100_000 {
+            let mut rx = std::mem::take(&mut self.rx);
+            let r = self.sock.recv(&mut rx);
+            match r {
+                Ok(_) => self.handle(&rx, cx),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rx = rx;
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.overrun(cx),
+                Err(e) => {
+                    cx.stats.errors += 1;
+                    log(format_args!("{}: receive: {e}", self.what));
+                    self.rx = rx;
+                    break;
+                }
+            }
+            self.rx = rx;
+        }
+        self.start_next(cx);
+    }
+
+    /// Acks were dropped: the running dump will be repeated, and every
+    /// unanswered kill is sent again under a new sequence number.
+    fn overrun(&mut self, cx: &mut Ctx<'_>) {
+        log(format_args!(
+            "{}: receive queue overflowed (ENOBUFS); repeating unanswered requests",
+            self.what
+        ));
+        if let Some(r) = &mut self.running {
+            r.overrun = true;
+        }
+        let again: Vec<Destroying> = self.destroying.drain(..).collect();
+        for d in again {
+            cx.tallies.close(d.key, 0, 0); // kill() opens it again
+            self.kill(d.key, d.victim, cx);
+        }
+    }
+
+    fn handle(&mut self, datagram: &[u8], cx: &mut Ctx<'_>) {
+        for reply in Messages::new(datagram) {
+            match reply {
+                Ok(Reply::Data(m)) => {
+                    let Some(r) = self.running.as_mut().filter(|r| r.seq == m.seq) else {
+                        continue;
+                    };
+                    match r.dump {
+                        Dump::Tcp { key, .. } => {
+                            // Re-checked in process: a filter mistake could
+                            // only ever spare a socket, never kill a wrong one.
+                            if let Some(id) = diag::parse_socket(&m) {
+                                if cx.ports.contains(&id.sport) && key.contains(id.remote().ip()) {
+                                    r.found.push(Victim::Tcp(id));
+                                }
+                            }
+                        }
+                        Dump::Udp { key, port, .. } => {
+                            if let Some(f) = conntrack::parse_flow(&m) {
+                                if f.family == conntrack::family(key)
+                                    && conntrack::matches(&f, key, UDP, &[port])
+                                {
+                                    r.found.push(Victim::Udp(f));
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Reply::Done(seq)) | Ok(Reply::Ack(seq)) => self.answered(seq, 0, cx),
+                Ok(Reply::Error { seq, errno }) => self.answered(seq, errno, cx),
+                Err(m) => {
+                    cx.stats.errors += 1;
+                    log(format_args!(
+                        "{}: malformed reply at byte {}",
+                        self.what, m.at
+                    ));
+                    if let Some(r) = &mut self.running {
+                        r.overrun = true; // whatever it held is lost
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn answered(&mut self, seq: u32, errno: i32, cx: &mut Ctx<'_>) {
+        if self.running.as_ref().is_some_and(|r| r.seq == seq) {
+            let r = self.running.take().expect("checked above");
+            self.dump_done(r, errno, cx);
+            return;
+        }
+        let Some(i) = self.destroying.iter().position(|d| d.seq == seq) else {
+            return; // stale
+        };
+        let d = self.destroying.remove(i).expect("index from position");
+        match (errno, d.victim) {
+            (0, Victim::Tcp(_)) => {
+                cx.stats.tcp_killed += 1;
+                cx.tallies.close(d.key, 1, 0);
+            }
+            (0, Victim::Udp(_)) => {
+                cx.stats.udp_killed += 1;
+                cx.tallies.close(d.key, 0, 1);
+            }
+            // Closed or expired between dump and kill: nothing to do.
+            (libc::ENOENT, _) => cx.tallies.close(d.key, 0, 0),
+            (errno, v) => {
+                cx.stats.errors += 1;
+                log(format_args!(
+                    "{}: kill {}: {}",
+                    self.what,
+                    victim_str(&v),
+                    io::Error::from_raw_os_error(errno)
+                ));
+                cx.tallies.close(d.key, 0, 0);
+            }
+        }
+    }
+
+    fn dump_done(&mut self, r: Running, errno: i32, cx: &mut Ctx<'_>) {
+        let key = r.dump.key();
+        match (errno, r.dump) {
+            (0, _) => {
+                for v in r.found {
+                    self.kill(key, v, cx);
+                }
+                if r.overrun && r.restarts < MAX_RESTARTS {
+                    // The tally stays open: the repeat is the same unit.
+                    self.queue.push_front((r.dump, r.restarts + 1));
+                } else {
+                    cx.tallies.close(key, 0, 0);
+                }
+            }
+            (
+                libc::EINVAL | libc::EOPNOTSUPP,
+                Dump::Udp {
+                    key,
+                    port,
+                    kernel_filter: true,
+                },
+            ) => {
+                log(format_args!(
+                    "conntrack: the kernel refuses CTA_FILTER; filtering flows in refract"
+                ));
+                self.no_ct_filter = true;
+                let plain = Dump::Udp {
+                    key,
+                    port,
+                    kernel_filter: false,
+                };
+                self.queue.push_front((plain, r.restarts));
+            }
+            (errno, _) => {
+                cx.stats.errors += 1;
+                log(format_args!(
+                    "{}: dump for {key}: {}",
+                    self.what,
+                    io::Error::from_raw_os_error(errno)
+                ));
+                cx.tallies.close(key, 0, 0);
+            }
+        }
+    }
+
+    /// Gives up on requests past their deadline.
+    fn expire(&mut self, cx: &mut Ctx<'_>) {
+        if self.running.as_ref().is_some_and(|r| r.deadline <= cx.now) {
+            let r = self.running.take().expect("checked above");
+            cx.stats.errors += 1;
+            log(format_args!(
+                "{}: dump for {}: no answer from the kernel",
+                self.what,
+                r.dump.key()
+            ));
+            cx.tallies.close(r.dump.key(), 0, 0);
+        }
+        while self
+            .destroying
+            .front()
+            .is_some_and(|d| d.deadline <= cx.now)
+        {
+            let d = self.destroying.pop_front().expect("front exists");
+            cx.stats.errors += 1;
+            log(format_args!(
+                "{}: kill {}: no answer from the kernel",
+                self.what,
+                victim_str(&d.victim)
+            ));
+            cx.tallies.close(d.key, 0, 0);
+        }
+        self.start_next(cx);
+    }
+
+    /// Gives up on everything (shutdown budget spent).
+    fn abandon(&mut self, cx: &mut Ctx<'_>) -> usize {
+        let mut n = self.destroying.len() + self.queue.len();
+        if let Some(r) = self.running.take() {
+            cx.tallies.close(r.dump.key(), 0, 0);
+            n += 1;
+        }
+        for d in self.destroying.drain(..) {
+            cx.tallies.close(d.key, 0, 0);
+        }
+        for (dump, _) in self.queue.drain(..) {
+            cx.tallies.close(dump.key(), 0, 0);
+        }
+        n
+    }
+}
+
+fn victim_str(v: &Victim) -> String {
+    match v {
+        Victim::Tcp(id) => format!("tcp {} -> {}", id.remote(), id.local()),
+        Victim::Udp(f) => format!(
+            "udp {}:{} -> {}:{}",
+            f.orig.src, f.orig.sport, f.orig.dst, f.orig.dport
+        ),
+    }
+}
+
 /// Bans in ipsets over netlink. See the module docs.
 #[derive(Debug)]
 pub struct KernelEnforcer {
@@ -190,6 +683,11 @@ pub struct KernelEnforcer {
     /// A repair CREATE is in flight for this family (index: v4, v6).
     repairing: [bool; 2],
     existing: Option<Vec<(Key, Duration)>>,
+    /// sock_diag socket, with `--proto tcp`.
+    tcp: Option<Killer>,
+    /// conntrack socket, with `--proto udp`.
+    udp: Option<Killer>,
+    tallies: Tallies,
     first_token: usize,
     /// The latest `now` the loop gave us (for deadlines set in `ready`).
     now: Micros,
@@ -260,6 +758,22 @@ impl KernelEnforcer {
             revision[fidx(family)] = max;
         }
 
+        let tcp = if cfg.protos.tcp {
+            let mut k = Killer::open("sock_diag", NETLINK_SOCK_DIAG)
+                .map_err(|e| StartError::Other(format!("sock_diag: netlink socket: {e}")))?;
+            probe_destroy(&mut k.sock)?;
+            Some(k)
+        } else {
+            None
+        };
+        let udp = if cfg.protos.udp {
+            let k = Killer::open("conntrack", NETLINK_NETFILTER)
+                .map_err(|e| StartError::Other(format!("conntrack: netlink socket: {e}")))?;
+            Some(k)
+        } else {
+            None
+        };
+
         let firewall = Firewall::new(
             cfg.firewall,
             cfg.protos,
@@ -275,6 +789,9 @@ impl KernelEnforcer {
             pending: VecDeque::new(),
             repairing: [false; 2],
             existing: None,
+            tcp,
+            udp,
+            tallies: Tallies::default(),
             first_token: 0,
             now: 0,
             buf,
@@ -503,6 +1020,14 @@ impl KernelEnforcer {
                     log(format_args!("{e}"));
                 }
             }
+            // A ban retried after a repair: connections may have come back
+            // while the set was missing.
+            (
+                Op::Add {
+                    key, retried: true, ..
+                },
+                0,
+            ) => self.start_kill(key),
             (Op::Add { .. }, 0) | (Op::Del { .. }, 0) => {}
             // Unbanning something already gone (expired) is fine.
             (Op::Del { .. }, IPSET_ERR_EXIST) => {}
@@ -541,6 +1066,58 @@ impl KernelEnforcer {
         }
     }
 
+    /// Queues the dumps that find `key`'s open connections.
+    fn start_kill(&mut self, key: Key) {
+        let mut cx = Ctx {
+            ports: &self.cfg.ports,
+            now: self.now,
+            stats: &mut self.stats,
+            tallies: &mut self.tallies,
+        };
+        if let Some(k) = &mut self.tcp {
+            for &family in diag::families(key) {
+                cx.tallies.open(key, 1);
+                k.queue.push_back((Dump::Tcp { key, family }, 0));
+            }
+            k.start_next(&mut cx);
+        }
+        if let Some(k) = &mut self.udp {
+            for (i, &port) in cx.ports.iter().enumerate() {
+                if cx.ports[..i].contains(&port) {
+                    continue;
+                }
+                cx.tallies.open(key, 1);
+                let dump = Dump::Udp {
+                    key,
+                    port,
+                    kernel_filter: true,
+                };
+                k.queue.push_back((dump, 0));
+            }
+            k.start_next(&mut cx);
+        }
+    }
+
+    /// Runs `f` on each kill socket with the shared context.
+    fn each_killer(&mut self, mut f: impl FnMut(&mut Killer, &mut Ctx<'_>)) {
+        let mut cx = Ctx {
+            ports: &self.cfg.ports,
+            now: self.now,
+            stats: &mut self.stats,
+            tallies: &mut self.tallies,
+        };
+        for k in [self.tcp.as_mut(), self.udp.as_mut()].into_iter().flatten() {
+            f(k, &mut cx);
+        }
+    }
+
+    /// Whether any request (ipset, dump or kill) is unanswered.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty()
+            || self.tcp.as_ref().is_some_and(Killer::busy)
+            || self.udp.as_ref().is_some_and(Killer::busy)
+    }
+
     /// Drops requests past their deadline, counting each as an error.
     fn expire(&mut self, now: Micros) {
         while let Some(p) = self.pending.front() {
@@ -557,6 +1134,42 @@ impl KernelEnforcer {
                 describe(&p.op, &self.cfg)
             ));
         }
+    }
+}
+
+/// Asks the kernel to destroy a socket that cannot exist: `ENOENT` means
+/// `SOCK_DESTROY` works; `EOPNOTSUPP` means the kernel lacks
+/// `CONFIG_INET_DIAG_DESTROY` (bans still work, open connections are not
+/// ended: logged once); `EPERM` means no `CAP_NET_ADMIN`.
+fn probe_destroy(sock: &mut NlSocket) -> Result<(), StartError> {
+    let mut buf = NlBuf::new();
+    let id = SockId {
+        family: libc::AF_INET as u8,
+        state: 0,
+        sport: 0,
+        dport: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        ifindex: 0,
+        cookie: [0; 2],
+    };
+    let seq = sock.next_seq();
+    diag::DestroyRequest { protocol: TCP, id }.emit(&mut buf, seq);
+    match sock.request(&buf, STARTUP_TIMEOUT) {
+        Ok(_) => Ok(()),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(()),
+            Some(libc::EPERM) => Err(StartError::Permission),
+            Some(libc::EOPNOTSUPP) => {
+                log(format_args!(
+                    "sock_diag: this kernel cannot destroy sockets \
+                     (CONFIG_INET_DIAG_DESTROY is off): bans stop new packets, \
+                     but open TCP connections stay up until they close"
+                ));
+                Ok(())
+            }
+            _ => Err(StartError::Other(format!("sock_diag: destroy probe: {e}"))),
+        },
     }
 }
 
@@ -605,6 +1218,8 @@ impl Enforcer for KernelEnforcer {
             secs: timeout_secs(ttl),
             retried: false,
         });
+        // The ADD already ran inside sendmsg: the key cannot reconnect.
+        self.start_kill(ban.key);
     }
 
     fn unban(&mut self, key: Key, now: Micros) {
@@ -615,48 +1230,94 @@ impl Enforcer for KernelEnforcer {
 
     fn register(&mut self, registry: &mio::Registry, first: usize) -> io::Result<()> {
         self.first_token = first;
-        registry.register(&mut self.ipset, mio::Token(first), mio::Interest::READABLE)
+        let r = mio::Interest::READABLE;
+        registry.register(&mut self.ipset, mio::Token(first), r)?;
+        if let Some(k) = &mut self.tcp {
+            registry.register(&mut k.sock, mio::Token(first + 1), r)?;
+        }
+        if let Some(k) = &mut self.udp {
+            registry.register(&mut k.sock, mio::Token(first + 2), r)?;
+        }
+        Ok(())
     }
 
+    /// `token` is the mio token value; any token of ours drains its socket
+    /// (an unknown one drains all three, which is always correct).
     fn ready(&mut self, token: usize, now: Micros) {
         self.now = self.now.max(now);
-        let _ = token; // one socket today; drain it whichever token fired
-        self.drain_ipset();
+        match token.wrapping_sub(self.first_token) {
+            0 => self.drain_ipset(),
+            1 => self.each_killer(|k, cx| {
+                if k.what == "sock_diag" {
+                    k.drain(cx)
+                }
+            }),
+            2 => self.each_killer(|k, cx| {
+                if k.what == "conntrack" {
+                    k.drain(cx)
+                }
+            }),
+            _ => {
+                self.drain_ipset();
+                self.each_killer(|k, cx| k.drain(cx));
+            }
+        }
     }
 
     fn next_deadline(&self) -> Option<Micros> {
-        self.pending.iter().map(|p| p.deadline).min()
+        [
+            self.pending.iter().map(|p| p.deadline).min(),
+            self.tcp.as_ref().and_then(Killer::deadline),
+            self.udp.as_ref().and_then(Killer::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn tick(&mut self, now: Micros) {
         self.now = self.now.max(now);
         self.drain_ipset();
         self.expire(now);
+        self.each_killer(|k, cx| {
+            k.drain(cx);
+            k.expire(cx);
+        });
     }
 
     fn flush(&mut self, budget: Duration) {
         let end = Instant::now() + budget;
-        while !self.pending.is_empty() {
+        // Bounded by the budget: every pass either waits or finishes.
+        loop {
             self.drain_ipset();
-            if self.pending.is_empty() {
-                break;
+            self.each_killer(|k, cx| k.drain(cx));
+            if !self.busy() {
+                return;
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let n = self.pending.len();
+                let mut n = self.pending.len();
+                self.pending.clear();
+                self.each_killer(|k, cx| n += k.abandon(cx));
                 self.stats.errors += n as u64;
                 log(format_args!(
-                    "ipset: shutting down with {n} requests unanswered"
+                    "enforce: shutting down with {n} kernel requests unanswered"
                 ));
-                self.pending.clear();
-                break;
+                return;
             }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            if let Err(e) = crate::sys::netlink::poll_readable_any(&[self.ipset.as_fd()], ms) {
-                log(format_args!("ipset: poll: {e}"));
-                break;
+            let mut fds = vec![self.ipset.as_fd()];
+            fds.extend(self.tcp.as_ref().map(|k| k.sock.as_fd()));
+            fds.extend(self.udp.as_ref().map(|k| k.sock.as_fd()));
+            if let Err(e) = crate::sys::netlink::poll_readable_any(&fds, ms) {
+                log(format_args!("enforce: poll: {e}"));
+                return;
             }
         }
+    }
+
+    fn take_reports(&mut self) -> Vec<KillReport> {
+        self.tallies.done.drain(..).collect()
     }
 
     fn stats(&self) -> EnforceStats {
