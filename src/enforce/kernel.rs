@@ -81,10 +81,15 @@ const MAX_REPORTS: usize = 1024;
 /// How long a request may stay unanswered before it is counted as failed.
 pub const REPLY_TIMEOUT: Micros = 5 * SECOND;
 
-/// Most requests in flight; beyond that a ban is counted as an error
-/// rather than queued (the kernel answers in microseconds, so reaching this
-/// means the loop is not draining the socket).
-const MAX_PENDING: usize = 4096;
+/// Most requests queued for sending; beyond that a ban is counted as an
+/// error rather than queued (memory stays bounded if the kernel stops
+/// answering).
+const MAX_PENDING: usize = 65536;
+
+/// Most requests sent and not yet answered, per socket. Each answer holds
+/// about 1 KiB of the receive buffer until read; staying far below the
+/// buffer's size keeps the kernel from dropping answers (`ENOBUFS`).
+pub const WINDOW: usize = 128;
 
 /// Receive buffer of the ipset socket: room for thousands of ACKs between
 /// two loop iterations, and for the list dump at startup.
@@ -332,6 +337,10 @@ struct Killer {
     queue: VecDeque<(Dump, u8)>,
     running: Option<Running>,
     destroying: VecDeque<Destroying>,
+    /// Kills waiting for room in the window.
+    outbox: VecDeque<(Key, Victim)>,
+    /// Inside `read` (reply handlers must not start another read).
+    reading: bool,
     /// The kernel refused `CTA_FILTER` once: send plain dumps from now on.
     no_ct_filter: bool,
     buf: NlBuf,
@@ -349,6 +358,8 @@ impl Killer {
             queue: VecDeque::new(),
             running: None,
             destroying: VecDeque::new(),
+            outbox: VecDeque::new(),
+            reading: false,
             no_ct_filter: false,
             buf: NlBuf::new(),
             rx: Vec::new(),
@@ -356,7 +367,10 @@ impl Killer {
     }
 
     fn busy(&self) -> bool {
-        self.running.is_some() || !self.queue.is_empty() || !self.destroying.is_empty()
+        self.running.is_some()
+            || !self.queue.is_empty()
+            || !self.destroying.is_empty()
+            || !self.outbox.is_empty()
     }
 
     fn deadline(&self) -> Option<Micros> {
@@ -422,15 +436,40 @@ impl Killer {
         }
     }
 
-    /// Sends one destroy (TCP) or delete (UDP).
+    /// Queues one destroy (TCP) or delete (UDP); its tally unit is open
+    /// from now on.
     fn kill(&mut self, key: Key, victim: Victim, cx: &mut Ctx<'_>) {
+        cx.tallies.open(key, 1);
+        self.outbox.push_back((key, victim));
+        self.pump(cx);
+    }
+
+    /// Sends queued kills while fewer than [`WINDOW`] are unanswered; like
+    /// the ipset pump, reads the socket at most once when the window is
+    /// full, never while a read is in progress.
+    fn pump(&mut self, cx: &mut Ctx<'_>) {
+        let mut read = false;
+        while let Some(&(key, victim)) = self.outbox.front() {
+            if self.destroying.len() >= WINDOW {
+                if read || self.reading {
+                    return;
+                }
+                read = true;
+                self.read(cx);
+                continue;
+            }
+            self.outbox.pop_front();
+            self.send_kill(key, victim, cx);
+        }
+    }
+
+    fn send_kill(&mut self, key: Key, victim: Victim, cx: &mut Ctx<'_>) {
         let seq = self.sock.next_seq();
         self.buf.clear();
         match victim {
             Victim::Tcp(id) => diag::DestroyRequest { protocol: TCP, id }.emit(&mut self.buf, seq),
             Victim::Udp(flow) => conntrack::DeleteRequest { flow }.emit(&mut self.buf, seq),
         }
-        cx.tallies.open(key, 1);
         match self.sock.send(&self.buf) {
             Ok(()) => self.destroying.push_back(Destroying {
                 seq,
@@ -450,8 +489,16 @@ impl Killer {
         }
     }
 
-    /// Drains the socket to `WouldBlock`, then starts the next dump.
+    /// Drains the socket to `WouldBlock`, sends waiting kills, then starts
+    /// the next dump.
     fn drain(&mut self, cx: &mut Ctx<'_>) {
+        self.read(cx);
+        self.pump(cx);
+        self.start_next(cx);
+    }
+
+    fn read(&mut self, cx: &mut Ctx<'_>) {
+        self.reading = true;
         for _ in 0..100_000 {
             let mut rx = std::mem::take(&mut self.rx);
             let r = self.sock.recv(&mut rx);
@@ -471,7 +518,7 @@ impl Killer {
             }
             self.rx = rx;
         }
-        self.start_next(cx);
+        self.reading = false;
     }
 
     /// Acks were dropped: the running dump will be repeated, and every
@@ -481,13 +528,13 @@ impl Killer {
             "{}: receive queue overflowed (ENOBUFS); repeating unanswered requests",
             self.what
         ));
+        cx.stats.errors += 1;
         if let Some(r) = &mut self.running {
             r.overrun = true;
         }
-        let again: Vec<Destroying> = self.destroying.drain(..).collect();
-        for d in again {
-            cx.tallies.close(d.key, 0, 0); // kill() opens it again
-            self.kill(d.key, d.victim, cx);
+        // Their tally units stay open: the same kills, sent again.
+        while let Some(d) = self.destroying.pop_back() {
+            self.outbox.push_front((d.key, d.victim));
         }
     }
 
@@ -641,12 +688,16 @@ impl Killer {
             ));
             cx.tallies.close(d.key, 0, 0);
         }
+        self.pump(cx);
         self.start_next(cx);
     }
 
     /// Gives up on everything (shutdown budget spent).
     fn abandon(&mut self, cx: &mut Ctx<'_>) -> usize {
-        let mut n = self.destroying.len() + self.queue.len();
+        let mut n = self.destroying.len() + self.queue.len() + self.outbox.len();
+        for (key, _) in self.outbox.drain(..) {
+            cx.tallies.close(key, 0, 0);
+        }
         if let Some(r) = self.running.take() {
             cx.tallies.close(r.dump.key(), 0, 0);
             n += 1;
@@ -680,6 +731,10 @@ pub struct KernelEnforcer {
     revision: [u8; 2],
     firewall: Firewall,
     pending: VecDeque<Pending>,
+    /// Requests waiting for room in the window.
+    outbox: VecDeque<Op>,
+    /// Inside `read_ipset` (reply handlers must not start another read).
+    reading: bool,
     /// A repair CREATE is in flight for this family (index: v4, v6).
     repairing: [bool; 2],
     existing: Option<Vec<(Key, Duration)>>,
@@ -787,6 +842,8 @@ impl KernelEnforcer {
             revision,
             firewall,
             pending: VecDeque::new(),
+            outbox: VecDeque::new(),
+            reading: false,
             repairing: [false; 2],
             existing: None,
             tcp,
@@ -900,16 +957,42 @@ impl KernelEnforcer {
         self.pending.len()
     }
 
-    /// Sends one request and records it as pending.
+    /// Queues one request and sends what the window allows.
     fn send(&mut self, op: Op) {
-        if self.pending.len() >= MAX_PENDING {
+        if self.outbox.len() >= MAX_PENDING {
             self.stats.errors += 1;
             log(format_args!(
-                "ipset: {}: dropped, {MAX_PENDING} requests already waiting for the kernel",
+                "ipset: {}: dropped, {MAX_PENDING} requests already waiting to be sent",
                 describe(&op, &self.cfg)
             ));
             return;
         }
+        self.outbox.push_back(op);
+        self.pump();
+    }
+
+    /// Sends queued requests while fewer than [`WINDOW`] are unanswered.
+    /// nfnetlink answers inside `sendmsg`, so when the window is full the
+    /// answers are already in the socket: read them once and go on. Never
+    /// more than one read per call, and none while a read is in progress
+    /// (the reply handlers send too), so this cannot recurse.
+    fn pump(&mut self) {
+        let mut read = false;
+        while let Some(&op) = self.outbox.front() {
+            if self.pending.len() >= WINDOW {
+                if read || self.reading {
+                    return;
+                }
+                read = true;
+                self.read_ipset();
+                continue;
+            }
+            self.outbox.pop_front();
+            self.send_now(op);
+        }
+    }
+
+    fn send_now(&mut self, op: Op) {
         let seq = self.ipset.next_seq();
         self.buf.clear();
         match op {
@@ -935,51 +1018,59 @@ impl KernelEnforcer {
                 deadline: self.now + REPLY_TIMEOUT,
             }),
             Err(e) => {
+                if let Op::Create { family } = op {
+                    self.repairing[fidx(family)] = false;
+                }
                 self.stats.errors += 1;
                 log(format_args!("ipset: {}: {e}", describe(&op, &self.cfg)));
             }
         }
     }
 
-    /// Drains the ipset socket to `WouldBlock`, handling every reply.
+    /// Drains the ipset socket to `WouldBlock`, handling every reply, then
+    /// sends what waited for the window.
     fn drain_ipset(&mut self) {
+        self.read_ipset();
+        self.pump();
+    }
+
+    fn read_ipset(&mut self) {
+        self.reading = true;
         // Bounded: each datagram is consumed; the cap only guards against a
         // kernel that floods us.
         for _ in 0..100_000 {
             let mut rx = std::mem::take(&mut self.rx);
-            match self.ipset.recv(&mut rx) {
-                Ok(_) => {
-                    self.handle(&rx);
-                    self.rx = rx;
-                }
+            let r = self.ipset.recv(&mut rx);
+            match r {
+                Ok(_) => self.handle(&rx),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.rx = rx;
-                    return;
+                    break;
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.rx = rx;
-                    self.resend_all();
-                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.requeue_all(),
                 Err(e) => {
                     self.rx = rx;
                     self.stats.errors += 1;
                     log(format_args!("ipset: receive: {e}"));
-                    return;
+                    break;
                 }
             }
+            self.rx = rx;
         }
+        self.reading = false;
     }
 
-    /// After an overrun some answers are lost: send every pending request
-    /// again (all are idempotent) under new sequence numbers.
-    fn resend_all(&mut self) {
-        let ops: Vec<Op> = self.pending.drain(..).map(|p| p.op).collect();
+    /// After an overrun some answers are lost: every unanswered request
+    /// goes back to the front of the queue (all are idempotent) and is sent
+    /// again under a new sequence number.
+    fn requeue_all(&mut self) {
+        self.stats.errors += 1;
         log(format_args!(
             "ipset: receive queue overflowed (ENOBUFS); re-sending {} requests",
-            ops.len()
+            self.pending.len()
         ));
-        for op in ops {
-            self.send(op);
+        while let Some(p) = self.pending.pop_back() {
+            self.outbox.push_front(p.op);
         }
     }
 
@@ -1114,6 +1205,7 @@ impl KernelEnforcer {
     /// Whether any request (ipset, dump or kill) is unanswered.
     pub fn busy(&self) -> bool {
         !self.pending.is_empty()
+            || !self.outbox.is_empty()
             || self.tcp.as_ref().is_some_and(Killer::busy)
             || self.udp.as_ref().is_some_and(Killer::busy)
     }
@@ -1279,6 +1371,7 @@ impl Enforcer for KernelEnforcer {
         self.now = self.now.max(now);
         self.drain_ipset();
         self.expire(now);
+        self.pump();
         self.each_killer(|k, cx| {
             k.drain(cx);
             k.expire(cx);
@@ -1296,8 +1389,9 @@ impl Enforcer for KernelEnforcer {
             }
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let mut n = self.pending.len();
+                let mut n = self.pending.len() + self.outbox.len();
                 self.pending.clear();
+                self.outbox.clear();
                 self.each_killer(|k, cx| n += k.abandon(cx));
                 self.stats.errors += n as u64;
                 log(format_args!(
