@@ -564,3 +564,66 @@ fn missing_cap_net_admin_is_one_clear_line() {
     // Nothing was created.
     assert!(!n.exec(&["ipset", "list", S4]).status.success());
 }
+
+#[test]
+fn cleanup_removes_rules_and_sets_and_is_idempotent() {
+    let Some(n) = ns("enfc") else { return };
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.protos = Protos {
+        tcp: true,
+        udp: true,
+    };
+    let c2 = c.clone();
+    n.in_netns(move || {
+        let mut e = KernelEnforcer::new(c2).unwrap();
+        e.ban(&ban(v4("192.0.2.7")), Duration::from_secs(60), 1);
+        e.flush(Duration::from_secs(2));
+    });
+    assert_eq!(drop_rules(&n), 2); // tcp and udp
+    let (first, second) = n.in_netns(|| {
+        (
+            refract::enforce::kernel::cleanup(&c).unwrap(),
+            refract::enforce::kernel::cleanup(&c).unwrap(),
+        )
+    });
+    assert_eq!(first.rules_removed, 4); // tcp+udp × v4+v6
+    assert_eq!(first.sets_destroyed, vec![S4.to_string(), S6.to_string()]);
+    assert_eq!(second, Default::default());
+    assert_eq!(drop_rules(&n), 0);
+    assert!(!n.ok(&["ip6tables", "-S", "INPUT"]).contains("--match-set"));
+    assert!(!n.exec(&["ipset", "list", S4]).status.success());
+    assert!(!n.exec(&["ipset", "list", S6]).status.success());
+}
+
+#[test]
+fn cleanup_of_a_set_still_in_use_names_the_cause() {
+    let Some(n) = ns("enfcb") else { return };
+    n.ok(&["ipset", "create", S4, "hash:ip", "timeout", "60"]);
+    // Someone else's rule on our set, on a port refract does not manage.
+    n.ok(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "set",
+        "--match-set",
+        S4,
+        "src",
+        "-j",
+        "DROP",
+    ]);
+    let c = cfg(60, FirewallMode::Iptables);
+    let e = n
+        .in_netns(|| refract::enforce::kernel::cleanup(&c))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("ipset: destroy refract_banned_users: set is in use"),
+        "{e}"
+    );
+    assert!(e.contains("iptables -S INPUT"), "{e}");
+}

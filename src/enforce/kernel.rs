@@ -1229,6 +1229,61 @@ impl KernelEnforcer {
     }
 }
 
+/// What [`cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cleanup {
+    pub rules_removed: usize,
+    /// Names of the sets destroyed (absent ones are skipped).
+    pub sets_destroyed: Vec<String>,
+}
+
+/// `refract cleanup`: deletes the DROP rules (unless `--firewall none`),
+/// then destroys both sets with everything in them. Idempotent: missing
+/// rules and sets are not errors. Runs synchronously; not for the loop.
+pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
+    let firewall = Firewall::new(
+        cfg.firewall,
+        cfg.protos,
+        &cfg.ports,
+        &cfg.set_v4,
+        &cfg.set_v6,
+    );
+    // Rules first: a set referenced by a rule cannot be destroyed.
+    let rules_removed = firewall.remove()?;
+    let mut sock = NlSocket::open(NETLINK_NETFILTER, 0)
+        .map_err(|e| io::Error::new(e.kind(), format!("ipset: netlink socket: {e}")))?;
+    let mut sets_destroyed = Vec::new();
+    for name in [&cfg.set_v4, &cfg.set_v6] {
+        let mut buf = NlBuf::new();
+        let seq = sock.next_seq();
+        ipset::Destroy { set: name }.emit(&mut buf, seq);
+        match sock.request(&buf, STARTUP_TIMEOUT) {
+            Ok(_) => sets_destroyed.push(name.clone()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(0);
+                let hint = if errno == IPSET_ERR_BUSY {
+                    " (an iptables rule still uses it: list them with \
+                     `iptables -S INPUT` and delete them with `iptables -D INPUT …`)"
+                } else {
+                    ""
+                };
+                let msg = format!("ipset: destroy {name}: {}{hint}", ipset::strerror(errno));
+                let kind = if errno == libc::EPERM {
+                    io::ErrorKind::PermissionDenied
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(io::Error::new(kind, msg));
+            }
+        }
+    }
+    Ok(Cleanup {
+        rules_removed,
+        sets_destroyed,
+    })
+}
+
 /// Asks the kernel to destroy a socket that cannot exist: `ENOENT` means
 /// `SOCK_DESTROY` works; `EOPNOTSUPP` means the kernel lacks
 /// `CONFIG_INET_DIAG_DESTROY` (bans still work, open connections are not
@@ -1432,6 +1487,52 @@ mod tests {
             timeout_secs(Duration::from_secs(u64::MAX)),
             ipset::MAX_TIMEOUT
         );
+    }
+
+    #[test]
+    fn tallies_report_once_when_every_unit_is_answered() {
+        let k = Key::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+        let other = Key::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
+        let mut t = Tallies::default();
+        t.open(k, 2); // two dumps
+        t.open(other, 1);
+        t.open(k, 1); // a kill found by the first dump
+        t.close(k, 0, 0); // first dump done
+        t.close(k, 1, 0); // the kill acked
+        assert!(t.done.is_empty());
+        t.close(other, 0, 0);
+        t.close(k, 0, 0); // second dump done
+        let done: Vec<_> = t.done.drain(..).collect();
+        assert_eq!(
+            done,
+            vec![
+                KillReport {
+                    key: other,
+                    tcp: 0,
+                    udp: 0
+                },
+                KillReport {
+                    key: k,
+                    tcp: 1,
+                    udp: 0
+                }
+            ]
+        );
+        // Unknown keys and extra closes are ignored.
+        t.close(k, 1, 1);
+        assert!(t.done.is_empty() && t.open.is_empty());
+    }
+
+    #[test]
+    fn tallies_keep_a_bounded_number_of_reports() {
+        let mut t = Tallies::default();
+        for i in 0..(MAX_REPORTS as u32 + 10) {
+            let k = Key::V4(std::net::Ipv4Addr::from(i));
+            t.open(k, 1);
+            t.close(k, 0, 0);
+        }
+        assert_eq!(t.done.len(), MAX_REPORTS);
+        assert_eq!(t.done[0].key, Key::V4(std::net::Ipv4Addr::from(10)));
     }
 
     #[test]
