@@ -16,7 +16,7 @@
 //!    destination port `port`, and for an exact-address key (IPv4, IPv6
 //!    /128) also that source address. The kernel filter has no prefixes,
 //!    so a /64 key is narrowed to "UDP to the port" in the kernel.
-//! 2. [`matches`]: every entry is checked in process (source inside the
+//! 2. [`matches()`]: every entry is checked in process (source inside the
 //!    key, protocol, destination port) whatever the kernel did. Kernels
 //!    before 5.9 ignore `CTA_FILTER` (nfnetlink parses attributes
 //!    liberally) and send the whole family, so the kernel filter is only
@@ -24,6 +24,12 @@
 //! 3. [`DeleteRequest`]: `IPCTNL_MSG_CT_DELETE` of each match by its
 //!    original tuple plus `CTA_ID`, so an entry that expired and was
 //!    recreated meanwhile is left alone (`ENOENT`).
+//!
+//! From the loop: the same requests as [`find`]/[`kill_udp`], without
+//! blocking: one dump per configured port (one dump at a time per socket),
+//! [`parse_flow`] + [`matches()`] on its entries, deletes after its `Done`;
+//! on `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter`
+//! off.
 //!
 //! Layouts: `/usr/include/linux/netfilter/nfnetlink_conntrack.h` and
 //! `nfnetlink.h` (`struct nfgenmsg` after the netlink header). Addresses,
@@ -543,6 +549,73 @@ mod tests {
             &ne32(104)[..], &ne16(0x0102), &ne16(0x0005), &ne32(9), &ne32(0),
             &entry_v6()[..4 + 76],                     // nfgenmsg + the original tuple
             &nla(8, CTA_ID), &[0xde, 0xad, 0xbe, 0xef],
+        ]
+        .concat();
+        assert_eq!(b.as_bytes(), &want[..]);
+    }
+
+    /// A real dump entry, captured on Linux 6.18 from `DumpRequest {
+    /// family: AF_INET, protocol: UDP, port: 443, key: 192.0.2.10 }` in a
+    /// test namespace (message type `CTNETLINK << 8 | IPCTNL_MSG_CT_NEW`,
+    /// flags `NLM_F_MULTI | NLM_F_DUMP_FILTERED`): one datagram from
+    /// 192.0.2.10:40000 to 192.0.2.1:443.
+    #[rustfmt::skip]
+    const CAPTURED: [u8; 148] = [
+        0x02, 0x00, 0x00, 0x00,                         // nfgenmsg: AF_INET
+        0x34, 0x00, 0x01, 0x80,                         // CTA_TUPLE_ORIG (nested), 52
+        0x14, 0x00, 0x01, 0x80,                         //   CTA_TUPLE_IP, 20
+        0x08, 0x00, 0x01, 0x00, 0xc0, 0x00, 0x02, 0x0a, //     CTA_IP_V4_SRC 192.0.2.10
+        0x08, 0x00, 0x02, 0x00, 0xc0, 0x00, 0x02, 0x01, //     CTA_IP_V4_DST 192.0.2.1
+        0x1c, 0x00, 0x02, 0x80,                         //   CTA_TUPLE_PROTO, 28
+        0x05, 0x00, 0x01, 0x00, 0x11, 0x00, 0x00, 0x00, //     CTA_PROTO_NUM 17
+        0x06, 0x00, 0x02, 0x00, 0x9c, 0x40, 0x00, 0x00, //     CTA_PROTO_SRC_PORT 40000
+        0x06, 0x00, 0x03, 0x00, 0x01, 0xbb, 0x00, 0x00, //     CTA_PROTO_DST_PORT 443
+        0x34, 0x00, 0x02, 0x80,                         // CTA_TUPLE_REPLY (nested), 52
+        0x14, 0x00, 0x01, 0x80,
+        0x08, 0x00, 0x01, 0x00, 0xc0, 0x00, 0x02, 0x01,
+        0x08, 0x00, 0x02, 0x00, 0xc0, 0x00, 0x02, 0x0a,
+        0x1c, 0x00, 0x02, 0x80,
+        0x05, 0x00, 0x01, 0x00, 0x11, 0x00, 0x00, 0x00,
+        0x06, 0x00, 0x02, 0x00, 0x01, 0xbb, 0x00, 0x00,
+        0x06, 0x00, 0x03, 0x00, 0x9c, 0x40, 0x00, 0x00,
+        0x08, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x08, // CTA_STATUS
+        0x08, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, // CTA_MARK
+        0x08, 0x00, 0x0c, 0x00, 0xa5, 0xfb, 0xd7, 0x3f, // CTA_ID
+        0x08, 0x00, 0x0b, 0x00, 0x00, 0x00, 0x00, 0x01, // CTA_USE
+        0x08, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x1d, // CTA_TIMEOUT
+    ];
+
+    #[test]
+    fn parse_captured_kernel_entry_and_delete_it() {
+        let m = Msg {
+            ty: ct_msg_type(IPCTNL_MSG_CT_NEW),
+            flags: 0x22,
+            seq: 1,
+            pid: 0,
+            payload: &CAPTURED,
+        };
+        let flow = parse_flow(&m).unwrap();
+        assert_eq!(flow.family, AF_INET);
+        assert_eq!(flow.id, Some(0xa5fb_d73f));
+        assert_eq!(flow.zone, None);
+        assert_eq!(
+            flow.orig,
+            Tuple {
+                proto: UDP,
+                src: "192.0.2.10".parse().unwrap(),
+                dst: "192.0.2.1".parse().unwrap(),
+                sport: 40000,
+                dport: 443,
+            }
+        );
+        // The delete names the flow by the kernel's own tuple bytes + id.
+        let mut b = NlBuf::new();
+        DeleteRequest { flow }.emit(&mut b, 4);
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &ne32(16 + 56 + 8)[..], &ne16(0x0102), &ne16(0x0005), &ne32(4), &ne32(0),
+            &CAPTURED[..4 + 52],
+            &CAPTURED[4 + 52 + 52 + 16..4 + 52 + 52 + 24], // CTA_ID
         ]
         .concat();
         assert_eq!(b.as_bytes(), &want[..]);

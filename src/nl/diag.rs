@@ -54,6 +54,17 @@
 //! the bytecode says what it means. An IPv6 key in an `AF_INET` dump gets
 //! an `AF_INET6` cond and thus matches nothing (callers skip that dump).
 //!
+//! # Driving it from the loop
+//!
+//! [`find`] and [`kill_tcp`] are the blocking reference sequence; the loop
+//! sends the same requests without blocking: one [`DumpRequest`] per
+//! family in [`families`] (one dump at a time per socket: a second dump
+//! while one runs gets `EBUSY`), every `Reply::Data` of its sequence number
+//! through [`parse_socket`], and only after its `Done` one
+//! [`DestroyRequest`] per socket. Destroying while the dump still runs
+//! would unlink sockets from the hash chain the kernel is walking and can
+//! make its resume position skip one. Acks map `ENOENT` to "already gone".
+//!
 //! All structs are read and written through byte offsets, never casts.
 //! Ports and addresses in `struct inet_diag_sockid` are network order;
 //! everything else (including the bytecode's port operand and the
@@ -87,8 +98,8 @@ pub const INET_DIAG_BC_S_LE: u8 = 3;
 pub const INET_DIAG_BC_D_COND: u8 = 8;
 pub const INET_DIAG_BC_S_EQ: u8 = 11;
 
-/// `sizeof(struct inet_diag_sockid)`: sport, dport, src[4], dst[4], if,
-/// cookie[2].
+/// `sizeof(struct inet_diag_sockid)`: sport, dport, `src[4]`, `dst[4]`, if,
+/// `cookie[2]`.
 pub const SOCKID_LEN: usize = 48;
 /// `sizeof(struct inet_diag_req_v2)`: family, protocol, ext, pad, states,
 /// then the sockid.
@@ -798,6 +809,48 @@ mod tests {
         assert_eq!(parse_socket(&short), None);
         let other = Msg { ty: 0x10, ..m };
         assert_eq!(parse_socket(&other), None);
+    }
+
+    /// A real dump entry, captured on Linux 6.18 from the request
+    /// `DumpRequest { family: AF_INET6, protocol: TCP, ports: &[443], key:
+    /// 192.0.2.10 }` in a test namespace: the server side of a dual-stack
+    /// listener's IPv4 client. The kernel appends attributes even with
+    /// `idiag_ext` 0; the parser reads the fixed part only.
+    #[rustfmt::skip]
+    const CAPTURED: [u8; 108] = [
+        0x0a, 0x01, 0x00, 0x00,                         // AF_INET6, ESTABLISHED, timer, retrans
+        0x01, 0xbb, 0xc4, 0x60,                         // sport 443, dport 50272 (network order)
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xc0, 0x00, 0x02, 0x01, // ::ffff:192.0.2.1
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xc0, 0x00, 0x02, 0x0a, // ::ffff:192.0.2.10
+        0x00, 0x00, 0x00, 0x00,                         // if
+        0x23, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // cookie[2]
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // expires, rqueue
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // wqueue, uid
+        0x98, 0x14, 0x01, 0x00,                         // inode
+        0x05, 0x00, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, // INET_DIAG_SHUTDOWN
+        0x08, 0x00, 0x0f, 0x00, 0x00, 0x00, 0x00, 0x00, // INET_DIAG_MARK
+        0x0c, 0x00, 0x15, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // INET_DIAG_CGROUP_ID
+        0x06, 0x00, 0x16, 0x00, 0x12, 0x00, 0x00, 0x00, // INET_DIAG_SOCKOPT
+    ];
+
+    #[test]
+    fn parse_captured_kernel_entry() {
+        let m = Msg {
+            ty: SOCK_DIAG_BY_FAMILY,
+            flags: 2,
+            seq: 1,
+            pid: 0,
+            payload: &CAPTURED,
+        };
+        let id = parse_socket(&m).unwrap();
+        assert_eq!(id.family, AF_INET6);
+        assert_eq!(id.state, TCP_ESTABLISHED);
+        assert_eq!(id.local(), "[::ffff:192.0.2.1]:443".parse().unwrap());
+        assert_eq!(id.remote(), "[::ffff:192.0.2.10]:50272".parse().unwrap());
+        assert_eq!((id.ifindex, id.cookie), (0, [0x1023, 0]));
+        let mut b = NlBuf::new();
+        DestroyRequest { protocol: TCP, id }.emit(&mut b, 3);
+        assert_eq!(&b.as_bytes()[16 + 8..], &CAPTURED[4..4 + SOCKID_LEN]);
     }
 
     #[test]
