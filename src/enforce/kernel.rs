@@ -12,14 +12,19 @@
 //! keyed by sequence number; the kernel executes nfnetlink requests inside
 //! `sendmsg`, so the entry is in the set when `ban` returns, and the ACK
 //! waits in the socket until the loop reports it readable and calls
-//! [`Enforcer::ready`]. There replies are matched by sequence number:
+//! [`Enforcer::ready`]. At most [`WINDOW`] requests per socket are
+//! unanswered at a time (answers wait in the receive buffer, which must not
+//! overflow); more wait in an outbox. Because nfnetlink answers inside
+//! `sendmsg`, a full window is freed by reading once, right there, so a
+//! burst of bans is not delayed. Replies are matched by sequence number:
 //!
 //! - ACK: done.
 //! - `ENOENT` on ADD: the set was destroyed behind our back. Recreate it
 //!   (one CREATE per family however many ADDs failed), retry each ADD once,
 //!   and re-check the DROP rule once the CREATE is acknowledged (`repairs`).
 //! - `ENOBUFS` from `recv`: the receive queue overflowed and some answers
-//!   are lost; every pending request is idempotent, so all are sent again.
+//!   are lost; every unanswered request is idempotent, so all go back to
+//!   the front of the outbox and are sent again (counted as one error).
 //! - anything else: logged and counted in `errors`, never fatal.
 //!
 //! A request unanswered after [`REPLY_TIMEOUT`] is dropped and counted.
@@ -45,7 +50,7 @@
 //! a key's dumps and kills are answered, a [`KillReport`] says how many
 //! connections died ([`Enforcer::take_reports`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
@@ -270,9 +275,8 @@ struct Destroying {
 
 /// Per-key bookkeeping: how many dumps and kills are still unanswered,
 /// and what the answered ones achieved.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Tally {
-    key: Key,
     outstanding: u32,
     tcp: u32,
     udp: u32,
@@ -280,39 +284,30 @@ struct Tally {
 
 #[derive(Debug, Default)]
 struct Tallies {
-    open: Vec<Tally>,
+    open: HashMap<Key, Tally>,
     done: VecDeque<KillReport>,
 }
 
 impl Tallies {
     fn open(&mut self, key: Key, n: u32) {
-        match self.open.iter_mut().find(|t| t.key == key) {
-            Some(t) => t.outstanding += n,
-            None => self.open.push(Tally {
-                key,
-                outstanding: n,
-                tcp: 0,
-                udp: 0,
-            }),
-        }
+        self.open.entry(key).or_default().outstanding += n;
     }
 
     /// One unit of work for `key` is answered, having killed `tcp`/`udp`.
     fn close(&mut self, key: Key, tcp: u32, udp: u32) {
-        let Some(i) = self.open.iter().position(|t| t.key == key) else {
+        let Some(t) = self.open.get_mut(&key) else {
             return;
         };
-        let t = &mut self.open[i];
         t.tcp += tcp;
         t.udp += udp;
         t.outstanding = t.outstanding.saturating_sub(1);
         if t.outstanding == 0 {
-            let t = self.open.swap_remove(i);
+            let t = self.open.remove(&key).expect("present above");
             if self.done.len() >= MAX_REPORTS {
                 self.done.pop_front();
             }
             self.done.push_back(KillReport {
-                key: t.key,
+                key,
                 tcp: t.tcp,
                 udp: t.udp,
             });
@@ -1159,6 +1154,15 @@ impl KernelEnforcer {
 
     /// Queues the dumps that find `key`'s open connections.
     fn start_kill(&mut self, key: Key) {
+        let queued = self.tcp.as_ref().map_or(0, |k| k.queue.len())
+            + self.udp.as_ref().map_or(0, |k| k.queue.len());
+        if queued >= MAX_PENDING {
+            self.stats.errors += 1;
+            log(format_args!(
+                "enforce: {key}: connections not ended, {queued} dumps already queued"
+            ));
+            return;
+        }
         let mut cx = Ctx {
             ports: &self.cfg.ports,
             now: self.now,
