@@ -627,3 +627,44 @@ fn cleanup_of_a_set_still_in_use_names_the_cause() {
     );
     assert!(e.contains("iptables -S INPUT"), "{e}");
 }
+
+/// Helper for `missing_iptables_is_one_clear_line`: runs only in the child
+/// that test starts with a PATH that has no iptables.
+#[test]
+#[ignore = "helper: run by missing_iptables_is_one_clear_line"]
+fn child_without_iptables() {
+    let err = KernelEnforcer::new(cfg(60, FirewallMode::Iptables)).unwrap_err();
+    println!("startup error: {err}");
+    assert!(matches!(err, StartError::Firewall(_)), "{err:?}");
+}
+
+#[test]
+fn missing_iptables_is_one_clear_line() {
+    let Some(n) = ns("enfi") else { return };
+    let exe = std::env::current_exe().unwrap();
+    let out = n.exec(&[
+        "env",
+        "PATH=/nonexistent",
+        exe.to_str().unwrap(),
+        "--exact",
+        "child_without_iptables",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "startup error: firewall: iptables not found in PATH: install iptables, or run \
+             with --firewall none and add the rule yourself: iptables -I INPUT 1 -p tcp \
+             --dport 443 -m set --match-set refract_banned_users src -j DROP"
+        ),
+        "{stdout}"
+    );
+}
