@@ -321,6 +321,8 @@ struct Ctx<'a> {
     now: Micros,
     stats: &'a mut EnforceStats,
     tallies: &'a mut Tallies,
+    /// The one receive buffer all sockets share (64 KiB).
+    rx: &'a mut Vec<u8>,
 }
 
 /// One kill socket (sock_diag or conntrack) with its dump queue.
@@ -339,7 +341,6 @@ struct Killer {
     /// The kernel refused `CTA_FILTER` once: send plain dumps from now on.
     no_ct_filter: bool,
     buf: NlBuf,
-    rx: Vec<u8>,
 }
 
 const TCP: u8 = libc::IPPROTO_TCP as u8;
@@ -357,7 +358,6 @@ impl Killer {
             reading: false,
             no_ct_filter: false,
             buf: NlBuf::new(),
-            rx: Vec::new(),
         })
     }
 
@@ -495,23 +495,23 @@ impl Killer {
     fn read(&mut self, cx: &mut Ctx<'_>) {
         self.reading = true;
         for _ in 0..100_000 {
-            let mut rx = std::mem::take(&mut self.rx);
+            let mut rx = std::mem::take(cx.rx);
             let r = self.sock.recv(&mut rx);
             match r {
-                Ok(_) => self.handle(&rx, cx),
+                Ok(n) => self.handle(&rx[..n], cx),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.rx = rx;
+                    *cx.rx = rx;
                     break;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => self.overrun(cx),
                 Err(e) => {
                     cx.stats.errors += 1;
                     log(format_args!("{}: receive: {e}", self.what));
-                    self.rx = rx;
+                    *cx.rx = rx;
                     break;
                 }
             }
-            self.rx = rx;
+            *cx.rx = rx;
         }
         self.reading = false;
     }
@@ -1037,7 +1037,7 @@ impl KernelEnforcer {
             let mut rx = std::mem::take(&mut self.rx);
             let r = self.ipset.recv(&mut rx);
             match r {
-                Ok(_) => self.handle(&rx),
+                Ok(n) => self.handle(&rx[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.rx = rx;
                     break;
@@ -1168,6 +1168,7 @@ impl KernelEnforcer {
             now: self.now,
             stats: &mut self.stats,
             tallies: &mut self.tallies,
+            rx: &mut self.rx,
         };
         if let Some(k) = &mut self.tcp {
             for &family in diag::families(key) {
@@ -1200,6 +1201,7 @@ impl KernelEnforcer {
             now: self.now,
             stats: &mut self.stats,
             tallies: &mut self.tallies,
+            rx: &mut self.rx,
         };
         for k in [self.tcp.as_mut(), self.udp.as_mut()].into_iter().flatten() {
             f(k, &mut cx);
