@@ -871,6 +871,12 @@ impl KernelEnforcer {
         }
         // The sets exist now, so iptables can reference them.
         me.firewall.install().map_err(StartError::Firewall)?;
+        if me.cfg.firewall == FirewallMode::None {
+            log(format_args!(
+                "firewall none: refract fills the sets; the DROP rules are yours, e.g. {}",
+                me.firewall.describe().replace('\n', " ; ")
+            ));
+        }
         me.existing = Some(existing);
         Ok(me)
     }
