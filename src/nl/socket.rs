@@ -278,4 +278,32 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}");
         assert!(s.next_seq() != seq);
     }
+
+    #[test]
+    fn drain_discards_queued_replies() {
+        let mut s = match NlSocket::open(libc::NETLINK_ROUTE, 0) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skip: no netlink: {e}");
+                return;
+            }
+        };
+        let mut b = NlBuf::new();
+        for _ in 0..3 {
+            // RTM_GETLINK of ifindex 1 (lo) with an ACK: two messages each.
+            let seq = s.next_seq();
+            b.message(18, NLM_F_REQUEST | NLM_F_ACK, seq, |b| {
+                b.put(&[0, 0, 0, 0]);
+                b.put(&1i32.to_ne_bytes());
+                b.put(&[0; 8]);
+            });
+        }
+        s.send(&b).unwrap();
+        assert!(s.wait_readable(Duration::from_secs(2)).unwrap());
+        assert!(s.drain() >= 1);
+        let mut buf = Vec::new();
+        let e = s.recv(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(buf.len(), RECV_BUF);
+    }
 }
