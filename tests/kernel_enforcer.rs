@@ -373,46 +373,59 @@ fn ban_deletes_udp_conntrack_entries() {
     let Some(t) = topo("ku") else { return };
     // Any conntrack match turns connection tracking on in the namespace;
     // an ESTABLISHED accept rule is also why stale entries must go.
-    t.node.ok(&[
-        "iptables",
-        "-A",
-        "INPUT",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "ESTABLISHED",
-        "-j",
-        "ACCEPT",
-    ]);
-    let server = t.node.in_netns(|| UdpSocket::bind("0.0.0.0:443").unwrap());
+    for bin in ["iptables", "ip6tables"] {
+        t.node.ok(&[
+            bin,
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+    // Dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d, but conntrack
+    // tracks their packets as IPv4.
+    let server = t.node.in_netns(|| UdpSocket::bind("[::]:443").unwrap());
     server
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    for (n, peer) in [(&t.a, "10.201.1.2"), (&t.b, "10.201.2.2")] {
-        let dst = if peer.starts_with("10.201.1") {
-            "10.201.1.1:443"
-        } else {
-            "10.201.2.1:443"
-        };
+    let sends = [
+        (&t.a, "10.201.1.2", "10.201.1.1:443"),
+        (&t.b, "10.201.2.2", "10.201.2.1:443"),
+        (&t.a, "2001:db8:201:1::2", "[2001:db8:201:1::1]:443"),
+        (&t.b, "2001:db8:201:2::2", "[2001:db8:201:2::1]:443"),
+    ];
+    for (n, peer, dst) in sends {
         n.in_netns(|| {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let any = if dst.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let s = UdpSocket::bind(any).unwrap();
             s.send_to(b"hello", dst).unwrap();
         });
         let mut b = [0u8; 16];
         let (_, from) = server.recv_from(&mut b).unwrap();
-        assert_eq!(from.ip().to_string(), peer);
+        let peer: std::net::IpAddr = peer.parse().unwrap();
+        assert_eq!(Key::new(from.ip(), 128), Key::new(peer, 128));
     }
     let flows = |src: &str| {
+        let fam = if src.contains(':') { "ipv6" } else { "ipv4" };
         let out = t
             .node
-            .exec(&["conntrack", "-L", "-p", "udp", "--orig-src", src]);
+            .exec(&["conntrack", "-L", "-f", fam, "-p", "udp", "--orig-src", src]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("dport=443"))
             .count()
     };
-    assert_eq!(flows("10.201.1.2"), 1);
-    assert_eq!(flows("10.201.2.2"), 1);
+    for (_, peer, _) in sends {
+        assert_eq!(flows(peer), 1, "{peer}");
+    }
 
     let mut c = cfg(60, FirewallMode::Iptables);
     c.protos = Protos {
@@ -421,19 +434,32 @@ fn ban_deletes_udp_conntrack_entries() {
     };
     let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
     let key = v4("10.201.1.2");
+    let key6 = Key::new("2001:db8:201:1::99".parse().unwrap(), 64);
     e.ban(&ban(key), Duration::from_secs(60), 1);
+    e.ban(&ban(key6), Duration::from_secs(60), 1);
     e.flush(Duration::from_secs(2));
+    let mut r = e.take_reports();
+    r.sort_by_key(|r| r.key);
     assert_eq!(
-        e.take_reports(),
-        vec![KillReport {
-            key,
-            tcp: 0,
-            udp: 1
-        }]
+        r,
+        vec![
+            KillReport {
+                key,
+                tcp: 0,
+                udp: 1
+            },
+            KillReport {
+                key: key6,
+                tcp: 0,
+                udp: 1
+            }
+        ]
     );
     assert_eq!(flows("10.201.1.2"), 0);
+    assert_eq!(flows("2001:db8:201:1::2"), 0);
     assert_eq!(flows("10.201.2.2"), 1);
-    assert_eq!((e.stats().udp_killed, e.stats().errors), (1, 0));
+    assert_eq!(flows("2001:db8:201:2::2"), 1);
+    assert_eq!((e.stats().udp_killed, e.stats().errors), (2, 0));
     let rules = t.node.ok(&["iptables", "-S", "INPUT"]);
     assert!(
         rules.contains(
