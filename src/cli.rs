@@ -639,8 +639,40 @@ pub fn main() -> i32 {
     };
     match command {
         Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
-        Command::Daemon | Command::Check | Command::Cleanup => {
+        Command::Check => {
+            let (report, ok) = crate::check::run(&cfg);
+            print!("{report}");
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Command::Cleanup => cleanup(&cfg),
+        Command::Daemon => {
             eprintln!("refract: this build has no live daemon yet; use `refract replay FILE`");
+            1
+        }
+    }
+}
+
+/// `refract cleanup`: the DROP rules and both sets go; returns the exit code.
+fn cleanup(cfg: &Config) -> i32 {
+    match crate::enforce::kernel::cleanup(&crate::enforce::kernel::KernelConfig::from_config(cfg)) {
+        Ok(c) => {
+            let sets = if c.sets_destroyed.is_empty() {
+                "no sets".to_string()
+            } else {
+                c.sets_destroyed.join(", ")
+            };
+            println!(
+                "refract cleanup: removed {} DROP rule(s), destroyed {sets}",
+                c.rules_removed
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("refract: cleanup: {e}");
             1
         }
     }
