@@ -14,7 +14,6 @@
 //! else the default. Every invalid value stops the program with one line
 //! naming the flag and exit code 2, before anything is touched.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -542,7 +541,7 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
         .map(|(v, _)| PathBuf::from(v));
     let limits = match &limits_file {
         Some(p) => load_limits(p).map_err(usage)?,
-        None => HashMap::new(),
+        None => crate::config::Limits::default(),
     };
 
     let confirm = env.switch(args.confirm, "confirm")?;

@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod enforce;
 pub mod firewall;
+pub mod hash;
 pub mod key;
 pub mod nl;
 pub mod notify;
