@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod firewall;
 pub mod key;
+pub mod logger;
 pub mod nl;
 pub mod policy;
 pub mod replay;
