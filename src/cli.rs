@@ -625,8 +625,12 @@ pub fn main() -> i32 {
     };
     match command {
         Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
+        // daemon branch: the dry-run daemon, until the kernel enforcer lands.
+        Command::Daemon if cfg.dry_run => {
+            crate::daemon::run(cfg, Box::new(crate::enforce::DryRun::default()))
+        }
         Command::Daemon | Command::Check | Command::Cleanup => {
-            eprintln!("refract: this build has no live daemon yet; use `refract replay FILE`");
+            eprintln!("refract: this build has no kernel enforcement yet; use --dry-run or `refract replay FILE`");
             1
         }
     }
