@@ -189,6 +189,7 @@ fn one_gib_sparse_file_and_truncation() {
     let access = dir.path("access.log");
     OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(&access)
         .unwrap()
