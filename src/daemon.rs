@@ -83,6 +83,9 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
                 d.cfg.block_log.display(),
                 d.core.enforcer.name(),
             ));
+            // systemd `Type=notify`: ready once the log is watched and the
+            // audit log open (a no-op outside systemd).
+            d.notify("READY=1");
             match d.run() {
                 Ok(()) => 0,
                 Err(e) => {
@@ -506,7 +509,19 @@ impl Daemon {
         }
     }
 
+    fn notify(&self, state: &str) {
+        if let Err(e) = crate::notify::notify(state) {
+            logger::warning(format_args!("{e}"));
+        }
+    }
+
     fn reload(&mut self) {
+        self.notify("RELOADING=1");
+        self.reload_inner();
+        self.notify("READY=1");
+    }
+
+    fn reload_inner(&mut self) {
         reload_timezone();
         if let Err(e) = self.core.audit.reopen() {
             self.core.stats.audit_errors += 1;
@@ -533,6 +548,7 @@ impl Daemon {
     }
 
     fn shutdown(&mut self) {
+        self.notify("STOPPING=1");
         self.core.enforcer.flush(FLUSH_BUDGET);
         if let Some((f, _)) = self.core.audit.file.as_mut() {
             let _ = f.flush();

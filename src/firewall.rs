@@ -1,1 +1,320 @@
-//! SKELETON: being written in its own branch.
+//! The DROP rule that makes the sets bite: one `iptables`/`ip6tables` rule
+//! per protocol and family,
+//!
+//! ```text
+//! iptables  -I INPUT 1 -p tcp --dport 443 -m set --match-set refract_banned_users  src -j DROP
+//! ip6tables -I INPUT 1 -p tcp --dport 443 -m set --match-set refract_banned_users6 src -j DROP
+//! ```
+//!
+//! with `-m multiport --dports a,b,…` for several ports (at most 15 per
+//! rule, the multiport limit, so more ports make more rules).
+//!
+//! Rules are managed by running the firewall binaries, at startup and for
+//! `refract cleanup` only; nothing per ban spawns a process. Installation is
+//! idempotent: `-C` first, `-I INPUT 1` only when the rule is missing.
+//! Rules stay in place on exit (bans persist across restarts); [`Firewall::remove`]
+//! deletes them (`-D` until `-C` says none is left). Child processes inherit
+//! the calling thread's network namespace, which is what the tests use.
+
+use std::fmt;
+use std::io;
+use std::process::{Command, Stdio};
+
+pub use crate::config::FirewallMode;
+use crate::config::Protos;
+
+/// `xt_multiport` takes at most 15 ports (`XT_MULTI_PORTS`,
+/// `/usr/include/linux/netfilter/xt_multiport.h`).
+pub const MULTIPORT_MAX: usize = 15;
+
+/// How long iptables may wait for the xtables lock (`-w SECONDS`).
+const LOCK_WAIT: &str = "5";
+
+/// One DROP rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `ip6tables` instead of `iptables`.
+    pub v6: bool,
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
+    /// One port, or up to [`MULTIPORT_MAX`] for a multiport match.
+    pub ports: Vec<u16>,
+    pub set: String,
+}
+
+impl Rule {
+    pub fn binary(&self) -> &'static str {
+        if self.v6 {
+            "ip6tables"
+        } else {
+            "iptables"
+        }
+    }
+
+    /// The rule specification after the chain name.
+    pub fn spec(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec!["-p".into(), self.proto.into()];
+        if self.ports.len() == 1 {
+            v.extend(["--dport".into(), self.ports[0].to_string()]);
+        } else {
+            let list: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            v.extend([
+                "-m".into(),
+                "multiport".into(),
+                "--dports".into(),
+                list.join(","),
+            ]);
+        }
+        v.extend(
+            ["-m", "set", "--match-set", &self.set, "src", "-j", "DROP"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        v
+    }
+}
+
+/// The command that installs the rule, as an operator would type it.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -I INPUT 1 {}", self.binary(), self.spec().join(" "))
+    }
+}
+
+/// The rules for a configuration: for each protocol, one IPv4 rule on
+/// `set_v4` and one IPv6 rule on `set_v6` per group of up to 15 ports.
+pub fn rules(protos: Protos, ports: &[u16], set_v4: &str, set_v6: &str) -> Vec<Rule> {
+    let mut out = Vec::new();
+    let mut names = Vec::new();
+    if protos.tcp {
+        names.push("tcp");
+    }
+    if protos.udp {
+        names.push("udp");
+    }
+    for (v6, set) in [(false, set_v4), (true, set_v6)] {
+        for &proto in &names {
+            for chunk in ports.chunks(MULTIPORT_MAX) {
+                out.push(Rule {
+                    v6,
+                    proto,
+                    ports: chunk.to_vec(),
+                    set: set.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The DROP rules refract manages (or, with [`FirewallMode::None`],
+/// only describes).
+#[derive(Clone, Debug)]
+pub struct Firewall {
+    pub mode: FirewallMode,
+    pub rules: Vec<Rule>,
+}
+
+/// What `-C` said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    Present,
+    Absent,
+}
+
+fn run(rule: &Rule, op: &str) -> io::Result<std::process::Output> {
+    let mut cmd = Command::new(rule.binary());
+    cmd.args(["-w", LOCK_WAIT, op, "INPUT"]);
+    if op == "-I" {
+        cmd.arg("1");
+    }
+    cmd.args(rule.spec())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "firewall: {} not found in PATH: install iptables, or run with \
+                         --firewall none and add the rule yourself: {rule}",
+                        rule.binary()
+                    ),
+                )
+            } else {
+                io::Error::new(e.kind(), format!("firewall: {}: {e}", rule.binary()))
+            }
+        })
+}
+
+fn failed(rule: &Rule, op: &str, out: &std::process::Output) -> io::Error {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kind = if stderr.contains("Permission denied") || stderr.contains("you must be root") {
+        io::ErrorKind::PermissionDenied
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(
+        kind,
+        format!(
+            "firewall: {} {op} INPUT {}: {} ({})",
+            rule.binary(),
+            rule.spec().join(" "),
+            stderr.trim(),
+            out.status
+        ),
+    )
+}
+
+fn check(rule: &Rule) -> io::Result<Check> {
+    let out = run(rule, "-C")?;
+    match out.status.code() {
+        Some(0) => Ok(Check::Present),
+        // iptables: 1 = "Bad rule (does a matching rule exist in that
+        // chain?)"; anything else (2: bad arguments, missing set or module)
+        // is an error worth reporting.
+        Some(1) => Ok(Check::Absent),
+        _ => Err(failed(rule, "-C", &out)),
+    }
+}
+
+impl Firewall {
+    pub fn new(
+        mode: FirewallMode,
+        protos: Protos,
+        ports: &[u16],
+        set_v4: &str,
+        set_v6: &str,
+    ) -> Firewall {
+        Firewall {
+            mode,
+            rules: rules(protos, ports, set_v4, set_v6),
+        }
+    }
+
+    /// Installs every missing rule at the top of INPUT. Returns how many
+    /// were added (0 when all were present, or with `--firewall none`).
+    /// The sets must exist first: iptables refuses a rule on a missing set.
+    pub fn install(&self) -> io::Result<usize> {
+        if self.mode == FirewallMode::None {
+            return Ok(0);
+        }
+        let mut added = 0;
+        for rule in &self.rules {
+            if check(rule)? == Check::Absent {
+                let out = run(rule, "-I")?;
+                if !out.status.success() {
+                    return Err(failed(rule, "-I", &out));
+                }
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Whether every rule is in place (always true with `--firewall none`:
+    /// the operator's rule is theirs to check).
+    pub fn is_installed(&self) -> io::Result<bool> {
+        if self.mode == FirewallMode::None {
+            return Ok(true);
+        }
+        for rule in &self.rules {
+            if check(rule)? == Check::Absent {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes every copy of every rule (`-D` until `-C` finds none; at
+    /// most 64 copies per rule). Returns how many were deleted. A missing
+    /// set counts as "no rule": iptables cannot have a rule on it.
+    pub fn remove(&self) -> io::Result<usize> {
+        if self.mode == FirewallMode::None {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for rule in &self.rules {
+            for _ in 0..64 {
+                match check(rule) {
+                    Ok(Check::Present) => {}
+                    Ok(Check::Absent) => break,
+                    Err(e) if e.to_string().contains("doesn't exist") => break,
+                    Err(e) => return Err(e),
+                }
+                let out = run(rule, "-D")?;
+                if !out.status.success() {
+                    return Err(failed(rule, "-D", &out));
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The commands an operator running `--firewall none` needs (one per
+    /// line), for the documentation and the startup log.
+    pub fn describe(&self) -> String {
+        let lines: Vec<String> = self.rules.iter().map(Rule::to_string).collect();
+        lines.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: Protos = Protos {
+        tcp: true,
+        udp: false,
+    };
+
+    #[test]
+    fn single_port_rule() {
+        let r = rules(TCP, &[443], "refract_banned_users", "refract_banned_users6");
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0].to_string(),
+            "iptables -I INPUT 1 -p tcp --dport 443 -m set --match-set \
+             refract_banned_users src -j DROP"
+        );
+        assert_eq!(
+            r[1].to_string(),
+            "ip6tables -I INPUT 1 -p tcp --dport 443 -m set --match-set \
+             refract_banned_users6 src -j DROP"
+        );
+    }
+
+    #[test]
+    fn several_ports_use_multiport_and_both_protos() {
+        let both = Protos {
+            tcp: true,
+            udp: true,
+        };
+        let r = rules(both, &[443, 8443], "a", "b");
+        assert_eq!(r.len(), 4);
+        assert_eq!(
+            r[1].spec().join(" "),
+            "-p udp -m multiport --dports 443,8443 -m set --match-set a src -j DROP"
+        );
+        assert!(r[2].v6 && r[3].v6);
+    }
+
+    #[test]
+    fn more_than_fifteen_ports_split() {
+        let ports: Vec<u16> = (1000..1020).collect();
+        let r = rules(TCP, &ports, "a", "b");
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[0].ports.len(), 15);
+        assert_eq!(r[1].ports, (1015..1020).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn none_mode_touches_nothing() {
+        let f = Firewall::new(FirewallMode::None, TCP, &[443], "a", "b");
+        assert_eq!(f.install().unwrap(), 0);
+        assert_eq!(f.remove().unwrap(), 0);
+        assert!(f.is_installed().unwrap());
+        assert_eq!(f.describe().lines().count(), 2);
+    }
+}

@@ -23,6 +23,7 @@ pub mod firewall;
 pub mod key;
 pub mod logger;
 pub mod nl;
+pub mod notify;
 pub mod policy;
 pub mod replay;
 pub mod sys;

@@ -1,0 +1,240 @@
+//! Network namespace fixtures for kernel tests.
+//!
+//! [`Netns::new`] creates a namespace named `rf-<tag>-<pid>-<n>` (unique per
+//! test run, since several people run tests on one machine) with `lo` up,
+//! and deletes it on drop after killing whatever still runs inside. It
+//! returns `None`, after printing why, when the test cannot run (not root,
+//! no `ip`): the caller then returns early, which is the skip.
+//!
+//! Everything that touches kernel state (ipset, iptables, conntrack, ss,
+//! servers, clients) runs inside a namespace: through [`Netns::exec`] /
+//! [`Netns::spawn`] (`ip netns exec NAME …`) for processes, or
+//! [`Netns::in_netns`] for in-process code (a thread that `setns(2)`s into
+//! the namespace first, so sockets it opens live there).
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether we run as root (effective uid 0), read from /proc so that the
+/// test crate needs no `unsafe`.
+pub fn is_root() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .is_some_and(|euid| euid == "0")
+}
+
+/// Whether `tool` runs at all (`tool --version`-like probe by spawning it).
+pub fn have_tool(tool: &str, probe: &[&str]) -> bool {
+    Command::new(tool)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// A network namespace that lives as long as this guard.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `rf-<tag>-<pid>-<n>` with loopback up; `None` (with the
+    /// reason on stderr) when not root or `ip` is missing.
+    pub fn new(tag: &str) -> Option<Netns> {
+        if !is_root() {
+            eprintln!("skip: kernel test needs root");
+            return None;
+        }
+        if !have_tool("ip", &["-V"]) {
+            eprintln!("skip: `ip` (iproute2) not installed");
+            return None;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("rf-{tag}-{}-{n}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("spawn ip");
+        if !out.status.success() {
+            eprintln!(
+                "skip: ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let ns = Netns { name };
+        ns.ok(&["ip", "link", "set", "lo", "up"]);
+        // No duplicate address detection on interfaces created later (the
+        // link-local address too), so IPv6 works as soon as links are up.
+        ns.ok(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
+        Some(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`, the bind mount `setns(2)` opens.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+
+    /// Runs `args` inside the namespace and waits for it.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.command(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns exec {} {args:?}: {e}", self.name))
+    }
+
+    /// Runs `args` inside the namespace, panics (with its stderr) unless it
+    /// succeeds, and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "in {}: {args:?} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `args` inside the namespace (stdin null, stdout/stderr piped).
+    /// Drop kills whatever is left in the namespace, but tests should still
+    /// kill and wait for their children.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip netns exec {} {args:?}: {e}", self.name))
+    }
+
+    /// Runs `f` on a new thread that has first joined this namespace, and
+    /// returns its result (a panic in `f` is propagated). Sockets opened in
+    /// `f` live in the namespace; the calling thread is unaffected.
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(self.path())
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.path().display()));
+        std::thread::scope(|s| {
+            let h = s.spawn(move || {
+                refract::sys::netlink::setns_net(file.as_fd())
+                    .unwrap_or_else(|e| panic!("setns: {e}"));
+                drop(file);
+                f()
+            });
+            match h.join() {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill what tests left running in the namespace (only processes in
+        // our own namespace, by pid), then delete it.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill")
+                    .args(["-9", pid])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Wires a veth pair: `a_if` in `a` with `a_addrs`, `b_if` in `b` with
+/// `b_addrs` (CIDR strings, v4 or v6), both up. IPv6 addresses get
+/// `nodad` so they are usable at once.
+pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_addrs: &[&str]) {
+    a.ok(&[
+        "ip",
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]);
+    for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        for addr in addrs {
+            if addr.contains(':') {
+                ns.ok(&["ip", "-6", "addr", "add", addr, "dev", ifname, "nodad"]);
+            } else {
+                ns.ok(&["ip", "addr", "add", addr, "dev", ifname]);
+            }
+        }
+        ns.ok(&["ip", "link", "set", ifname, "up"]);
+    }
+    // Wait (bounded) for carrier on both ends and no tentative address.
+    for (ns, ifname) in [(a, a_if), (b, b_if)] {
+        let ready = wait_until(std::time::Duration::from_secs(3), || {
+            let link = ns.ok(&["ip", "-o", "link", "show", "dev", ifname]);
+            let tentative = ns.ok(&["ip", "-o", "addr", "show", "dev", ifname, "tentative"]);
+            link.contains("LOWER_UP") && tentative.trim().is_empty()
+        });
+        assert!(ready, "{ifname} in {} did not come up", ns.name());
+    }
+}
+
+/// Adds a default-free route in `ns` to `dst` (CIDR) via `dev`, for
+/// topologies with more than two namespaces.
+pub fn route(ns: &Netns, dst: &str, dev: &str) {
+    let fam = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ok(&["ip", fam, "route", "add", dst, "dev", dev]);
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
+/// whether it held. Every wait in a kernel test is bounded.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

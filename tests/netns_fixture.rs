@@ -1,0 +1,49 @@
+//! Self-test of the namespace fixture: creation, exec, in_netns, veth,
+//! and cleanup on drop.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::netns::{veth, Netns};
+
+#[test]
+fn netns_lifecycle_veth_and_in_netns() {
+    let Some(a) = Netns::new("fixa") else { return };
+    let Some(b) = Netns::new("fixb") else { return };
+    assert!(a.path().exists());
+    veth(
+        &a,
+        "va",
+        &["10.99.0.1/24", "2001:db8:99::1/64"],
+        &b,
+        "vb",
+        &["10.99.0.2/24", "2001:db8:99::2/64"],
+    );
+    // Traffic crosses the pair, v4 and v6: a listener in `b`, a client in `a`.
+    for (bind, dst) in [
+        ("10.99.0.2:4000", "10.99.0.2:4000"),
+        ("[2001:db8:99::2]:4000", "[2001:db8:99::2]:4000"),
+    ] {
+        let l = b.in_netns(|| TcpListener::bind(bind).unwrap());
+        let c = a
+            .in_netns(|| TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(2)));
+        c.unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+        let (_, peer) = l.accept().unwrap();
+        assert!(peer.ip().to_string().starts_with(if bind.starts_with('[') {
+            "2001:db8:99::1"
+        } else {
+            "10.99.0.1"
+        }));
+    }
+    // in_netns: a thread inside `a` sees va, the host does not.
+    let names = a.in_netns(|| std::fs::read_to_string("/proc/thread-self/net/dev").unwrap());
+    assert!(names.contains("va:"), "{names}");
+    let host = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+    assert!(!host.contains(" va:"), "host sees the veth: {host}");
+    // Drop removes the namespace.
+    let path = a.path();
+    drop(a);
+    assert!(!path.exists());
+}

@@ -1,0 +1,339 @@
+//! The packaging as CI can check it on this machine: the unit passes
+//! `systemd-analyze verify`, every shell script passes `sh -n`/`bash -n` and
+//! shellcheck, `scripts/install.sh` installs and removes exactly its files
+//! in a DESTDIR, the Debian package builds and holds what it should. What
+//! cannot run here (docker build, abuild) gets a static check.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("refract-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn files_under(root: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path().strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+const SHELL_SCRIPTS: &[&str] = &[
+    "scripts/deps.sh",
+    "scripts/test.sh",
+    "scripts/install.sh",
+    "scripts/build-deb.sh",
+    ".ci/run",
+];
+const POSIX_SCRIPTS: &[&str] = &[
+    "packaging/openrc/refract",
+    "packaging/debian/postinst",
+    "packaging/debian/prerm",
+    "packaging/debian/postrm",
+];
+
+fn all_scripts() -> Vec<String> {
+    let mut v: Vec<String> = SHELL_SCRIPTS.iter().map(|s| s.to_string()).collect();
+    // Every other script under scripts/ too, so a new one cannot slip by.
+    for e in std::fs::read_dir(repo().join("scripts")).unwrap() {
+        let name = format!("scripts/{}", e.unwrap().file_name().to_string_lossy());
+        if name.ends_with(".sh") && !v.contains(&name) {
+            v.push(name);
+        }
+    }
+    v
+}
+
+#[test]
+fn unit_file_passes_systemd_analyze_verify() {
+    if !have("systemd-analyze") {
+        eprintln!("skip: systemd-analyze not installed");
+        return;
+    }
+    let tmp = TempDir::new("unit");
+    let unit = std::fs::read_to_string(repo().join("refract.service")).unwrap();
+    // verify wants ExecStart's binary to exist: point it at the one built.
+    let unit = unit.replace("/usr/local/bin/refract", env!("CARGO_BIN_EXE_refract"));
+    let path = tmp.0.join("refract.service");
+    std::fs::write(&path, unit).unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "systemd-analyze verify: {err}");
+    assert!(
+        !err.contains("refract.service"),
+        "warnings about the unit: {err}"
+    );
+}
+
+#[test]
+fn unit_keeps_refract_0_2_interface() {
+    let unit = std::fs::read_to_string(repo().join("refract.service")).unwrap();
+    for want in [
+        "EnvironmentFile=-/etc/default/refract",
+        "--proto=${REFRACT_PROTO} --dport=${REFRACT_DPORT} --window=${REFRACT_WINDOW} --timeout=${REFRACT_TIMEOUT} --access.log=${REFRACT_ACCESS_LOG} --block.log=${REFRACT_BLOCK_LOG}",
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
+    ] {
+        assert!(unit.contains(want), "unit lacks {want:?}");
+    }
+}
+
+#[test]
+fn shell_scripts_parse_and_pass_shellcheck() {
+    for s in all_scripts() {
+        let o = Command::new("bash")
+            .arg("-n")
+            .arg(repo().join(&s))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "bash -n {s}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for s in POSIX_SCRIPTS {
+        let o = Command::new("sh")
+            .arg("-n")
+            .arg(repo().join(s))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "sh -n {s}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    if !have("shellcheck") {
+        eprintln!("skip: shellcheck not installed (syntax was checked)");
+        return;
+    }
+    for s in all_scripts() {
+        let o = Command::new("shellcheck")
+            .args(["-x", &s])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "shellcheck {s}:\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    for s in POSIX_SCRIPTS
+        .iter()
+        .chain(["packaging/alpine/APKBUILD"].iter())
+    {
+        let mut c = Command::new("shellcheck");
+        c.args(["-s", "sh"]);
+        if s.ends_with("APKBUILD") {
+            // abuild reads these variables after sourcing the file.
+            c.args(["-e", "SC2034,SC2154"]);
+        }
+        let o = c.arg(repo().join(s)).output().unwrap();
+        assert!(
+            o.status.success(),
+            "shellcheck {s}:\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
+
+#[test]
+fn install_and_uninstall_touch_exactly_their_files() {
+    for (init, unit, settings) in [
+        (
+            "systemd",
+            "etc/systemd/system/refract.service",
+            "etc/default/refract",
+        ),
+        ("openrc", "etc/init.d/refract", "etc/conf.d/refract"),
+    ] {
+        let root = TempDir::new(&format!("install-{init}"));
+        let run = |extra: &[&str]| {
+            let o = Command::new("bash")
+                .arg(repo().join("scripts/install.sh"))
+                .args(["--init", init, "--bin", env!("CARGO_BIN_EXE_refract")])
+                .args(extra)
+                .env("DESTDIR", &root.0)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{init} {extra:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let out = run(&[]);
+        assert!(out.contains("Next:"), "{out}");
+        let want: BTreeSet<String> = [
+            "usr/local/bin/refract",
+            "opt/refract/refract",
+            unit,
+            settings,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(files_under(&root.0), want);
+        let link = std::fs::read_link(root.0.join("opt/refract/refract")).unwrap();
+        assert_eq!(link, PathBuf::from("/usr/local/bin/refract"));
+        // The operator edits the settings; a second run keeps them.
+        let s = root.0.join(settings);
+        std::fs::write(&s, "REFRACT_LIMIT=2\n").unwrap();
+        let out = run(&[]);
+        assert!(out.contains(&format!("kept your /{settings}")), "{out}");
+        assert_eq!(std::fs::read_to_string(&s).unwrap(), "REFRACT_LIMIT=2\n");
+        assert_eq!(files_under(&root.0), want);
+        // Uninstall removes everything but the edited settings.
+        let out = run(&["--uninstall"]);
+        assert!(out.contains("kept"), "{out}");
+        assert_eq!(
+            files_under(&root.0),
+            [settings.to_string()].into_iter().collect()
+        );
+        // With pristine settings, nothing at all is left.
+        run(&[]);
+        std::fs::remove_file(&s).unwrap();
+        run(&[]);
+        run(&["--uninstall"]);
+        assert!(
+            files_under(&root.0).is_empty(),
+            "{:?}",
+            files_under(&root.0)
+        );
+    }
+}
+
+#[test]
+fn debian_package_builds_with_its_files_and_scripts() {
+    if !have("dpkg-deb") {
+        eprintln!("skip: dpkg-deb not installed");
+        return;
+    }
+    let out = TempDir::new("deb");
+    let o = Command::new("bash")
+        .arg(repo().join("scripts/build-deb.sh"))
+        .args(["--bin", env!("CARGO_BIN_EXE_refract"), "--out"])
+        .arg(&out.0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let deb = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let list = Command::new("dpkg-deb")
+        .args(["-c", &deb])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in [
+        "./usr/bin/refract",
+        "./lib/systemd/system/refract.service",
+        "./etc/default/refract",
+        "./usr/share/doc/refract/copyright",
+    ] {
+        assert!(list.contains(f), "{f} missing from {list}");
+    }
+    let info = Command::new("dpkg-deb")
+        .args(["-I", &deb])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    for f in [
+        "Package: refract",
+        "Depends: ipset, iptables",
+        "postinst",
+        "prerm",
+        "postrm",
+        "conffiles",
+    ] {
+        assert!(info.contains(f), "{f} missing from {info}");
+    }
+    let unit = Command::new("dpkg-deb")
+        .args(["--fsys-tarfile", &deb])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&unit.stdout).contains("ExecStart=/usr/bin/refract "));
+    // postinst enables but never starts.
+    let postinst = std::fs::read_to_string(repo().join("packaging/debian/postinst")).unwrap();
+    assert!(
+        postinst.contains("systemctl enable")
+            && !postinst.contains("systemctl start refract.service")
+    );
+}
+
+#[test]
+fn container_and_alpine_files_are_consistent() {
+    // No Docker engine or abuild here: check what can be checked statically.
+    let docker = std::fs::read_to_string(repo().join("packaging/docker/Dockerfile")).unwrap();
+    let stages = docker.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert_eq!(stages, 2, "multi-stage build");
+    for line in docker
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(repo().join(src).exists(), "Dockerfile copies missing {src}");
+        }
+    }
+    assert!(docker.contains("ENTRYPOINT [\"/usr/local/bin/refract\"]"));
+    let compose = std::fs::read_to_string(repo().join("packaging/docker/compose.yml")).unwrap();
+    assert!(compose.contains("network_mode: host") && compose.contains("NET_ADMIN"));
+    let apk = std::fs::read_to_string(repo().join("packaging/alpine/APKBUILD")).unwrap();
+    let version = format!("pkgver={}", env!("CARGO_PKG_VERSION"));
+    assert!(apk.contains(&version), "APKBUILD {version}");
+    for f in ["packaging/openrc/refract", "packaging/openrc/refract.confd"] {
+        assert!(apk.contains(f) && repo().join(f).exists(), "{f}");
+    }
+    let o = Command::new("sh")
+        .arg("-n")
+        .arg(repo().join("packaging/alpine/APKBUILD"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
