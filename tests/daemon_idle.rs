@@ -19,6 +19,9 @@ fn zero_wakeups_while_idle() {
     append(&d.access, &lines("noise", 3));
     d.expect_lines(5);
     std::thread::sleep(Duration::from_secs(1));
+    // The timer did its work: the ban was decided and has expired.
+    let s = d.stats();
+    assert_eq!((s["bans"], s["expired"]), (1, 1), "{s:?}");
     let (before, rss) = proc_status(d.pid());
     std::thread::sleep(Duration::from_secs(10));
     let (after, _) = proc_status(d.pid());
