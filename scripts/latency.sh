@@ -44,12 +44,14 @@ samples=()
 for ((i = 1; i <= n; i++)); do
     user="lat$i@example.com"
     line "$user" 198.51.100.1 >>"$log"
-    # Outside the loop the daemon is idle again; then the violating line.
+    # Then the violating line, from an address never banned before (a new
+    # /64 each time).
+    printf -v hex '%x' "$i"
     t0=${EPOCHREALTIME/[.,]/}
-    line "$user" "203.0.113.$((i % 250 + 1))" >>"$log"
+    line "$user" "[2001:db8:$hex::1]" >>"$log"
     while :; do
         mapfile -t got <"$block" 2>/dev/null || got=()
-        ((${#got[@]} >= i)) && break
+        ((${#got[@]} >= 1)) && break
         t=${EPOCHREALTIME/[.,]/}
         if ((t - t0 > 5000000)); then
             echo "latency.sh: no audit line after 5 s (is the parser/policy in this build?)" >&2
@@ -58,6 +60,9 @@ for ((i = 1; i <= n; i++)); do
     done
     t1=${EPOCHREALTIME/[.,]/}
     samples+=($((t1 - t0)))
+    # Empty the audit log (the daemon appends with O_APPEND, so it keeps
+    # writing at the new end) to keep each poll a small read.
+    : >"$block"
 done
 kill -TERM "$pid"; wait "$pid" || true; pid=
 

@@ -46,7 +46,7 @@ use crate::logger::{self, RateLimit};
 use crate::policy::{Ban, Policy, Verdict};
 use crate::sys::time::{localtime_now, monotonic, reload_timezone};
 use crate::sys::timerfd::TimerFd;
-use crate::tail::{Progress, Tail};
+use crate::tail::Tail;
 
 pub const TAIL: Token = Token(0);
 pub const TIMER: Token = Token(1);
@@ -449,11 +449,11 @@ impl Daemon {
         }
     }
 
+    /// Reads what is new in the log; a backlog left over (`has_more`) is
+    /// read on the next turn, after a zero-timeout poll.
     fn pump(&mut self, now: Micros) {
         let core = &mut self.core;
-        if self.tail.pump(now, &mut |l| core.line(now, l)) == Progress::More {
-            // Picked up on the next turn, with a zero poll timeout.
-        }
+        self.tail.pump(now, &mut |l| core.line(now, l));
         self.tail_errors();
     }
 
