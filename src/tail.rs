@@ -231,7 +231,23 @@ impl Tail {
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let wd = match self.inotify.watches().add(&proc_path, FILE_MASK) {
             Ok(wd) => Some(wd),
-            Err(_) => self.inotify.watches().add(&self.path, FILE_MASK).ok(),
+            // No /proc: the path, which names the same inode unless it was
+            // replaced in the last microseconds (then a directory event
+            // follows and the new file is picked up).
+            Err(_) => match self.inotify.watches().add(&self.path, FILE_MASK) {
+                Ok(wd) => Some(wd),
+                Err(e) => {
+                    // ENOSPC: fs.inotify.max_user_watches is exhausted.
+                    // Writes are then noticed only with the next directory
+                    // event: say so loudly.
+                    self.fail(format!(
+                        "tail: watch {}: {e}; new lines are read late \
+                         (raise fs.inotify.max_user_watches)",
+                        self.path.display()
+                    ));
+                    None
+                }
+            },
         };
         Ok(Followed {
             file,
@@ -471,7 +487,10 @@ impl Tail {
         if self.current.as_ref().is_some_and(|c| c.id == new.id) {
             return;
         }
-        if let Some(old) = self.current.take() {
+        if let Some(mut old) = self.current.take() {
+            // The grace period runs from the rotation: a writer that still
+            // holds the old inode gets it in full.
+            old.active = now;
             self.rotated.push(old);
         }
         if self.opened_once {
@@ -699,6 +718,32 @@ mod tests {
         // still followed until idle.
         t.expire(ROTATED_GRACE + 10, &mut |_| {});
         assert!(t.rotated.is_empty());
+    }
+
+    #[test]
+    fn rotated_file_is_followed_until_idle_then_closed() {
+        let d = TempDir::new("grace");
+        let p = d.0.join("access.log");
+        let old = d.0.join("access.log.1");
+        append(&p, "");
+        let mut t = Tail::open(&p, false, 100).unwrap();
+        std::fs::rename(&p, &old).unwrap();
+        append(&p, "new\n");
+        let mut out = Vec::new();
+        let mut f = |l: &[u8]| out.push(String::from_utf8_lossy(l).into_owned());
+        t.on_event(1_000, &mut f);
+        assert_eq!(t.next_deadline(), Some(1_000 + ROTATED_GRACE));
+        // The writer still holds the old inode: read, and the grace restarts.
+        append(&old, "late\nno newline");
+        t.on_event(2_000, &mut f);
+        assert_eq!(t.next_deadline(), Some(2_000 + ROTATED_GRACE));
+        t.expire(2_000 + ROTATED_GRACE - 1, &mut f);
+        assert_eq!(t.rotated.len(), 1);
+        // Idle past the grace: closed, and its unterminated last line counts.
+        t.expire(2_000 + ROTATED_GRACE, &mut f);
+        assert!(t.rotated.is_empty());
+        assert_eq!(t.next_deadline(), None);
+        assert_eq!(out, ["new", "late", "no newline"]);
     }
 
     #[test]
