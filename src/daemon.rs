@@ -260,6 +260,7 @@ struct Core {
     enforcer: Box<dyn Enforcer>,
     audit: AuditLog,
     warn: RateLimit<{ Skip::ALL.len() }>,
+    audit_warn: RateLimit<1>,
     stats: DaemonStats,
 }
 
@@ -318,7 +319,12 @@ impl Core {
         self.stats.bans += 1;
         if let Err(e) = self.audit.write(ban) {
             self.stats.audit_errors += 1;
-            logger::error(format_args!("{e}"));
+            // A full disk fails every ban: one message per period.
+            if let Some(n) = self.audit_warn.check(0, now) {
+                logger::error(format_args!(
+                    "{e} ({n} more failures since the last message)"
+                ));
+            }
         }
         let ttl = match ban.until.checked_sub(now) {
             Some(t) if t > 0 => Duration::from_micros(t),
@@ -387,6 +393,7 @@ impl Daemon {
                 enforcer,
                 audit,
                 warn: RateLimit::new(WARN_PERIOD),
+                audit_warn: RateLimit::new(60 * SECOND),
                 stats: DaemonStats::default(),
             },
         })
@@ -415,16 +422,12 @@ impl Daemon {
                         self.tail.on_event(now, &mut |l| core.line(now, l));
                         self.tail_errors();
                     }
-                    TIMER => loop {
-                        match self.timer.read() {
-                            Ok(_) => continue,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            // WouldBlock: drained. Anything else cannot
-                            // happen on a timerfd; the deadline check below
-                            // runs regardless.
-                            Err(_) => break,
-                        }
-                    },
+                    TIMER => {
+                        // Fired: rearm() must set it again even if a
+                        // component reports the same deadline.
+                        self.armed = None;
+                        self.drain_timer();
+                    }
                     SIGNAL => self.signals.drain(),
                     Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
                         self.core.enforcer.ready(t, now)
@@ -445,6 +448,18 @@ impl Daemon {
             }
             if self.signals.usr1.swap(false, Ordering::Relaxed) {
                 logger::notice(format_args!("{}", self.stats_line()));
+            }
+        }
+    }
+
+    fn drain_timer(&mut self) {
+        loop {
+            match self.timer.read() {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock: drained. Nothing else can happen on a timerfd;
+                // the deadline check after the batch runs regardless.
+                Err(_) => break,
             }
         }
     }
