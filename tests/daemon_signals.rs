@@ -145,3 +145,39 @@ fn sighup_reloads_limits_and_keeps_them_on_a_bad_file() {
         .collect();
     assert_eq!(banned, ["198.51.100.11", "198.51.100.14"], "{audit:?}");
 }
+
+#[test]
+fn misconfiguration_warnings_are_rate_limited() {
+    let dir = TempDir::new("sig-warn");
+    let mut d = Daemon::start(&dir, &[]);
+    let mut text = String::new();
+    for i in 0..50 {
+        text.push_str(&access_line(&format!("u{i}"), "127.0.0.1"));
+        text.push_str(&format!(
+            "2026/01/30 17:03:38 from 203.0.113.{}:0 accepted tcp:example.org:443 [ws-in >> direct] email: u{i}\n",
+            i + 1
+        ));
+        text.push_str(&access_line(&format!("u{i}"), "[Masked IPv4]"));
+    }
+    append(&d.access, &text);
+    let s = d.expect_lines(150);
+    assert_eq!(
+        (
+            s["skipped_loopback"],
+            s["skipped_xff_port0"],
+            s["skipped_masked"]
+        ),
+        (50, 50, 50),
+        "{s:?}"
+    );
+    let log = d.log();
+    let count = |word: &str| {
+        log.lines()
+            .filter(|l| l.contains("warning:") && l.contains(word))
+            .count()
+    };
+    assert_eq!(count("loopback"), 1, "{log}");
+    assert_eq!(count("X-Forwarded-For"), 1, "{log}");
+    assert_eq!(count("maskAddress"), 1, "{log}");
+    assert!(d.audit().is_empty(), "skipped lines never ban");
+}
