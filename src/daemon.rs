@@ -26,7 +26,12 @@
 //!   one error naming file and line), reopen the audit log, re-read the
 //!   time zone.
 //! - SIGUSR1: log one `stats:` line with every counter (what the tests and
-//!   operators read).
+//!   operators read); the same line is logged at exit.
+//!
+//! Messages go to syslog or stderr ([`crate::logger`], `REFRACT_LOG`); the
+//! audit line's time is the local time of the decision
+//! ([`crate::sys::time::localtime_now`]), as refract 0.2 wrote it. How the
+//! follower survives rotation and contains SIGBUS: [`crate::tail`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};

@@ -70,7 +70,7 @@ pub fn init(target: Target) -> &'static str {
     let want_syslog = match target {
         Target::Stderr => false,
         Target::Syslog => true,
-        Target::Auto => !crate::sys::time::isatty(std::os::fd::AsFd::as_fd(&std::io::stderr())),
+        Target::Auto => !crate::sys::process::isatty(std::os::fd::AsFd::as_fd(&std::io::stderr())),
     };
     let mut sink = Sink::Stderr;
     let mut failed = None;

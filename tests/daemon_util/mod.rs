@@ -120,7 +120,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: i32) {
-        refract::sys::time::kill(self.pid(), sig).unwrap();
+        refract::sys::process::kill(self.pid(), sig).unwrap();
     }
 
     /// Everything the daemon logged so far.
