@@ -39,8 +39,9 @@
 //!   [`Progress::More`], so a 1 GiB backlog neither grows the process nor
 //!   starves signals and timers.
 //! - Starting: the current file is read from its end (refract 0.2's
-//!   behaviour) unless `from_start`; a file that appears later is read from
-//!   its beginning. Xray's reopen-after-idle opens the same inode: nothing
+//!   behaviour; if that end is in the middle of a line being written, the
+//!   rest of that line is dropped, not handed out as a line) unless
+//!   `from_start`; a file that appears later is read from its beginning. Xray's reopen-after-idle opens the same inode: nothing
 //!   changes.
 //!
 //! # SIGBUS
@@ -125,6 +126,9 @@ struct Followed {
     /// The last up to [`SIG_LEN`] bytes below `offset`, to notice a file
     /// truncated and refilled past `offset` between two looks.
     sig: Vec<u8>,
+    /// Started at the end of a file whose last line had no newline yet:
+    /// the first line handed out would be its tail, not a line.
+    mid_line: bool,
     /// Last time bytes were read (or the file was picked up).
     active: Micros,
 }
@@ -210,6 +214,7 @@ impl Tail {
                     {
                         f.sig.clear();
                     }
+                    f.mid_line = f.sig.last().is_some_and(|&b| b != b'\n');
                 }
                 tail.current = Some(f);
                 tail.opened_once = true;
@@ -256,6 +261,7 @@ impl Tail {
             offset: 0,
             lines: Lines::new(self.max_line),
             sig: Vec::new(),
+            mid_line: false,
             active: now,
         })
     }
@@ -400,6 +406,7 @@ impl Tail {
             if size < fol.offset || !fol.same_prefix() {
                 fol.offset = 0;
                 fol.sig.clear();
+                fol.mid_line = false;
                 fol.lines = Lines::new(max_line);
                 self.stats.truncations += 1;
                 continue;
@@ -417,13 +424,15 @@ impl Tail {
                 Slot::Current => self.current.as_mut().expect("slot exists"),
                 Slot::Rotated(i) => &mut self.rotated[i],
             };
-            let (lines, sig) = (&mut fol.lines, &mut fol.sig);
+            let (lines, sig, mid_line) = (&mut fol.lines, &mut fol.sig, &mut fol.mid_line);
             let r = read_window(&fol.file, fol.offset, len, &mut buf, &mut |chunk| {
                 let tail = &chunk[chunk.len().saturating_sub(SIG_LEN)..];
                 sig.extend_from_slice(tail);
                 let excess = sig.len().saturating_sub(SIG_LEN);
                 sig.drain(..excess);
                 lines.feed(chunk, &mut |line| match line {
+                    // The rest of a line that began before we started.
+                    _ if std::mem::take(mid_line) => {}
                     Ok(l) => {
                         stats.lines += 1;
                         f(l)
@@ -652,6 +661,18 @@ mod tests {
         collect(&mut t, &mut out);
         assert_eq!(out, ["new 1", "new 2"]);
         assert_eq!(t.stats().lines, 2);
+    }
+
+    #[test]
+    fn starting_mid_line_skips_the_rest_of_that_line() {
+        let d = TempDir::new("midline");
+        let p = d.0.join("access.log");
+        append(&p, "old 1\nold 2 is being writ");
+        let mut t = Tail::open(&p, false, 100).unwrap();
+        append(&p, "ten\nnew 1\n");
+        let mut out = Vec::new();
+        collect(&mut t, &mut out);
+        assert_eq!(out, ["new 1"]);
     }
 
     #[test]
