@@ -241,7 +241,11 @@ pub fn parse_args(argv: &[String]) -> Result<(Command, Args), Result<String, Usa
         _ => (Command::Daemon, argv),
     };
     let normalized = normalize(rest).map_err(Err)?;
-    let strs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+    // argh takes a lone `-` for a flag; carry it past argh as a placeholder.
+    let strs: Vec<&str> = normalized
+        .iter()
+        .map(|a| if a == "-" { STDIN_MARK } else { a.as_str() })
+        .collect();
     let name = match command {
         Command::Daemon => "refract",
         Command::Replay => "refract replay",
@@ -249,13 +253,23 @@ pub fn parse_args(argv: &[String]) -> Result<(Command, Args), Result<String, Usa
         Command::Cleanup => "refract cleanup",
     };
     match Args::from_args(&[name], &strs) {
-        Ok(args) => Ok((command, args)),
+        Ok(mut args) => {
+            for f in &mut args.file {
+                if f == STDIN_MARK {
+                    *f = "-".to_string();
+                }
+            }
+            Ok((command, args))
+        }
         Err(e) => match e.status {
             Ok(()) => Err(Ok(e.output)),
             Err(()) => Err(Err(usage(first_line(&e.output)))),
         },
     }
 }
+
+/// Stands in for `-` while argh parses (no real argument contains a NUL).
+const STDIN_MARK: &str = "\0stdin";
 
 fn first_line(s: &str) -> String {
     s.lines()

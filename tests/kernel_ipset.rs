@@ -134,12 +134,23 @@ fn v4_create_add_test_del_list_flush_destroy() {
     n.in_netns(|| {
         let mut s = NlSocket::open(NETLINK_NETFILTER, 0).unwrap();
         req(&mut s, |b, q| Flush { set }.emit(b, q)).unwrap();
+        // Deleting an absent element is not an error (no NLM_F_EXCL).
+        req(&mut s, |b, q| {
+            Del {
+                set,
+                key: v4("192.0.2.7"),
+            }
+            .emit(b, q)
+        })
+        .unwrap();
     });
     let out = n.ok(&["ipset", "list", set]);
     assert!(out.contains("Number of entries: 0"), "{out}");
     n.in_netns(|| {
         let mut s = NlSocket::open(NETLINK_NETFILTER, 0).unwrap();
         req(&mut s, |b, q| Destroy { set }.emit(b, q)).unwrap();
+        let e = req(&mut s, |b, q| Destroy { set }.emit(b, q)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
         let e = list(&mut s, set, true).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
         let e = req(&mut s, |b, q| {

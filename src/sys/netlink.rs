@@ -196,6 +196,31 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     Ok(rc > 0)
 }
 
+/// Waits until any of `fds` is readable or `timeout_ms` passes; returns
+/// how many are readable (0 on timeout or `EINTR`). Outside the loop only
+/// (shutdown flush, tests). At most 8 descriptors.
+pub fn poll_readable_any(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<usize> {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 8];
+    let n = fds.len().min(pfds.len());
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = fd.as_raw_fd();
+    }
+    // SAFETY: `pfds` is a live array and `n` never exceeds its length.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(rc as usize)
+}
+
 /// Moves the calling thread into the network namespace `fd` refers to
 /// (`setns(2)` with `CLONE_NEWNET`). Sockets created afterwards on this
 /// thread live in that namespace. Tests call it on a dedicated thread.
