@@ -639,12 +639,24 @@ pub fn main() -> i32 {
     };
     match command {
         Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
-        // daemon branch: the dry-run daemon, until the kernel enforcer lands.
-        Command::Daemon if cfg.dry_run => {
-            crate::daemon::run(cfg, Box::new(crate::enforce::DryRun::default()))
+        // daemon branch: the live daemon with the enforcer --dry-run picks.
+        Command::Daemon => {
+            use crate::enforce::kernel::{KernelConfig, KernelEnforcer};
+            let enforcer: Box<dyn crate::enforce::Enforcer> = if cfg.dry_run {
+                Box::new(crate::enforce::DryRun::default())
+            } else {
+                match KernelEnforcer::new(KernelConfig::from_config(&cfg)) {
+                    Ok(k) => Box::new(k),
+                    Err(e) => {
+                        eprintln!("refract: {e}");
+                        return 1;
+                    }
+                }
+            };
+            crate::daemon::run(cfg, enforcer)
         }
-        Command::Daemon | Command::Check | Command::Cleanup => {
-            eprintln!("refract: this build has no kernel enforcement yet; use --dry-run or `refract replay FILE`");
+        Command::Check | Command::Cleanup => {
+            eprintln!("refract: `check` and `cleanup` are not in this build yet");
             1
         }
     }
