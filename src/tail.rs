@@ -41,8 +41,20 @@
 //! - Starting: the current file is read from its end (refract 0.2's
 //!   behaviour; if that end is in the middle of a line being written, the
 //!   rest of that line is dropped, not handed out as a line) unless
-//!   `from_start`; a file that appears later is read from its beginning. Xray's reopen-after-idle opens the same inode: nothing
-//!   changes.
+//!   `from_start`; a file that appears later is read from its beginning.
+//!   Xray's reopen-after-idle opens the same inode: nothing changes.
+//!
+//! # Known limits
+//!
+//! - A file created *and* renamed away before the follower first opened it
+//!   (microseconds apart) is never seen; real rotations are hours apart.
+//! - copytruncate loses, by its nature, lines written between the copy and
+//!   the truncation (they are in the copy only).
+//! - Writes into a deleted file after it was closed are lost; a writer
+//!   keeping a deleted log open is a misconfiguration the space leak would
+//!   show anyway.
+//! - If the path is a symlink, events in the target's directory are not
+//!   watched; writes to the followed inode still are.
 //!
 //! # SIGBUS
 //!
