@@ -181,3 +181,25 @@ fn misconfiguration_warnings_are_rate_limited() {
     assert_eq!(count("maskAddress"), 1, "{log}");
     assert!(d.audit().is_empty(), "skipped lines never ban");
 }
+
+#[test]
+fn missing_log_directory_is_a_clear_startup_error() {
+    let dir = TempDir::new("sig-nodir");
+    let out = std::process::Command::new(BIN)
+        .arg("--dry-run")
+        .arg(format!(
+            "--access.log={}",
+            dir.path("no/such/dir/access.log").display()
+        ))
+        .arg(format!("--block.log={}", dir.path("block.log").display()))
+        .env("REFRACT_LOG", "stderr")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tail: watch ") && err.contains("no/such/dir"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+}
