@@ -73,6 +73,10 @@ fn parse_all(log: &[u8]) -> u64 {
 /// `refract replay FILE` as the binary runs it (default flags, audit output
 /// discarded): the mmap-window reader, parser and policy together.
 fn replay_end_to_end(path: &Path) -> u64 {
+    replay_summary(path).lines
+}
+
+fn replay_summary(path: &Path) -> replay::Summary {
     let argv = ["replay".to_string(), path.display().to_string()];
     let (cmd, args) = match cli::parse_args(&argv) {
         Ok(parsed) => parsed,
@@ -86,7 +90,7 @@ fn replay_end_to_end(path: &Path) -> u64 {
     let mut rep = replay::Replayer::new(&cfg, false, std::io::sink());
     let file = File::open(path).expect("bench: open the generated log");
     replay::replay_file(&mut rep, &file, cfg.max_line).expect("bench: replay");
-    rep.summary.lines
+    rep.summary
 }
 
 /// The lines of `log` (without `\n`; a last line without one counts).
@@ -208,6 +212,11 @@ fn main() {
         "log: {LINES} lines, {:.1} MiB, generated in {:.0} ms; {access} access lines ({email} with email, {rejected} rejected)",
         log.len() as f64 / (1 << 20) as f64,
         gen_time.as_secs_f64() * 1e3
+    );
+    let summary = replay_summary(&tmp.0);
+    println!(
+        "replay (default flags): {} counted, {} users, {} bans",
+        summary.counted, summary.users, summary.bans
     );
     println!("each case: median of {RUNS} runs over the whole log");
     println!();

@@ -328,7 +328,19 @@ fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
         minute: n2(d[19], d[20]),
         second: n2(d[22], d[23]),
     };
-    let mut i = at + 19;
+    let i = at + 19;
+    // Xray's `.dddddd ` (Go's Lmicroseconds): one word, same template trick.
+    if let Some(w) = line.get(i..i + 8) {
+        let v = word(w).wrapping_sub(u64::from_le_bytes(*b".000000 "));
+        if (v.wrapping_add(0x7676_7676_7676_7676) | v) & HI == 0 {
+            let m = v.to_le_bytes();
+            let micros = m[1..7]
+                .iter()
+                .fold(0u32, |acc, &dig| acc * 10 + u32::from(dig));
+            return Some((Timestamp::from_civil(civil, micros)?, i + 8));
+        }
+    }
+    let mut i = i;
     let mut micros = 0;
     if line.get(i) == Some(&b'.') {
         i += 1;

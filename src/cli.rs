@@ -639,6 +639,16 @@ pub fn main() -> i32 {
     };
     match command {
         Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
+        Command::Check => {
+            let (report, ok) = crate::check::run(&cfg);
+            print!("{report}");
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Command::Cleanup => cleanup(&cfg),
         // daemon branch: the live daemon with the enforcer --dry-run picks.
         Command::Daemon => {
             use crate::enforce::kernel::{KernelConfig, KernelEnforcer};
@@ -655,8 +665,26 @@ pub fn main() -> i32 {
             };
             crate::daemon::run(cfg, enforcer)
         }
-        Command::Check | Command::Cleanup => {
-            eprintln!("refract: `check` and `cleanup` are not in this build yet");
+    }
+}
+
+/// `refract cleanup`: the DROP rules and both sets go; returns the exit code.
+fn cleanup(cfg: &Config) -> i32 {
+    match crate::enforce::kernel::cleanup(&crate::enforce::kernel::KernelConfig::from_config(cfg)) {
+        Ok(c) => {
+            let sets = if c.sets_destroyed.is_empty() {
+                "no sets".to_string()
+            } else {
+                c.sets_destroyed.join(", ")
+            };
+            println!(
+                "refract cleanup: removed {} DROP rule(s), destroyed {sets}",
+                c.rules_removed
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("refract: cleanup: {e}");
             1
         }
     }

@@ -768,62 +768,172 @@ fn startup_io(what: &str, e: io::Error) -> StartError {
     }
 }
 
-impl KernelEnforcer {
-    /// Startup: probes ip_set, creates or verifies both sets, installs the
-    /// DROP rules (unless `--firewall none`) and reads back existing bans.
-    pub fn new(cfg: KernelConfig) -> Result<KernelEnforcer, StartError> {
-        let mut ipset = NlSocket::open(NETLINK_NETFILTER, RCVBUF)
-            .map_err(|e| StartError::Other(format!("ipset: netlink socket: {e}")))?;
-        let mut buf = NlBuf::new();
+/// What startup learns from the kernel without changing anything: shared by
+/// [`KernelEnforcer::new`] and `refract check`.
+#[derive(Debug)]
+pub struct Probe {
+    ipset: NlSocket,
+    /// Newest revision of `hash:ip` and `hash:net` the kernel offers.
+    pub revision: [u8; 2],
+    /// The sets as they exist now (already verified to be usable); `None`
+    /// for a set that startup will create.
+    pub sets: [Option<ipset::SetInfo>; 2],
+    /// Whether the kernel can destroy sockets (`CONFIG_INET_DIAG_DESTROY`);
+    /// `None` without `--proto tcp`.
+    pub destroy: Option<bool>,
+    tcp: Option<Killer>,
+    udp: Option<Killer>,
+}
 
-        // Protocol probe: nfnetlink checks CAP_NET_ADMIN for every message
-        // (nfnetlink_rcv()), and a missing subsystem fails here too.
+/// Probes ip_set (permission and kernel support), the set types' revisions,
+/// the existing sets (verified), and socket destruction. Changes nothing.
+pub fn probe(cfg: &KernelConfig) -> Result<Probe, StartError> {
+    let mut ipset = NlSocket::open(NETLINK_NETFILTER, RCVBUF)
+        .map_err(|e| StartError::Other(format!("ipset: netlink socket: {e}")))?;
+    let mut buf = NlBuf::new();
+
+    // Protocol probe: nfnetlink checks CAP_NET_ADMIN for every message
+    // (nfnetlink_rcv()), and a missing subsystem fails here too.
+    let seq = ipset.next_seq();
+    ipset::Protocol.emit(&mut buf, seq);
+    if let Err(e) = ipset.request(&buf, STARTUP_TIMEOUT) {
+        return Err(match e.raw_os_error() {
+            Some(libc::EPERM) => StartError::Permission,
+            Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::ENOENT | libc::EINVAL) => {
+                StartError::NoIpset(e)
+            }
+            _ => startup_io("protocol probe", e),
+        });
+    }
+
+    let mut revision = [0u8; 2];
+    for family in [Family::V4, Family::V6] {
+        let typename = typename(family);
+        buf.clear();
         let seq = ipset.next_seq();
-        ipset::Protocol.emit(&mut buf, seq);
-        if let Err(e) = ipset.request(&buf, STARTUP_TIMEOUT) {
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM) => StartError::Permission,
-                Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::ENOENT | libc::EINVAL) => {
-                    StartError::NoIpset(e)
-                }
-                _ => startup_io("protocol probe", e),
-            });
+        ipset::TypeQuery { typename, family }.emit(&mut buf, seq);
+        let msgs = ipset
+            .request(&buf, STARTUP_TIMEOUT)
+            .map_err(|e| startup_io(&format!("type {typename}"), e))?;
+        let (_, max) = msgs
+            .first()
+            .and_then(|m| ipset::parse_type(&m.as_msg()))
+            .ok_or_else(|| {
+                StartError::Other(format!("ipset: type {typename}: no revision in reply"))
+            })?;
+        revision[fidx(family)] = max;
+    }
+
+    let mut sets = [None, None];
+    for family in [Family::V4, Family::V6] {
+        if let Some(set) = list_set(&mut ipset, cfg.set(family))? {
+            verify_set(cfg, revision, family, &set)?;
+            sets[fidx(family)] = Some(set);
         }
+    }
 
-        let mut revision = [0u8; 2];
-        for family in [Family::V4, Family::V6] {
-            let typename = typename(family);
-            buf.clear();
-            let seq = ipset.next_seq();
-            ipset::TypeQuery { typename, family }.emit(&mut buf, seq);
-            let msgs = ipset
-                .request(&buf, STARTUP_TIMEOUT)
-                .map_err(|e| startup_io(&format!("type {typename}"), e))?;
-            let (_, max) = msgs
-                .first()
-                .and_then(|m| ipset::parse_type(&m.as_msg()))
-                .ok_or_else(|| {
-                    StartError::Other(format!("ipset: type {typename}: no revision in reply"))
-                })?;
-            revision[fidx(family)] = max;
+    let (tcp, destroy) = if cfg.protos.tcp {
+        let mut k = Killer::open("sock_diag", NETLINK_SOCK_DIAG)
+            .map_err(|e| StartError::Other(format!("sock_diag: netlink socket: {e}")))?;
+        let ok = probe_destroy(&mut k.sock)?;
+        (Some(k), Some(ok))
+    } else {
+        (None, None)
+    };
+    let udp = if cfg.protos.udp {
+        let k = Killer::open("conntrack", NETLINK_NETFILTER)
+            .map_err(|e| StartError::Other(format!("conntrack: netlink socket: {e}")))?;
+        Some(k)
+    } else {
+        None
+    };
+    Ok(Probe {
+        ipset,
+        revision,
+        sets,
+        destroy,
+        tcp,
+        udp,
+    })
+}
+
+impl Probe {
+    /// The `ipset create` command startup would run for `family`.
+    pub fn create_command(&self, cfg: &KernelConfig, family: Family) -> String {
+        create_request(cfg, self.revision, family).command()
+    }
+}
+
+/// Lists one set (header and members); `None` when it does not exist.
+fn list_set(sock: &mut NlSocket, name: &str) -> Result<Option<ipset::SetInfo>, StartError> {
+    let mut buf = NlBuf::new();
+    let seq = sock.next_seq();
+    ipset::List {
+        set: Some(name),
+        header_only: false,
+    }
+    .emit(&mut buf, seq);
+    let msgs = match sock.request(&buf, STARTUP_TIMEOUT) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(startup_io(&format!("list {name}"), e)),
+    };
+    let mut p = ipset::ListParser::new();
+    for m in &msgs {
+        p.feed(&m.as_msg())
+            .map_err(|e| StartError::Other(format!("{e} (set {name})")))?;
+    }
+    Ok(p.sets.into_iter().find(|s| s.name == name))
+}
+
+/// Checks that an existing set is one refract can use.
+fn verify_set(
+    cfg: &KernelConfig,
+    revision: [u8; 2],
+    family: Family,
+    set: &ipset::SetInfo,
+) -> Result<(), StartError> {
+    let want = typename(family);
+    let fam = Family::from_nfproto(set.family);
+    let problem = if set.typename != want || fam != Some(family) {
+        Some(format!(
+            "is {} family {}, refract needs {want} family {}",
+            set.typename,
+            fam.map_or("?", Family::ipset_word),
+            family.ipset_word()
+        ))
+    } else if set.timeout.is_none() {
+        Some("has no timeout support (created without `timeout`)".to_string())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => {
+            let name = &set.name;
+            let create = create_request(cfg, revision, family);
+            Err(StartError::WrongSet(format!(
+                "ipset: set {name} {p}; remove it with `ipset destroy {name}` \
+                 (first delete the iptables rules that use it) and start refract \
+                 again, or name another set; refract creates it as `{}`",
+                create.command()
+            )))
         }
+    }
+}
 
-        let tcp = if cfg.protos.tcp {
-            let mut k = Killer::open("sock_diag", NETLINK_SOCK_DIAG)
-                .map_err(|e| StartError::Other(format!("sock_diag: netlink socket: {e}")))?;
-            probe_destroy(&mut k.sock)?;
-            Some(k)
-        } else {
-            None
-        };
-        let udp = if cfg.protos.udp {
-            let k = Killer::open("conntrack", NETLINK_NETFILTER)
-                .map_err(|e| StartError::Other(format!("conntrack: netlink socket: {e}")))?;
-            Some(k)
-        } else {
-            None
-        };
-
+impl KernelEnforcer {
+    /// Startup: [`probe`], then creates the missing sets, installs the DROP
+    /// rules (unless `--firewall none`) and reads back existing bans.
+    pub fn new(cfg: KernelConfig) -> Result<KernelEnforcer, StartError> {
+        let probe = probe(&cfg)?;
+        if probe.destroy == Some(false) {
+            log(format_args!(
+                "sock_diag: this kernel cannot destroy sockets \
+                 (CONFIG_INET_DIAG_DESTROY is off): bans stop new packets, \
+                 but open TCP connections stay up until they close"
+            ));
+        }
         let firewall = Firewall::new(
             cfg.firewall,
             cfg.protos,
@@ -831,6 +941,14 @@ impl KernelEnforcer {
             &cfg.set_v4,
             &cfg.set_v6,
         );
+        let Probe {
+            ipset,
+            revision,
+            sets,
+            tcp,
+            udp,
+            ..
+        } = probe;
         let mut me = KernelEnforcer {
             cfg,
             ipset,
@@ -846,16 +964,15 @@ impl KernelEnforcer {
             tallies: Tallies::default(),
             first_token: 0,
             now: 0,
-            buf,
+            buf: NlBuf::new(),
             rx: Vec::new(),
             stats: EnforceStats::default(),
         };
 
         let mut existing = Vec::new();
-        for family in [Family::V4, Family::V6] {
-            match me.list(family)? {
+        for (family, set) in [Family::V4, Family::V6].into_iter().zip(sets) {
+            match set {
                 Some(set) => {
-                    me.verify(family, &set)?;
                     existing.extend(set.members.iter().map(|m| {
                         // 0 = a permanent entry (added by hand without a
                         // timeout): report it as the longest ban there is.
@@ -879,60 +996,6 @@ impl KernelEnforcer {
         }
         me.existing = Some(existing);
         Ok(me)
-    }
-
-    /// Lists one set (header and members); `None` when it does not exist.
-    fn list(&mut self, family: Family) -> Result<Option<ipset::SetInfo>, StartError> {
-        let name = self.cfg.set(family).to_string();
-        self.buf.clear();
-        let seq = self.ipset.next_seq();
-        ipset::List {
-            set: Some(&name),
-            header_only: false,
-        }
-        .emit(&mut self.buf, seq);
-        let msgs = match self.ipset.request(&self.buf, STARTUP_TIMEOUT) {
-            Ok(m) => m,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(startup_io(&format!("list {name}"), e)),
-        };
-        let mut p = ipset::ListParser::new();
-        for m in &msgs {
-            p.feed(&m.as_msg())
-                .map_err(|e| StartError::Other(format!("{e} (set {name})")))?;
-        }
-        Ok(p.sets.into_iter().find(|s| s.name == name))
-    }
-
-    /// Checks that an existing set is one refract can use.
-    fn verify(&self, family: Family, set: &ipset::SetInfo) -> Result<(), StartError> {
-        let want = typename(family);
-        let fam = Family::from_nfproto(set.family);
-        let problem = if set.typename != want || fam != Some(family) {
-            Some(format!(
-                "is {} family {}, refract needs {want} family {}",
-                set.typename,
-                fam.map_or("?", Family::ipset_word),
-                family.ipset_word()
-            ))
-        } else if set.timeout.is_none() {
-            Some("has no timeout support (created without `timeout`)".to_string())
-        } else {
-            None
-        };
-        match problem {
-            None => Ok(()),
-            Some(p) => {
-                let name = &set.name;
-                let create = create_request(&self.cfg, self.revision, family);
-                Err(StartError::WrongSet(format!(
-                    "ipset: set {name} {p}; remove it with `ipset destroy {name}` \
-                     (first delete the iptables rules that use it) and start refract \
-                     again, or name another set; refract creates it as `{}`",
-                    create.command()
-                )))
-            }
-        }
     }
 
     fn create_blocking(&mut self, family: Family) -> Result<(), StartError> {
@@ -1300,7 +1363,7 @@ pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
 /// `SOCK_DESTROY` works; `EOPNOTSUPP` means the kernel lacks
 /// `CONFIG_INET_DIAG_DESTROY` (bans still work, open connections are not
 /// ended: logged once); `EPERM` means no `CAP_NET_ADMIN`.
-fn probe_destroy(sock: &mut NlSocket) -> Result<(), StartError> {
+fn probe_destroy(sock: &mut NlSocket) -> Result<bool, StartError> {
     let mut buf = NlBuf::new();
     let id = SockId {
         family: libc::AF_INET as u8,
@@ -1315,18 +1378,11 @@ fn probe_destroy(sock: &mut NlSocket) -> Result<(), StartError> {
     let seq = sock.next_seq();
     diag::DestroyRequest { protocol: TCP, id }.emit(&mut buf, seq);
     match sock.request(&buf, STARTUP_TIMEOUT) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(true),
         Err(e) => match e.raw_os_error() {
-            Some(libc::ENOENT) => Ok(()),
+            Some(libc::ENOENT) => Ok(true),
             Some(libc::EPERM) => Err(StartError::Permission),
-            Some(libc::EOPNOTSUPP) => {
-                log(format_args!(
-                    "sock_diag: this kernel cannot destroy sockets \
-                     (CONFIG_INET_DIAG_DESTROY is off): bans stop new packets, \
-                     but open TCP connections stay up until they close"
-                ));
-                Ok(())
-            }
+            Some(libc::EOPNOTSUPP) => Ok(false),
             _ => Err(StartError::Other(format!("sock_diag: destroy probe: {e}"))),
         },
     }
