@@ -648,9 +648,21 @@ pub fn main() -> i32 {
             }
         }
         Command::Cleanup => cleanup(&cfg),
+        // daemon branch: the live daemon with the enforcer --dry-run picks.
         Command::Daemon => {
-            eprintln!("refract: this build has no live daemon yet; use `refract replay FILE`");
-            1
+            use crate::enforce::kernel::{KernelConfig, KernelEnforcer};
+            let enforcer: Box<dyn crate::enforce::Enforcer> = if cfg.dry_run {
+                Box::new(crate::enforce::DryRun::default())
+            } else {
+                match KernelEnforcer::new(KernelConfig::from_config(&cfg)) {
+                    Ok(k) => Box::new(k),
+                    Err(e) => {
+                        eprintln!("refract: {e}");
+                        return 1;
+                    }
+                }
+            };
+            crate::daemon::run(cfg, enforcer)
         }
     }
 }
