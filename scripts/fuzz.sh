@@ -4,6 +4,9 @@
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
 # Defaults: 600 seconds each, all targets (accesslog netlink limits args).
+# FUZZ_KEEP_GOING=1 runs libFuzzer in fork mode with crashes, timeouts and
+# OOMs ignored, so every target gets its whole time and every crash is
+# collected (the default stops a target at its first crash).
 # Installs cargo-fuzz if it is missing. Each target starts from a working
 # corpus (fuzz/corpus/TARGET, gitignored) seeded from the committed
 # fuzz/seeds/TARGET; crash inputs land in fuzz/artifacts/TARGET/. Exits 1
@@ -44,6 +47,11 @@ export RUSTC_BOOTSTRAP=1
 # caller's CARGO_TARGET_DIR says, so it never mixes with refract's build.
 unset CARGO_TARGET_DIR
 
+keep_going=()
+if [ "${FUZZ_KEEP_GOING:-0}" = 1 ]; then
+	keep_going=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+fi
+
 crashed=()
 for t in "${targets[@]}"; do
 	if [ ! -f "fuzz/fuzz_targets/$t.rs" ]; then
@@ -62,7 +70,7 @@ for t in "${targets[@]}"; do
 	# catches hangs.
 	nice -n 10 cargo fuzz run --sanitizer none "$t" "fuzz/corpus/$t" -- \
 		-max_total_time="$secs" -timeout=10 -print_final_stats=1 \
-		|| status=$?
+		"${keep_going[@]}" || status=$?
 	after=$(find "fuzz/artifacts/$t" -type f | wc -l)
 	if [ "$status" -ne 0 ] || [ "$after" -gt "$before" ]; then
 		crashed+=("$t")

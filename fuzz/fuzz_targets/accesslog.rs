@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     if let (Some(inbound), Some(detour)) = (a.inbound, a.detour) {
         assert!(inside(detour, inbound), "inbound tag outside its bracket");
     }
-    assert!(a.inbound.is_none() || a.detour.is_some(), "inbound without a bracket");
+    assert!(
+        a.inbound.is_none() || a.detour.is_some(),
+        "inbound without a bracket"
+    );
     if let Some(email) = a.email {
         assert!(!email.is_empty(), "an empty value is no email");
     }
@@ -41,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
         // IPv4-mapped IPv6 is returned as IPv4.
         assert!(!ip.is_unspecified(), "unspecified address as a client");
         if let IpAddr::V6(v6) = ip {
-            assert!(v6.to_ipv4_mapped().is_none(), "IPv4-mapped address kept as IPv6");
+            assert!(
+                v6.to_ipv4_mapped().is_none(),
+                "IPv4-mapped address kept as IPv6"
+            );
         }
     }
 });

@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err((line, why)) => {
             let lines = data.split(|&b| b == b'\n').count();
-            assert!((1..=lines).contains(&line), "error on line {line} of {lines}");
+            assert!(
+                (1..=lines).contains(&line),
+                "error on line {line} of {lines}"
+            );
             assert!(!why.is_empty());
         }
     }

@@ -58,7 +58,12 @@ fuzz_target!(|data: &[u8]| {
             let _ = (id.local(), id.remote());
         }
         if let Some(flow) = conntrack::parse_flow(&m) {
-            let _ = conntrack::matches(&flow, refract::key::Key::V4([192, 0, 2, 1].into()), 17, &[443]);
+            let _ = conntrack::matches(
+                &flow,
+                refract::key::Key::V4([192, 0, 2, 1].into()),
+                17,
+                &[443],
+            );
         }
         for skip in [0, NFGENMSG_LEN, DIAG_MSG_LEN] {
             if let Some(run) = m.payload.get(skip..) {

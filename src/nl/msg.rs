@@ -6,7 +6,8 @@
 //! the buffer): after that nothing in the datagram can be trusted. An
 //! `NLMSG_ERROR` with `error == 0` is an ACK; a negative `error` is mapped
 //! to its positive errno (`include/uapi/linux/netlink.h`, `struct
-//! nlmsgerr`). `NLMSG_DONE` ends a dump and may carry an `int` status.
+//! nlmsgerr`); a positive one is malformed, so [`Reply::Error`] always
+//! carries an errno > 0. `NLMSG_DONE` ends a dump and may carry an `int` status.
 
 use crate::nl::buf::{align, NLA_HDRLEN, NLMSG_HDRLEN};
 
@@ -102,6 +103,11 @@ impl<'a> Iterator for Messages<'a> {
                     return bad(self);
                 }
                 let err = u32_at(msg.payload, 0) as i32;
+                if err > 0 {
+                    // The kernel writes 0 or -errno; anything else is not
+                    // a reply we can pin an errno on (found by fuzzing).
+                    return bad(self);
+                }
                 if err == 0 {
                     Reply::Ack(msg.seq)
                 } else {
@@ -265,6 +271,42 @@ mod tests {
             Messages::new(&[1, 2, 3]).collect::<Vec<_>>(),
             vec![Err(Malformed { at: 0 })]
         );
+    }
+
+    /// Fuzzer find (`fuzz/fuzz_targets/netlink.rs`): an `NLMSG_ERROR` whose
+    /// `error` is positive (33) came out as `Reply::Error` with errno -33.
+    /// The kernel never writes that; it is malformed, and what follows is
+    /// dropped.
+    #[test]
+    fn positive_nlmsgerr_error_is_malformed() {
+        #[rustfmt::skip]
+        let crash: &[u8] = &[
+            0x40, 0x00, 0x00, 0x00, 0x0d, 0x06, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x02, 0x00, 0x00, 0x00, 0x05, 0x00, 0x01, 0x00, 0x07, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x03, 0x00,
+            0x68, 0x61, 0x73, 0x68, 0x3a, 0x69, 0x70, 0x00, 0x05, 0x00, 0x05, 0x00, 0x02, 0x00, 0x00, 0x00,
+            0x05, 0x00, 0x04, 0x00, 0x06, 0x00, 0x00, 0x00, 0x05, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x24, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x21, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x24, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0xf9, 0xef, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        let got: Vec<_> = Messages::new(crash).collect();
+        assert_eq!(got.len(), 2);
+        let Ok(Reply::Data(m)) = got[0] else {
+            panic!("{:?}", got[0])
+        };
+        assert_eq!((m.ty, m.seq, m.payload.len()), (0x060d, 3, 48));
+        assert_eq!(got[1], Err(Malformed { at: 64 }));
+
+        // The same with the error negated is an ordinary errno.
+        let mut b = NlBuf::new();
+        b.message(libc::NLMSG_ERROR as u16, 0, 3, |b| {
+            b.put(&(-33i32).to_ne_bytes());
+            b.put(&[0; 16]);
+        });
+        let got: Vec<_> = Messages::new(b.as_bytes()).collect();
+        assert_eq!(got, vec![Ok(Reply::Error { seq: 3, errno: 33 })]);
     }
 
     #[test]
