@@ -416,13 +416,6 @@ impl Sandbox {
         let log = self.path(&format!("{what}.out"));
         let file = fs::File::create(&log).expect("create process log");
         let err = file.try_clone().expect("clone log fd");
-        // The daemon under test reads only its flags: keep the caller's
-        // REFRACT_* variables out of it.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("REFRACT_") {
-                cmd.env_remove(k);
-            }
-        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file)
@@ -543,40 +536,61 @@ impl Sandbox {
             format!("--block.log={}", self.block_log().display()),
         ]);
         cmd.args(extra);
+        // The daemon under test reads only its flags: keep the caller's
+        // REFRACT_* variables out of it. Its messages go to its stderr
+        // file, not to the host's syslog.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REFRACT_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("REFRACT_LOG", "stderr");
         self.spawn("refract", cmd);
+
+        // Ready: the DROP rules are in place (both families when a client
+        // speaks IPv6) and the daemon says it follows the log.
         let node = self.node();
+        let mut rules = vec![("iptables", SET4)];
+        if self.clients.iter().any(|c| c.addr.is_ipv6()) {
+            rules.push(("ip6tables", SET6));
+        }
         let mut exited = None;
         let ready = wait_for(Duration::from_secs(10), || {
             let refract = self.procs.last_mut().expect("refract spawned");
             exited = refract.child.try_wait().expect("try_wait refract");
-            exited.is_some()
-                || run(in_ns(&node, "iptables").args([
-                    "-C",
-                    "INPUT",
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    "443",
-                    "-m",
-                    "set",
-                    "--match-set",
-                    SET4,
-                    "src",
-                    "-j",
-                    "DROP",
-                ]))
-                .status
-                .success()
+            if exited.is_some() {
+                return true;
+            }
+            let following = fs::read_to_string(&refract.log)
+                .unwrap_or_default()
+                .contains(" following ");
+            following
+                && rules.iter().all(|(tool, set)| {
+                    run(in_ns(&node, tool).args([
+                        "-C",
+                        "INPUT",
+                        "-p",
+                        "tcp",
+                        "--dport",
+                        "443",
+                        "-m",
+                        "set",
+                        "--match-set",
+                        set,
+                        "src",
+                        "-j",
+                        "DROP",
+                    ]))
+                    .status
+                    .success()
+                })
         });
         if ready.is_none() || exited.is_some() {
             panic!(
-                "refract set up no DROP rule within 10 s (exited: {exited:?}); its output:\n{}",
+                "refract not ready within 10 s (exited: {exited:?}); its output:\n{}",
                 fs::read_to_string(self.path("refract.out")).unwrap_or_default()
             );
         }
-        // The rule is in place before the follower's first poll; give the
-        // loop a moment to arm its inotify watch.
-        sleep_ms(300);
     }
 
     fn banned(&self, c: &Client) -> bool {
