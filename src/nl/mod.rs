@@ -2,7 +2,9 @@
 //! speaks (ipset over nfnetlink, sock_diag, conntrack).
 
 pub mod buf;
+pub mod conntrack;
 pub mod consts;
+pub mod diag;
 pub mod ipset;
 pub mod msg;
 pub mod socket;
