@@ -241,7 +241,11 @@ pub fn parse_args(argv: &[String]) -> Result<(Command, Args), Result<String, Usa
         _ => (Command::Daemon, argv),
     };
     let normalized = normalize(rest).map_err(Err)?;
-    let strs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+    // argh takes a lone `-` for a flag; carry it past argh as a placeholder.
+    let strs: Vec<&str> = normalized
+        .iter()
+        .map(|a| if a == "-" { STDIN_MARK } else { a.as_str() })
+        .collect();
     let name = match command {
         Command::Daemon => "refract",
         Command::Replay => "refract replay",
@@ -249,13 +253,23 @@ pub fn parse_args(argv: &[String]) -> Result<(Command, Args), Result<String, Usa
         Command::Cleanup => "refract cleanup",
     };
     match Args::from_args(&[name], &strs) {
-        Ok(args) => Ok((command, args)),
+        Ok(mut args) => {
+            for f in &mut args.file {
+                if f == STDIN_MARK {
+                    *f = "-".to_string();
+                }
+            }
+            Ok((command, args))
+        }
         Err(e) => match e.status {
             Ok(()) => Err(Ok(e.output)),
             Err(()) => Err(Err(usage(first_line(&e.output)))),
         },
     }
 }
+
+/// Stands in for `-` while argh parses (no real argument contains a NUL).
+const STDIN_MARK: &str = "\0stdin";
 
 fn first_line(s: &str) -> String {
     s.lines()
@@ -625,8 +639,40 @@ pub fn main() -> i32 {
     };
     match command {
         Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
-        Command::Daemon | Command::Check | Command::Cleanup => {
+        Command::Check => {
+            let (report, ok) = crate::check::run(&cfg);
+            print!("{report}");
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Command::Cleanup => cleanup(&cfg),
+        Command::Daemon => {
             eprintln!("refract: this build has no live daemon yet; use `refract replay FILE`");
+            1
+        }
+    }
+}
+
+/// `refract cleanup`: the DROP rules and both sets go; returns the exit code.
+fn cleanup(cfg: &Config) -> i32 {
+    match crate::enforce::kernel::cleanup(&crate::enforce::kernel::KernelConfig::from_config(cfg)) {
+        Ok(c) => {
+            let sets = if c.sets_destroyed.is_empty() {
+                "no sets".to_string()
+            } else {
+                c.sets_destroyed.join(", ")
+            };
+            println!(
+                "refract cleanup: removed {} DROP rule(s), destroyed {sets}",
+                c.rules_removed
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("refract: cleanup: {e}");
             1
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod accesslog;
 pub mod audit;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

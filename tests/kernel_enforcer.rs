@@ -33,7 +33,7 @@ fn cfg(timeout_secs: u64, firewall: FirewallMode) -> KernelConfig {
     KernelConfig {
         set_v4: S4.into(),
         set_v6: S6.into(),
-        maxelem: 1000,
+        maxelem: 4096,
         default_timeout: Duration::from_secs(timeout_secs),
         firewall,
         protos: Protos {
@@ -220,5 +220,477 @@ fn wrong_type_set_fails_with_the_fix_command() {
     assert!(
         msg.contains("no timeout support") && msg.contains("ipset destroy"),
         "{msg}"
+    );
+}
+
+// ---- Ending open connections ----
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use common::netns::veth;
+use refract::enforce::KillReport;
+
+/// node ⇄ a (the client to ban) and node ⇄ b (a client that must keep
+/// working), each over its own veth pair, v4 and v6.
+struct Topo {
+    node: Netns,
+    a: Netns,
+    b: Netns,
+}
+
+fn topo(tag: &str) -> Option<Topo> {
+    let node = ns(&format!("{tag}n"))?;
+    let a = ns(&format!("{tag}a"))?;
+    let b = ns(&format!("{tag}b"))?;
+    veth(
+        &node,
+        "na",
+        &["10.201.1.1/24", "2001:db8:201:1::1/64"],
+        &a,
+        "a0",
+        &["10.201.1.2/24", "2001:db8:201:1::2/64"],
+    );
+    veth(
+        &node,
+        "nb",
+        &["10.201.2.1/24", "2001:db8:201:2::1/64"],
+        &b,
+        "b0",
+        &["10.201.2.2/24", "2001:db8:201:2::2/64"],
+    );
+    Some(Topo { node, a, b })
+}
+
+fn connect(from: &Netns, to: &str) -> std::io::Result<TcpStream> {
+    let to: SocketAddr = to.parse().unwrap();
+    from.in_netns(|| TcpStream::connect_timeout(&to, Duration::from_millis(700)))
+}
+
+/// A connected pair: (client end, server end).
+fn pair(from: &Netns, l: &TcpListener, to: &str) -> (TcpStream, TcpStream) {
+    let c = connect(from, to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    let (s, _) = l.accept().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    (c, s)
+}
+
+/// The client end was reset by the node (SOCK_DESTROY sends a RST).
+fn was_reset(c: &mut TcpStream) -> bool {
+    let mut b = [0u8; 8];
+    match c.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// The pair still carries data both ways.
+fn works(c: &mut TcpStream, s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 4];
+    c.write_all(b"ping").is_ok()
+        && s.read_exact(&mut b).is_ok()
+        && s.write_all(b"pong").is_ok()
+        && c.read_exact(&mut b).is_ok()
+        && &b == b"pong"
+}
+
+#[test]
+fn ban_resets_tcp_connections_on_dual_stack_and_v4_listeners() {
+    let Some(t) = topo("kt") else { return };
+    // 443: dual-stack (IPv4 clients appear as ::ffff:a.b.c.d in AF_INET6);
+    // 8443: IPv4 only.
+    let dual = t.node.in_netns(|| TcpListener::bind("[::]:443").unwrap());
+    let v4only = t
+        .node
+        .in_netns(|| TcpListener::bind("0.0.0.0:8443").unwrap());
+    let (mut a443, _s1) = pair(&t.a, &dual, "10.201.1.1:443");
+    let (mut a8443, _s2) = pair(&t.a, &v4only, "10.201.1.1:8443");
+    let (mut a6, mut s6) = pair(&t.a, &dual, "[2001:db8:201:1::1]:443");
+    let (mut b443, mut sb) = pair(&t.b, &dual, "10.201.2.1:443");
+
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.ports = vec![443, 8443];
+    let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
+
+    let key_a = v4("10.201.1.2");
+    e.ban(&ban(key_a), Duration::from_secs(60), 1);
+    e.flush(Duration::from_secs(2));
+    assert_eq!(
+        e.take_reports(),
+        vec![KillReport {
+            key: key_a,
+            tcp: 2,
+            udp: 0
+        }]
+    );
+    assert!(
+        was_reset(&mut a443),
+        "dual-stack connection of the banned v4 client"
+    );
+    assert!(
+        was_reset(&mut a8443),
+        "v4-only connection of the banned client"
+    );
+    // Other keys are untouched: a's IPv6 connection and b.
+    assert!(works(&mut a6, &mut s6));
+    assert!(works(&mut b443, &mut sb));
+    // New connections from the banned address are dropped; b still connects.
+    assert!(connect(&t.a, "10.201.1.1:443").is_err());
+    let (mut b2, mut sb2) = pair(&t.b, &dual, "10.201.2.1:443");
+    assert!(works(&mut b2, &mut sb2));
+
+    // Now a's /64.
+    let key6 = Key::new("2001:db8:201:1::2".parse().unwrap(), 64);
+    e.ban(&ban(key6), Duration::from_secs(60), 2);
+    e.flush(Duration::from_secs(2));
+    assert_eq!(
+        e.take_reports(),
+        vec![KillReport {
+            key: key6,
+            tcp: 1,
+            udp: 0
+        }]
+    );
+    assert!(was_reset(&mut a6));
+    assert!(works(&mut b443, &mut sb));
+    let st = e.stats();
+    assert_eq!((st.tcp_killed, st.errors), (3, 0), "{st:?}");
+    // A ban with nothing open reports zero kills.
+    e.ban(&ban(v4("203.0.113.5")), Duration::from_secs(60), 3);
+    e.flush(Duration::from_secs(2));
+    let r = e.take_reports();
+    assert_eq!((r.len(), r[0].tcp), (1, 0), "{r:?}");
+}
+
+#[test]
+fn ban_deletes_udp_conntrack_entries() {
+    if !have_tool("conntrack", &["--version"]) {
+        eprintln!("skip: `conntrack` not installed");
+        return;
+    }
+    let Some(t) = topo("ku") else { return };
+    // Any conntrack match turns connection tracking on in the namespace;
+    // an ESTABLISHED accept rule is also why stale entries must go.
+    for bin in ["iptables", "ip6tables"] {
+        t.node.ok(&[
+            bin,
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+    // Dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d, but conntrack
+    // tracks their packets as IPv4.
+    let server = t.node.in_netns(|| UdpSocket::bind("[::]:443").unwrap());
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let sends = [
+        (&t.a, "10.201.1.2", "10.201.1.1:443"),
+        (&t.b, "10.201.2.2", "10.201.2.1:443"),
+        (&t.a, "2001:db8:201:1::2", "[2001:db8:201:1::1]:443"),
+        (&t.b, "2001:db8:201:2::2", "[2001:db8:201:2::1]:443"),
+    ];
+    for (n, peer, dst) in sends {
+        n.in_netns(|| {
+            let any = if dst.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let s = UdpSocket::bind(any).unwrap();
+            s.send_to(b"hello", dst).unwrap();
+        });
+        let mut b = [0u8; 16];
+        let (_, from) = server.recv_from(&mut b).unwrap();
+        let peer: std::net::IpAddr = peer.parse().unwrap();
+        assert_eq!(Key::new(from.ip(), 128), Key::new(peer, 128));
+    }
+    let flows = |src: &str| {
+        let fam = if src.contains(':') { "ipv6" } else { "ipv4" };
+        let out = t
+            .node
+            .exec(&["conntrack", "-L", "-f", fam, "-p", "udp", "--orig-src", src]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("dport=443"))
+            .count()
+    };
+    for (_, peer, _) in sends {
+        assert_eq!(flows(peer), 1, "{peer}");
+    }
+
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.protos = Protos {
+        tcp: false,
+        udp: true,
+    };
+    let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
+    let key = v4("10.201.1.2");
+    let key6 = Key::new("2001:db8:201:1::99".parse().unwrap(), 64);
+    e.ban(&ban(key), Duration::from_secs(60), 1);
+    e.ban(&ban(key6), Duration::from_secs(60), 1);
+    e.flush(Duration::from_secs(2));
+    let mut r = e.take_reports();
+    r.sort_by_key(|r| r.key);
+    assert_eq!(
+        r,
+        vec![
+            KillReport {
+                key,
+                tcp: 0,
+                udp: 1
+            },
+            KillReport {
+                key: key6,
+                tcp: 0,
+                udp: 1
+            }
+        ]
+    );
+    assert_eq!(flows("10.201.1.2"), 0);
+    assert_eq!(flows("2001:db8:201:1::2"), 0);
+    assert_eq!(flows("10.201.2.2"), 1);
+    assert_eq!(flows("2001:db8:201:2::2"), 1);
+    assert_eq!((e.stats().udp_killed, e.stats().errors), (2, 0));
+    let rules = t.node.ok(&["iptables", "-S", "INPUT"]);
+    assert!(
+        rules.contains(
+            "-p udp -m udp --dport 443 -m set --match-set refract_banned_users src -j DROP"
+        ),
+        "{rules}"
+    );
+}
+
+// ---- Driven like the daemon drives it ----
+
+/// Registers with a mio Poll, bans `keys` all at once, then polls and calls
+/// `ready` for every event until nothing is outstanding (at most 20 s).
+fn drive(e: &mut KernelEnforcer, keys: &[Key]) -> Vec<KillReport> {
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(16);
+    const FIRST: usize = 10;
+    e.register(poll.registry(), FIRST).unwrap();
+    // Nothing drained in between: the acks pile up in the socket (an
+    // overflow is survived by re-sending).
+    for (i, &k) in keys.iter().enumerate() {
+        e.ban(&ban(k), Duration::from_secs(600), i as u64);
+    }
+    let start = std::time::Instant::now();
+    let mut reports = Vec::new();
+    while e.busy() && start.elapsed() < Duration::from_secs(20) {
+        poll.poll(&mut events, Some(Duration::from_millis(200)))
+            .unwrap();
+        for ev in events.iter() {
+            let t = ev.token().0;
+            assert!((FIRST..FIRST + refract::enforce::kernel::TOKENS).contains(&t));
+            e.ready(t, 10_000);
+        }
+        reports.extend(e.take_reports());
+    }
+    assert!(!e.busy(), "still busy after 20 s: {:?}", e.stats());
+    reports
+}
+
+fn keys(n: u32) -> Vec<Key> {
+    (0..n)
+        .map(|i| Key::V4(Ipv4Addr::from(0x0a63_0000 + i))) // 10.99.x.y
+        .collect()
+}
+
+#[test]
+fn mio_loop_drives_three_thousand_set_adds() {
+    let Some(n) = ns("enfm") else { return };
+    let stats = n.in_netns(|| {
+        let mut c = cfg(60, FirewallMode::None);
+        c.protos = Protos {
+            tcp: false,
+            udp: false,
+        };
+        let mut e = KernelEnforcer::new(c).unwrap();
+        let reports = drive(&mut e, &keys(3000));
+        assert!(reports.is_empty()); // no kill sockets, no reports
+        e.stats()
+    });
+    assert_eq!((stats.bans, stats.errors), (3000, 0), "{stats:?}");
+    let out = n.ok(&["ipset", "list", S4, "-terse"]);
+    assert!(out.contains("Number of entries: 3000"), "{out}");
+}
+
+#[test]
+fn mio_loop_drives_bans_with_tcp_and_udp_kills() {
+    let Some(n) = ns("enfk") else { return };
+    let (stats, reports) = n.in_netns(|| {
+        let mut c = cfg(60, FirewallMode::None);
+        c.protos = Protos {
+            tcp: true,
+            udp: true,
+        };
+        c.ports = vec![443, 8443];
+        let mut e = KernelEnforcer::new(c).unwrap();
+        let reports = drive(&mut e, &keys(100));
+        (e.stats(), reports)
+    });
+    assert_eq!((stats.bans, stats.errors), (100, 0), "{stats:?}");
+    // One report per key once its 2 TCP dumps and 2 UDP dumps are done.
+    assert_eq!(reports.len(), 100);
+    let out = n.ok(&["ipset", "list", S4, "-terse"]);
+    assert!(out.contains("Number of entries: 100"), "{out}");
+}
+
+/// Helper for `missing_cap_net_admin_is_one_clear_line`: runs only in the
+/// child that test starts without CAP_NET_ADMIN.
+#[test]
+#[ignore = "helper: run by missing_cap_net_admin_is_one_clear_line"]
+fn child_without_cap_net_admin() {
+    let err = KernelEnforcer::new(cfg(60, FirewallMode::Iptables)).unwrap_err();
+    println!("startup error: {err}");
+    assert!(matches!(err, StartError::Permission), "{err:?}");
+}
+
+#[test]
+fn missing_cap_net_admin_is_one_clear_line() {
+    if !have_tool("setpriv", &["--version"]) {
+        eprintln!("skip: `setpriv` not installed");
+        return;
+    }
+    let Some(n) = ns("enfp") else { return };
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().unwrap();
+    // Root without CAP_NET_ADMIN in its bounding set: exec cannot regain it.
+    let out = n.exec(&[
+        "setpriv",
+        "--bounding-set=-net_admin",
+        "--inh-caps=-net_admin",
+        exe,
+        "--exact",
+        "child_without_cap_net_admin",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert!(
+        stdout.contains("startup error: ipset: permission denied: refract needs CAP_NET_ADMIN"),
+        "{stdout}"
+    );
+    // Nothing was created.
+    assert!(!n.exec(&["ipset", "list", S4]).status.success());
+}
+
+#[test]
+fn cleanup_removes_rules_and_sets_and_is_idempotent() {
+    let Some(n) = ns("enfc") else { return };
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.protos = Protos {
+        tcp: true,
+        udp: true,
+    };
+    let c2 = c.clone();
+    n.in_netns(move || {
+        let mut e = KernelEnforcer::new(c2).unwrap();
+        e.ban(&ban(v4("192.0.2.7")), Duration::from_secs(60), 1);
+        e.flush(Duration::from_secs(2));
+    });
+    assert_eq!(drop_rules(&n), 2); // tcp and udp
+    let (first, second) = n.in_netns(|| {
+        (
+            refract::enforce::kernel::cleanup(&c).unwrap(),
+            refract::enforce::kernel::cleanup(&c).unwrap(),
+        )
+    });
+    assert_eq!(first.rules_removed, 4); // tcp+udp × v4+v6
+    assert_eq!(first.sets_destroyed, vec![S4.to_string(), S6.to_string()]);
+    assert_eq!(second, Default::default());
+    assert_eq!(drop_rules(&n), 0);
+    assert!(!n.ok(&["ip6tables", "-S", "INPUT"]).contains("--match-set"));
+    assert!(!n.exec(&["ipset", "list", S4]).status.success());
+    assert!(!n.exec(&["ipset", "list", S6]).status.success());
+}
+
+#[test]
+fn cleanup_of_a_set_still_in_use_names_the_cause() {
+    let Some(n) = ns("enfcb") else { return };
+    n.ok(&["ipset", "create", S4, "hash:ip", "timeout", "60"]);
+    // Someone else's rule on our set, on a port refract does not manage.
+    n.ok(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "22",
+        "-m",
+        "set",
+        "--match-set",
+        S4,
+        "src",
+        "-j",
+        "DROP",
+    ]);
+    let c = cfg(60, FirewallMode::Iptables);
+    let e = n
+        .in_netns(|| refract::enforce::kernel::cleanup(&c))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("ipset: destroy refract_banned_users: set is in use"),
+        "{e}"
+    );
+    assert!(e.contains("iptables -S INPUT"), "{e}");
+}
+
+/// Helper for `missing_iptables_is_one_clear_line`: runs only in the child
+/// that test starts with a PATH that has no iptables.
+#[test]
+#[ignore = "helper: run by missing_iptables_is_one_clear_line"]
+fn child_without_iptables() {
+    let err = KernelEnforcer::new(cfg(60, FirewallMode::Iptables)).unwrap_err();
+    println!("startup error: {err}");
+    assert!(matches!(err, StartError::Firewall(_)), "{err:?}");
+}
+
+#[test]
+fn missing_iptables_is_one_clear_line() {
+    let Some(n) = ns("enfi") else { return };
+    let exe = std::env::current_exe().unwrap();
+    let out = n.exec(&[
+        "env",
+        "PATH=/nonexistent",
+        exe.to_str().unwrap(),
+        "--exact",
+        "child_without_iptables",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "startup error: firewall: iptables not found in PATH: install iptables, or run \
+             with --firewall none and add the rule yourself: iptables -I INPUT 1 -p tcp \
+             --dport 443 -m set --match-set refract_banned_users src -j DROP"
+        ),
+        "{stdout}"
     );
 }

@@ -33,6 +33,17 @@ pub struct EnforceStats {
     pub repairs: u64,
 }
 
+/// What ending a banned key's open connections achieved (kernel enforcer),
+/// reported once all of that key's dumps and kills are answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillReport {
+    pub key: Key,
+    /// TCP sockets destroyed (`SOCK_DESTROY` acknowledged).
+    pub tcp: u32,
+    /// UDP conntrack entries deleted.
+    pub udp: u32,
+}
+
 /// Something that can keep a key out.
 pub trait Enforcer {
     /// For logs: `kernel`, `dry-run`.
@@ -76,6 +87,12 @@ pub trait Enforcer {
     /// Shutdown: finishes queued work, waiting at most `budget`.
     fn flush(&mut self, budget: Duration) {
         let _ = budget;
+    }
+
+    /// Connection-kill results finished since the last call (for the
+    /// log line that says how many connections a ban ended).
+    fn take_reports(&mut self) -> Vec<KillReport> {
+        Vec::new()
     }
 
     fn stats(&self) -> EnforceStats;

@@ -249,7 +249,9 @@ impl Add<'_> {
     }
 }
 
-/// `IPSET_CMD_DEL`: one element. `IPSET_ERR_EXIST` when absent.
+/// `IPSET_CMD_DEL`: one element. Sent without `NLM_F_EXCL`, so deleting an
+/// absent element is not an error (`call_ad()` forgives `IPSET_ERR_EXIST`
+/// under `IPSET_FLAG_EXIST`).
 #[derive(Clone, Copy, Debug)]
 pub struct Del<'a> {
     pub set: &'a str,
@@ -322,7 +324,10 @@ impl Flush<'_> {
 }
 
 /// `IPSET_CMD_DESTROY`: removes one set (`IPSET_ERR_BUSY` while an
-/// iptables rule references it; `ENOENT` when absent).
+/// iptables rule references it). Sent with `NLM_F_EXCL` so an absent set
+/// answers `ENOENT`: without it the kernel acks silently
+/// (`ip_set_destroy()` under `IPSET_FLAG_EXIST`) and the caller could not
+/// tell what it removed.
 #[derive(Clone, Copy, Debug)]
 pub struct Destroy<'a> {
     pub set: &'a str,
@@ -330,7 +335,7 @@ pub struct Destroy<'a> {
 
 impl Destroy<'_> {
     pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
-        message(buf, IPSET_CMD_DESTROY, NLM_F_ACK, seq, |b| {
+        message(buf, IPSET_CMD_DESTROY, NLM_F_ACK | NLM_F_EXCL, seq, |b| {
             b.attr_str(IPSET_ATTR_SETNAME, self.set);
         });
     }
@@ -643,6 +648,7 @@ mod tests {
         let destroy = emit(|b| Destroy { set: "s" }.emit(b, 5));
         let mut want = want.to_vec();
         want[4] = 0x03; // IPSET_CMD_DESTROY(3)
+        want[7] = 0x02; // flags 0x0205: REQUEST | ACK | NLM_F_EXCL(0x200)
         assert_eq!(destroy, want);
 
         let proto = emit(|b| Protocol.emit(b, 6));

@@ -102,27 +102,22 @@ impl NlSocket {
         Ok(())
     }
 
-    /// Receives one datagram into `buf` (resized to [`RECV_BUF`] for the
-    /// call, then truncated to what arrived) and returns its length.
-    /// `WouldBlock` when nothing is queued; `ENOBUFS` when the kernel
-    /// dropped messages (the caller restarts affected dumps); `EMSGSIZE`
-    /// when the datagram did not fit (cannot happen with [`RECV_BUF`]).
+    /// Receives one datagram into `buf` and returns its length: the
+    /// datagram is `buf[..n]`. `buf` is grown to [`RECV_BUF`] the first
+    /// time (zero-filled once) and keeps that length, so reusing one buffer
+    /// costs no per-call fill. `WouldBlock` when nothing is queued;
+    /// `ENOBUFS` when the kernel dropped messages (the caller repeats what
+    /// was lost); `EMSGSIZE` when the datagram did not fit (cannot happen
+    /// with [`RECV_BUF`]).
     pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        buf.resize(RECV_BUF, 0);
-        match sys::recv(self.fd.as_fd(), buf) {
-            Ok(r) if r.truncated => {
-                buf.clear();
-                Err(io::Error::from_raw_os_error(libc::EMSGSIZE))
-            }
-            Ok(r) => {
-                buf.truncate(r.len);
-                Ok(r.len)
-            }
-            Err(e) => {
-                buf.clear();
-                Err(e)
-            }
+        if buf.len() < RECV_BUF {
+            buf.resize(RECV_BUF, 0);
         }
+        let r = sys::recv(self.fd.as_fd(), buf)?;
+        if r.truncated {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
+        Ok(r.len)
     }
 
     /// Waits up to `timeout` for the socket to become readable.
@@ -148,11 +143,11 @@ impl NlSocket {
         let seq = u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         self.send(req)?;
         let deadline = Instant::now() + timeout;
-        let mut buf = Vec::with_capacity(RECV_BUF);
+        let mut buf = Vec::new();
         let mut out = Vec::new();
         loop {
-            match self.recv(&mut buf) {
-                Ok(_) => {}
+            let n = match self.recv(&mut buf) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -165,8 +160,8 @@ impl NlSocket {
                     continue;
                 }
                 Err(e) => return Err(e),
-            }
-            for reply in Messages::new(&buf) {
+            };
+            for reply in Messages::new(&buf[..n]) {
                 match reply {
                     Ok(Reply::Data(m)) if m.seq == seq => out.push(OwnedMsg {
                         ty: m.ty,
@@ -282,5 +277,33 @@ mod tests {
         let e = s.request(&b, Duration::from_secs(2)).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}");
         assert!(s.next_seq() != seq);
+    }
+
+    #[test]
+    fn drain_discards_queued_replies() {
+        let mut s = match NlSocket::open(libc::NETLINK_ROUTE, 0) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("skip: no netlink: {e}");
+                return;
+            }
+        };
+        let mut b = NlBuf::new();
+        for _ in 0..3 {
+            // RTM_GETLINK of ifindex 1 (lo) with an ACK: two messages each.
+            let seq = s.next_seq();
+            b.message(18, NLM_F_REQUEST | NLM_F_ACK, seq, |b| {
+                b.put(&[0, 0, 0, 0]);
+                b.put(&1i32.to_ne_bytes());
+                b.put(&[0; 8]);
+            });
+        }
+        s.send(&b).unwrap();
+        assert!(s.wait_readable(Duration::from_secs(2)).unwrap());
+        assert!(s.drain() >= 1);
+        let mut buf = Vec::new();
+        let e = s.recv(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(buf.len(), RECV_BUF);
     }
 }

@@ -1,0 +1,246 @@
+//! `refract check`: would the daemon start with this configuration, and
+//! what would it set up? Validates the log and audit paths, permissions and
+//! kernel support, and prints the sets and rules startup would create,
+//! without changing anything. Exit code 0: it would start; 1: it would not.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+use crate::config::{Config, FirewallMode};
+use crate::enforce::kernel::{self, KernelConfig};
+use crate::firewall::Firewall;
+use crate::nl::ipset::Family;
+
+/// One finding: `ok` lines describe, problem lines explain what to do.
+#[derive(Debug)]
+struct Report {
+    out: String,
+    problems: usize,
+}
+
+impl Report {
+    fn ok(&mut self, what: &str, msg: impl AsRef<str>) {
+        let _ = writeln!(self.out, "ok    {what}: {}", msg.as_ref());
+    }
+    fn note(&mut self, what: &str, msg: impl AsRef<str>) {
+        let _ = writeln!(self.out, "note  {what}: {}", msg.as_ref());
+    }
+    fn fail(&mut self, what: &str, msg: impl AsRef<str>) {
+        self.problems += 1;
+        let _ = writeln!(self.out, "FAIL  {what}: {}", msg.as_ref());
+    }
+}
+
+fn access_log(r: &mut Report, path: &Path) {
+    match File::open(path) {
+        Ok(f) => match f.metadata() {
+            Ok(m) if m.is_file() => r.ok(
+                "access log",
+                format!("{} readable, {} bytes", path.display(), m.len()),
+            ),
+            Ok(_) => r.fail(
+                "access log",
+                format!("{} is not a regular file", path.display()),
+            ),
+            Err(e) => r.fail("access log", format!("{}: {e}", path.display())),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if dir.is_dir() {
+                r.note(
+                    "access log",
+                    format!(
+                        "{} does not exist yet; refract waits for it (is Xray's \"log\": {{\"access\": ...}} set to this path?)",
+                        path.display()
+                    ),
+                );
+            } else {
+                r.fail(
+                    "access log",
+                    format!("{} does not exist, nor does its directory", path.display()),
+                );
+            }
+        }
+        Err(e) => r.fail("access log", format!("{}: {e}", path.display())),
+    }
+}
+
+fn audit_log(r: &mut Report, path: &Path) {
+    if path.exists() {
+        match OpenOptions::new().append(true).open(path) {
+            Ok(_) => r.ok("audit log", format!("{} writable", path.display())),
+            Err(e) => r.fail("audit log", format!("{}: {e}", path.display())),
+        }
+        return;
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let probe = dir.join(format!(".refract-check-{}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&probe) {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    r.ok(
+                        "audit log",
+                        format!("{} will be created (mode 0640)", path.display()),
+                    );
+                }
+                Err(e) => r.fail(
+                    "audit log",
+                    format!("cannot create files in {}: {e}", dir.display()),
+                ),
+            }
+        }
+        _ => r.fail(
+            "audit log",
+            format!(
+                "directory {} does not exist (mkdir -p it, or pass --block.log)",
+                dir.display()
+            ),
+        ),
+    }
+}
+
+fn kernel(r: &mut Report, cfg: &Config) {
+    let kcfg = KernelConfig::from_config(cfg);
+    let probe = match kernel::probe(&kcfg) {
+        Ok(p) => p,
+        Err(e) => {
+            r.fail("kernel", e.to_string());
+            return;
+        }
+    };
+    r.ok("kernel", "netlink ipset reachable, CAP_NET_ADMIN present");
+    for (family, name) in [(Family::V4, &cfg.set_v4), (Family::V6, &cfg.set_v6)] {
+        let i = match family {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        };
+        match &probe.sets[i] {
+            Some(set) => r.ok(
+                "set",
+                format!(
+                    "{name} exists ({} {}, {} entries); existing bans are kept",
+                    set.typename,
+                    family.ipset_word(),
+                    set.members.len()
+                ),
+            ),
+            None => r.note(
+                "set",
+                format!("would create: {}", probe.create_command(&kcfg, family)),
+            ),
+        }
+    }
+    match probe.destroy {
+        Some(true) => r.ok("sock_diag", "the kernel can destroy sockets (open TCP connections are ended)"),
+        Some(false) => r.note(
+            "sock_diag",
+            "this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY off): bans only stop new packets",
+        ),
+        None => {}
+    }
+    let fw = Firewall::new(
+        cfg.firewall,
+        cfg.protos,
+        &cfg.ports,
+        &cfg.set_v4,
+        &cfg.set_v6,
+    );
+    if cfg.firewall == FirewallMode::None {
+        r.note(
+            "firewall",
+            format!(
+                "--firewall none: add the DROP rules yourself: {}",
+                fw.describe().replace('\n', " ; ")
+            ),
+        );
+        return;
+    }
+    // The rules reference the sets: with a set still to be created, `-C`
+    // cannot tell, so only ask when both exist.
+    if probe.sets.iter().all(Option::is_some) {
+        match fw.is_installed() {
+            Ok(true) => r.ok("firewall", "DROP rules in place"),
+            Ok(false) => r.note(
+                "firewall",
+                format!("would insert: {}", fw.describe().replace('\n', " ; ")),
+            ),
+            Err(e) => r.fail("firewall", e.to_string()),
+        }
+    } else {
+        match ["iptables", "ip6tables"].into_iter().find(|b| !which(b)) {
+            None => r.note(
+                "firewall",
+                format!("would insert: {}", fw.describe().replace('\n', " ; ")),
+            ),
+            Some(b) => r.fail(
+                "firewall",
+                format!("{b} is not installed (apt-get install iptables)"),
+            ),
+        }
+    }
+}
+
+fn which(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Runs the checks; returns the report and whether the daemon would start.
+pub fn run(cfg: &Config) -> (String, bool) {
+    let mut r = Report {
+        out: String::new(),
+        problems: 0,
+    };
+    let ports: Vec<String> = cfg.ports.iter().map(u16::to_string).collect();
+    let proto = match (cfg.protos.tcp, cfg.protos.udp) {
+        (true, true) => "tcp,udp",
+        (false, true) => "udp",
+        _ => "tcp",
+    };
+    r.ok(
+        "config",
+        format!(
+            "{proto} port {}, window {:?}, timeout {:?}, limit {}{}, ipv6 /{}, confirm {}, {} allowlisted network(s)",
+            ports.join(","),
+            cfg.window,
+            cfg.timeout,
+            cfg.policy.limit,
+            if cfg.policy.limits.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} per-user limits)", cfg.policy.limits.len())
+            },
+            cfg.policy.v6_prefix,
+            if cfg.policy.confirm { "on" } else { "off" },
+            cfg.policy.allow.len()
+        ),
+    );
+    access_log(&mut r, &cfg.access_log);
+    audit_log(&mut r, &cfg.block_log);
+    if cfg.dry_run {
+        r.note("kernel", "--dry-run: nothing is set up in the kernel");
+    } else {
+        kernel(&mut r, cfg);
+    }
+    let ok = r.problems == 0;
+    let _ = writeln!(
+        r.out,
+        "{}",
+        if ok {
+            "refract would start".to_string()
+        } else {
+            format!("refract would not start: {} problem(s) above", r.problems)
+        }
+    );
+    (r.out, ok)
+}

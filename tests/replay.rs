@@ -1,0 +1,193 @@
+//! `refract replay` as an operator runs it: the real binary on real logs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_refract"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run refract")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn mixed_sample_has_exactly_one_ban() {
+    let f = fixture("mixed.log");
+    let o = run(&["replay", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "2026/11/21 10:00:04 disallowed concurrent connection from 192.0.2.44 \
+         w/ origin 198.51.100.23 [vless-in] email: alice@example.com\n"
+    );
+    let err = stderr(&o);
+    assert!(err.contains("16 lines"), "{err}");
+    assert!(err.contains("1 bans"), "{err}");
+}
+
+#[test]
+fn explain_shows_every_line_and_every_skip_reason() {
+    let f = fixture("mixed.log");
+    let o = run(&["replay", "--explain", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 16, "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.starts_with(&format!("{} ", i + 1)), "line {}: {l}", i + 1);
+    }
+    let want = [
+        "1 skipped:not-access",
+        "2 skipped:not-access",
+        "3 admitted 198.51.100.23 alice@example.com",
+        "4 skipped:no-email 127.0.0.1",
+        "5 refreshed 198.51.100.23 alice@example.com",
+        "6 skipped:not-access",
+        "7 skipped:no-email",
+        "8 admitted 2001:db8:5:6::/64 12.bob",
+        "9 refreshed 2001:db8:5:6::/64 12.bob",
+        "10 skipped:rejected 203.0.113.76",
+        "11 skipped:xff-port0 203.0.113.9 carol",
+        "12 skipped:unspecified carol",
+        "13 skipped:masked carol",
+        "14 banned 192.0.2.44 alice@example.com origin=198.51.100.23",
+        "15 refreshed 198.51.100.23 alice@example.com",
+        "16 admitted 192.0.2.45 alice@example.com",
+    ];
+    for (got, want) in lines.iter().zip(want) {
+        assert_eq!(*got, want);
+    }
+}
+
+#[test]
+fn v2ray_sample_parses_fully() {
+    let f = fixture("v2ray-4.34.log");
+    let o = run(&["replay", "--explain", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        !out.contains("not-access"),
+        "every V2Ray line is an access line:\n{out}"
+    );
+    assert!(
+        out.contains("1 admitted 198.51.100.23 alice@example.com"),
+        "{out}"
+    );
+    assert!(out.contains("3 admitted 2001:db8:5:6::/64 bob"), "{out}");
+    assert!(out.contains("4 skipped:rejected"), "{out}");
+    assert!(
+        out.contains("5 banned 192.0.2.44 alice@example.com origin=198.51.100.23"),
+        "{out}"
+    );
+    assert!(
+        out.contains("6 admitted 203.0.113.5 dave"),
+        "the old `email:dave ` form: {out}"
+    );
+}
+
+#[test]
+fn stdin_and_settings() {
+    // Limit 2 on stdin: the same log bans nobody.
+    let f = std::fs::read(fixture("mixed.log")).unwrap();
+    let mut child = bin()
+        .args(["replay", "--limit=2", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&f).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("0 bans"), "{}", stderr(&o));
+
+    // A window of 1s: 192.0.2.44 comes 2.7 s after 198.51.100.23 and is
+    // admitted; 198.51.100.23 returning 0.5 s later is now the newcomer.
+    let o = run(&[
+        "replay",
+        "--window=1s",
+        fixture("mixed.log").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "2026/11/21 10:00:04 disallowed concurrent connection from 198.51.100.23 \
+         w/ origin 192.0.2.44 [inbound-127.0.0.1:3010] email: alice@example.com\n"
+    );
+
+    // Allowlisting the newcomer.
+    let o = run(&[
+        "replay",
+        "--allow=192.0.2.0/24",
+        fixture("mixed.log").to_str().unwrap(),
+    ]);
+    assert_eq!(stdout(&o), "");
+    assert!(stderr(&o).contains("allowlisted 2"), "{}", stderr(&o));
+}
+
+#[test]
+fn errors_are_one_line_with_exit_codes() {
+    let o = run(&["replay", "/nonexistent/access.log"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("refract: replay: /nonexistent/access.log: "),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["replay", "--window=soon", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).lines().count(), 1);
+    assert!(stderr(&o).contains("--window"));
+}
+
+#[test]
+fn garbage_and_long_lines_are_counted_not_fatal() {
+    let dir = std::env::temp_dir().join(format!("refract-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("garbage.log");
+    let mut data = Vec::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push((x >> 24) as u8);
+    }
+    data.extend_from_slice(b"\n");
+    data.extend(std::iter::repeat(b'a').take(200_000));
+    data.extend_from_slice(
+        b"\n2026/11/21 10:00:01 from 198.51.100.1:1 accepted tcp:x:443 [in >> out] email: u\n",
+    );
+    std::fs::write(&path, &data).unwrap();
+    let o = run(&["replay", "--explain", path.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("skipped:too-long"),
+        "the 200 kB line is skipped"
+    );
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .ends_with("admitted 198.51.100.1 u"),
+        "{out}"
+    );
+}
