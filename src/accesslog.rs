@@ -657,7 +657,7 @@ fn zero_bytes(v: u64) -> u64 {
 
 /// Index of the first `b` in `hay`.
 #[inline]
-fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
+pub fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
     let pat = u64::from(b) * 0x0101_0101_0101_0101;
     let mut chunks = hay.chunks_exact(8);
     let mut off = 0;

@@ -14,7 +14,6 @@
 //! else the default. Every invalid value stops the program with one line
 //! naming the flag and exit code 2, before anything is touched.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -542,7 +541,7 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
         .map(|(v, _)| PathBuf::from(v));
     let limits = match &limits_file {
         Some(p) => load_limits(p).map_err(usage)?,
-        None => HashMap::new(),
+        None => crate::config::Limits::default(),
     };
 
     let confirm = env.switch(args.confirm, "confirm")?;
@@ -649,9 +648,21 @@ pub fn main() -> i32 {
             }
         }
         Command::Cleanup => cleanup(&cfg),
+        // daemon branch: the live daemon with the enforcer --dry-run picks.
         Command::Daemon => {
-            eprintln!("refract: this build has no live daemon yet; use `refract replay FILE`");
-            1
+            use crate::enforce::kernel::{KernelConfig, KernelEnforcer};
+            let enforcer: Box<dyn crate::enforce::Enforcer> = if cfg.dry_run {
+                Box::new(crate::enforce::DryRun::default())
+            } else {
+                match KernelEnforcer::new(KernelConfig::from_config(&cfg)) {
+                    Ok(k) => Box::new(k),
+                    Err(e) => {
+                        eprintln!("refract: {e}");
+                        return 1;
+                    }
+                }
+            };
+            crate::daemon::run(cfg, enforcer)
         }
     }
 }

@@ -2,14 +2,13 @@
 //! `REFRACT_*` environment) into. Everything here has been checked; the
 //! daemon and `replay` never see a raw string.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::policy::PolicyConfig;
 
 /// Per-user limits: raw email bytes → addresses allowed.
-pub type Limits = HashMap<Box<[u8]>, u32>;
+pub type Limits = crate::hash::Map<Box<[u8]>, u32>;
 
 /// Transport protocols the DROP rule and the connection killer cover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +63,7 @@ pub fn load_limits(path: &Path) -> Result<Limits, String> {
 
 /// The parser behind [`load_limits`]; errors carry the 1-based line number.
 pub fn parse_limits(text: &[u8]) -> Result<Limits, (usize, String)> {
-    let mut out = HashMap::new();
+    let mut out = Limits::default();
     for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
         let line = match raw.iter().position(|&b| b == b'#') {
             Some(p) => &raw[..p],

@@ -58,7 +58,7 @@
 //!   allowlisted too: banning the key would ban the allowlisted address.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -66,6 +66,7 @@ use ipnet::IpNet;
 
 use crate::accesslog::{Access, Skip, Source, Status};
 use crate::clock::Micros;
+use crate::hash::Map;
 use crate::key::Key;
 
 /// Everything the policy needs to decide; plain data, swapped whole on reload.
@@ -78,7 +79,7 @@ pub struct PolicyConfig {
     /// Default number of keys per user (0 is treated as 1).
     pub limit: u32,
     /// Per-user overrides (`--limits FILE`), keyed by the raw email bytes.
-    pub limits: HashMap<Box<[u8]>, u32>,
+    pub limits: crate::config::Limits,
     /// IPv6 grouping, `1..=128`.
     pub v6_prefix: u8,
     /// Networks that never count and are never banned.
@@ -98,7 +99,7 @@ impl Default for PolicyConfig {
             window: 5 * crate::clock::SECOND,
             ban: 60 * crate::clock::SECOND,
             limit: 1,
-            limits: HashMap::new(),
+            limits: crate::config::Limits::default(),
             v6_prefix: 64,
             allow: Vec::new(),
             confirm: false,
@@ -311,11 +312,11 @@ enum Timer {
 pub struct Policy {
     cfg: PolicyConfig,
     stats: PolicyStats,
-    users: HashMap<Arc<[u8]>, u32>,
+    users: Map<Arc<[u8]>, u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Banned key → when (internal clock).
-    bans: HashMap<Key, BanRec>,
+    bans: Map<Key, BanRec>,
     heap: BinaryHeap<Reverse<(Micros, Timer)>>,
     /// Number of entries over all users.
     entries: usize,
@@ -333,7 +334,7 @@ fn settle(
     t: Micros,
     window: Micros,
     limit: usize,
-    bans: &HashMap<Key, BanRec>,
+    bans: &Map<Key, BanRec>,
     stats: &mut PolicyStats,
 ) -> usize {
     let before = entries.len();
@@ -378,7 +379,7 @@ fn promote(entries: &mut Entries, limit: usize, stats: &mut PolicyStats) {
 /// The last instant at which entry `e` is active: `last_seen + window`, or
 /// just before its key was banned (a key banned for anyone counts for
 /// nobody; other users' entries for it end at the ban, found lazily here).
-fn end_of(e: &Entry, window: Micros, bans: &HashMap<Key, BanRec>) -> Micros {
+fn end_of(e: &Entry, window: Micros, bans: &Map<Key, BanRec>) -> Micros {
     let natural = e.last_seen.saturating_add(window);
     if bans.is_empty() {
         return natural;
@@ -436,10 +437,10 @@ impl Policy {
         Policy {
             cfg,
             stats: PolicyStats::default(),
-            users: HashMap::new(),
+            users: Map::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            bans: HashMap::new(),
+            bans: Map::default(),
             heap: BinaryHeap::new(),
             entries: 0,
             clock: 0,
@@ -1720,7 +1721,7 @@ mod tests {
         // To debug a failing seed: every step on stderr.
         let trace = std::env::var_os("REFRACT_POLICY_TRACE").is_some();
         // (user, key) → step at which it first became a candidate.
-        let mut candidate_since: HashMap<(&str, Key), usize> = HashMap::new();
+        let mut candidate_since: std::collections::HashMap<(&str, Key), usize> = Default::default();
 
         for step in 0..steps {
             now = match rng.below(100) {

@@ -7,7 +7,6 @@
 //! so a log of any size replays in constant memory; `-` reads standard
 //! input in chunks.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -44,7 +43,7 @@ impl Lines {
     /// Feeds `chunk`; calls `f` with each complete line (without `\n`), or
     /// with `Err(Skip::TooLong)` once per over-long line.
     pub fn feed(&mut self, mut chunk: &[u8], f: &mut impl FnMut(Result<&[u8], Skip>)) {
-        while let Some(nl) = chunk.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = accesslog::find_byte(chunk, b'\n') {
             let (head, tail) = (&chunk[..nl], &chunk[nl + 1..]);
             if self.skipping {
                 self.skipping = false;
@@ -111,7 +110,7 @@ impl Summary {
 #[derive(Debug)]
 pub struct Replayer<W: Write> {
     policy: Policy,
-    users: HashSet<Box<[u8]>>,
+    users: crate::hash::Set<Box<[u8]>>,
     explain: bool,
     out: W,
     buf: Vec<u8>,
@@ -122,7 +121,7 @@ impl<W: Write> Replayer<W> {
     pub fn new(cfg: &Config, explain: bool, out: W) -> Replayer<W> {
         Replayer {
             policy: Policy::new(cfg.policy.clone()),
-            users: HashSet::new(),
+            users: crate::hash::Set::default(),
             explain,
             out,
             buf: Vec::with_capacity(256),

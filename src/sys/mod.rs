@@ -2,3 +2,6 @@
 //! mio and the crates we use do not cover. Each block says why it is sound.
 pub mod mmap;
 pub mod netlink;
+pub mod process;
+pub mod time;
+pub mod timerfd;

@@ -1,0 +1,34 @@
+//! An idle daemon never wakes up: no periodic timer, the timerfd disarmed
+//! when nothing is pending. Measured with the kernel's context-switch
+//! counters of the process over 10 seconds (the one long test).
+
+mod daemon_util;
+
+use std::time::Duration;
+
+use daemon_util::*;
+
+#[test]
+fn zero_wakeups_while_idle() {
+    let dir = TempDir::new("idle");
+    let mut d = Daemon::start(&dir, &["--window=200ms", "--timeout=300ms"]);
+    // Some activity first: a user online (window state) and a ban, both of
+    // which expire within a second; then nothing is pending.
+    append(&d.access, &access_line("idle@example.com", "198.51.100.1"));
+    append(&d.access, &access_line("idle@example.com", "198.51.100.2"));
+    append(&d.access, &lines("noise", 3));
+    d.expect_lines(5);
+    std::thread::sleep(Duration::from_secs(1));
+    // The timer did its work: the ban was decided and has expired.
+    let s = d.stats();
+    assert_eq!((s["bans"], s["expired"]), (1, 1), "{s:?}");
+    let (before, rss) = proc_status(d.pid());
+    std::thread::sleep(Duration::from_secs(10));
+    let (after, _) = proc_status(d.pid());
+    eprintln!(
+        "idle: {} context switches in 10 s, VmRSS {rss} kB",
+        after - before
+    );
+    assert_eq!(after, before, "the daemon woke up while idle");
+    assert!(d.terminate().0.success());
+}
