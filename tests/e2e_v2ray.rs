@@ -68,13 +68,6 @@ fn skip_reason() -> Option<String> {
             return Some(format!("{tool} not found in PATH"));
         }
     }
-    // Until the daemon branch is merged, the binary's daemon mode is a
-    // placeholder that only says so. (Removed once it lands.)
-    let bin = fs::read(env!("CARGO_BIN_EXE_refract")).unwrap_or_default();
-    let stub = b"this build has no live daemon yet";
-    if bin.windows(stub.len()).any(|w| w == stub) {
-        return Some("this refract build has no live daemon yet".into());
-    }
     None
 }
 
@@ -593,6 +586,31 @@ impl Sandbox {
         }
     }
 
+    /// Stops refract as the service manager does (SIGTERM) and checks that
+    /// it exits 0 within 3 s; returns its last output line (the counters).
+    fn stop_refract(&mut self) -> String {
+        let log = self.path("refract.out");
+        let refract = self
+            .procs
+            .iter_mut()
+            .find(|p| p.log == log)
+            .expect("refract running");
+        let pid = refract.child.id().to_string();
+        must(Command::new("kill").args(["-TERM", &pid]));
+        let mut status = None;
+        wait_for(Duration::from_secs(3), || {
+            status = refract.child.try_wait().expect("try_wait refract");
+            status.is_some()
+        });
+        let out = fs::read_to_string(&log).unwrap_or_default();
+        let status = status.unwrap_or_else(|| panic!("refract ignored SIGTERM for 3 s:\n{out}"));
+        assert!(
+            status.success(),
+            "refract exited {status} on SIGTERM:\n{out}"
+        );
+        out.lines().last().unwrap_or_default().to_string()
+    }
+
     fn banned(&self, c: &Client) -> bool {
         in_set(&self.node(), set_for(c.addr), c.addr)
     }
@@ -839,6 +857,8 @@ fn second_device_is_banned_cut_off_and_lifted() {
         .iter()
         .all(|l| l.ends_with(&format!("email: {BOB}"))));
 
+    eprintln!("refract at exit: {}", sb.stop_refract());
+
     let replayed = sb.replay(&[]);
     assert_eq!(replayed.len(), 1, "replay of the real log: {replayed:?}");
     assert!(replayed[0].contains(&format!("from {} w/ origin {}", a2.addr, a1.addr)));
@@ -911,6 +931,8 @@ fn limit_two_bans_the_third_device() {
     );
     assert!(probe.rounds >= 10, "watched only {} rounds", probe.rounds);
 
+    eprintln!("refract at exit: {}", sb.stop_refract());
+
     let replayed = sb.replay(&["--limit=2"]);
     assert_eq!(replayed.len(), 1, "replay of the real log: {replayed:?}");
     assert!(replayed[0].contains("from 2001:db8:3::/64 w/ origin"));
@@ -976,6 +998,8 @@ fn confirm_spares_a_switching_device() {
     assert!(latency <= BAN_WITHIN, "a1 banned only after {latency:?}");
     assert!(!sb.banned(&a2), "a2 banned too");
     sb.audit_line(&[&format!("from {} w/ origin {}", a1.addr, a2.addr)]);
+
+    eprintln!("refract at exit: {}", sb.stop_refract());
 
     let replayed = sb.replay(&["--confirm"]);
     assert_eq!(replayed.len(), 1, "replay of the real log: {replayed:?}");
