@@ -77,10 +77,14 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Skips the test with its reason. Written to the stderr handle rather
+/// than with `eprintln!`, which libtest captures and hides for a passing
+/// test: a skip must show in every run's output, not pass silently.
 macro_rules! skip_unless_sandbox {
     () => {
         if let Some(why) = skip_reason() {
-            eprintln!("SKIPPED: e2e with V2Ray: {why}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED: e2e with V2Ray: {why}");
             return;
         }
     };
