@@ -63,7 +63,16 @@ fn skip_reason() -> Option<String> {
     if !is_root() {
         return Some("needs root (network namespaces, ipset, iptables)".into());
     }
-    for tool in ["v2ray", "ip", "ipset", "iptables", "curl", "python3"] {
+    for tool in [
+        "v2ray",
+        "ip",
+        "ss",
+        "ipset",
+        "iptables",
+        "ip6tables",
+        "curl",
+        "python3",
+    ] {
         if which(tool).is_none() {
             return Some(format!("{tool} not found in PATH"));
         }
@@ -370,33 +379,33 @@ impl Sandbox {
         let dir = std::env::temp_dir().join(&tag);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
-        let node = new_ns(&format!("e2e-{word}-node"));
-        let web = new_ns(&format!("e2e-{word}-web"));
-        veth(
-            &node,
-            "web0",
-            &["203.0.113.1/24"],
-            &web,
-            "eth0",
-            &["203.0.113.2/24"],
-        );
-        node.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-        node.ok(&["ip", "addr", "add", &format!("{NODE_V4}/24"), "dev", "br0"]);
-        node.ok(&["ip", "link", "set", "br0", "up"]);
+        // The guard exists before anything that can fail, so a failure here
+        // still removes what was made (the dir too).
         let mut sb = Sandbox {
             tag,
             dir,
             word: word.to_string(),
             procs: Vec::new(),
             clients: Vec::new(),
-            node,
-            others: vec![],
+            node: new_ns(&format!("e2e-{word}-node")),
+            others: vec![new_ns(&format!("e2e-{word}-web"))],
         };
+        let (node, web) = (&sb.node, &sb.others[0]);
+        veth(
+            node,
+            "web0",
+            &["203.0.113.1/24"],
+            web,
+            "eth0",
+            &["203.0.113.2/24"],
+        );
+        node.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+        node.ok(&["ip", "addr", "add", &format!("{NODE_V4}/24"), "dev", "br0"]);
+        node.ok(&["ip", "link", "set", "br0", "up"]);
+        let mut cmd = in_ns(web.name(), "python3");
         let script = sb.dir.join("slow_http.py");
         fs::write(&script, SLOW_HTTP_PY).expect("write slow_http.py");
-        let mut cmd = in_ns(web.name(), "python3");
         cmd.arg(&script).args(["203.0.113.2", "8080"]);
-        sb.others.push(web);
         sb.spawn("web", cmd);
         sb
     }
