@@ -24,6 +24,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::IpAddr;
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -525,8 +526,8 @@ impl Sandbox {
     }
 
     /// Starts refract in node the way the service unit does (refract 0.2's
-    /// spellings), kernel enforcement on, and waits until its DROP rule is
-    /// in place.
+    /// spellings, Type=notify), kernel enforcement on, and waits for its
+    /// READY=1.
     fn start_refract(&mut self, extra: &[&str]) {
         // v2ray creates the access log on its first line; refract starts
         // at the end of an existing file, so create it empty first: every
@@ -551,51 +552,58 @@ impl Sandbox {
             }
         }
         cmd.env("REFRACT_LOG", "stderr");
+        // Readiness as systemd sees it (the unit is Type=notify): READY=1 on
+        // $NOTIFY_SOCKET once the sets and DROP rules exist and the log is
+        // followed. A path socket, so it is reachable from inside node.
+        let sock_path = self.path("notify.sock");
+        let notify = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("notify socket timeout");
+        cmd.env("NOTIFY_SOCKET", &sock_path);
         self.spawn("refract", cmd);
 
-        // Ready: the DROP rules are in place (both families when a client
-        // speaks IPv6) and the daemon says it follows the log.
-        let node = self.node();
-        let mut rules = vec![("iptables", SET4)];
-        if self.clients.iter().any(|c| c.addr.is_ipv6()) {
-            rules.push(("ip6tables", SET6));
-        }
         let mut exited = None;
         let ready = wait_for(Duration::from_secs(10), || {
             let refract = self.procs.last_mut().expect("refract spawned");
             exited = refract.child.try_wait().expect("try_wait refract");
-            if exited.is_some() {
-                return true;
-            }
-            let following = fs::read_to_string(&refract.log)
-                .unwrap_or_default()
-                .contains(" following ");
-            following
-                && rules.iter().all(|(tool, set)| {
-                    run(in_ns(&node, tool).args([
-                        "-C",
-                        "INPUT",
-                        "-p",
-                        "tcp",
-                        "--dport",
-                        "443",
-                        "-m",
-                        "set",
-                        "--match-set",
-                        set,
-                        "src",
-                        "-j",
-                        "DROP",
-                    ]))
-                    .status
-                    .success()
-                })
+            let mut buf = [0u8; 512];
+            let got = match notify.recv(&mut buf) {
+                Ok(n) => String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1"),
+                Err(_) => false, // the read timeout: poll again
+            };
+            got || exited.is_some()
         });
         if ready.is_none() || exited.is_some() {
             panic!(
-                "refract not ready within 10 s (exited: {exited:?}); its output:\n{}",
+                "refract sent no READY=1 within 10 s (exited: {exited:?}); its output:\n{}",
                 fs::read_to_string(self.path("refract.out")).unwrap_or_default()
             );
+        }
+        // The kernel agrees: the DROP rules are in place (both families
+        // when a client speaks IPv6).
+        let mut rules = vec![("iptables", SET4)];
+        if self.clients.iter().any(|c| c.addr.is_ipv6()) {
+            rules.push(("ip6tables", SET6));
+        }
+        for (tool, set) in rules {
+            must(in_ns(&self.node(), tool).args([
+                "-C",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "443",
+                "-m",
+                "set",
+                "--match-set",
+                set,
+                "src",
+                "-j",
+                "DROP",
+            ]));
         }
     }
 
