@@ -445,6 +445,7 @@ impl Daemon {
                 self.pump(now);
             }
             self.deadlines(now);
+            self.kill_reports();
             if self.signals.term.swap(false, Ordering::Relaxed) {
                 self.shutdown();
                 return Ok(());
@@ -467,6 +468,17 @@ impl Daemon {
                 // the deadline check after the batch runs regardless.
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Logs how many open connections each finished ban ended (the kill
+    /// work completes a few hundred microseconds after the ban itself).
+    fn kill_reports(&mut self) {
+        for r in self.core.enforcer.take_reports() {
+            logger::notice(format_args!(
+                "ban {}: ended {} tcp connection(s), {} udp flow(s)",
+                r.key, r.tcp, r.udp
+            ));
         }
     }
 
