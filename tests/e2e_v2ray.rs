@@ -768,8 +768,10 @@ fn second_device_is_banned_cut_off_and_lifted() {
     // a2 alone first: its long download is admitted. The log has no line
     // for the end of a connection, so a2's key expires after the window
     // while the transfer goes on; a1 then comes online as alice's device.
+    // (Two seconds past the window, not one: the replay below sees the
+    // log's whole seconds, and must see a2 expired too.)
     let a2_old = fetch(&a2, "/slow/20", 30.0);
-    sleep_ms((WINDOW + Duration::from_secs(1)).as_millis() as u64);
+    sleep_ms((WINDOW + Duration::from_secs(2)).as_millis() as u64);
     let a1_download = fetch(&a1, "/slow/14", 20.0);
     sleep_ms(1000);
     assert!(
@@ -805,7 +807,7 @@ fn second_device_is_banned_cut_off_and_lifted() {
     // Both of a2's transfers are cut (SOCK_DESTROY → RST → the V2Ray
     // client closes the SOCKS stream): curl ends at once with a short body.
     // The DROP rule alone would stall them until --max-time (28).
-    // The one held open was flowing: it has most of its first 7 s.
+    // The one held open was flowing: it has most of its first 8 s.
     for (what, running, least, full) in [
         ("new", a2_new, 0, slow_bytes(14)),
         ("held open", a2_old, slow_bytes(5), slow_bytes(20)),
