@@ -830,6 +830,17 @@ fn second_device_is_banned_cut_off_and_lifted() {
         );
     }
 
+    // a1 opens new connections as before while a2 is banned (its requests
+    // refresh its key; after the last one it must expire again before a2
+    // may come back).
+    let mut a1_last = Instant::now();
+    for _ in 0..2 {
+        let f = fetch(&a1, "/", 3.0).wait(Duration::from_secs(5));
+        assert!(f.ok(), "a1 cannot fetch while a2 is banned: {f:?}");
+        a1_last = Instant::now();
+        sleep_ms(300);
+    }
+
     // New connections from a2 go nowhere: through its proxy client, and
     // straight at node:443 (dropped, so a timeout rather than a refusal).
     let again = fetch(&a2, "/", 2.0).wait(Duration::from_secs(5));
@@ -851,8 +862,15 @@ fn second_device_is_banned_cut_off_and_lifted() {
         held + Duration::from_millis(1500) >= TIMEOUT,
         "a2's ban lifted after only {held:?}"
     );
-    // a1 has been silent since its one request (its download is a single
-    // connection, logged once), so its key expired: a2 is admitted now.
+    // a1's key expires WINDOW after its last request (its download is one
+    // connection, logged once at its start); then a2 is admitted. (1.5 s
+    // past the window: the replay below sees whole seconds.)
+    let quiet = WINDOW + Duration::from_millis(1500);
+    sleep_ms(
+        quiet
+            .saturating_sub(since(a1_last, Instant::now()))
+            .as_millis() as u64,
+    );
     let back = fetch(&a2, "/", 3.0).wait(Duration::from_secs(5));
     assert!(back.ok(), "a2 cannot fetch after the ban lifted: {back:?}");
     sleep_ms(500);
