@@ -18,7 +18,9 @@
 //! byte count).
 //!
 //! Every namespace name carries the pid and the scenario, so the three
-//! scenarios run in parallel and never meet anyone else's test. Without
+//! scenarios run in parallel and never meet anyone else's test. (libtest
+//! starts them in name order: the longest, `ban_…` at about 22 s, goes
+//! first so that on two test threads the other two fit beside it.) Without
 //! root or without one of the tools, each test prints why and skips.
 
 use std::fs;
@@ -755,7 +757,7 @@ fn since(a: Instant, b: Instant) -> Duration {
 /// from before), its new connections dropped; alice's first device and bob
 /// never notice; the ban lifts after --timeout.
 #[test]
-fn second_device_is_banned_cut_off_and_lifted() {
+fn ban_cuts_and_lifts_the_second_device() {
     skip_unless_sandbox!();
     let mut sb = Sandbox::new("ban");
     let a1 = sb.add_client("a1", ALICE_ID, Net::V4(1));
