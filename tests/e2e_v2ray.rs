@@ -753,9 +753,10 @@ fn since(a: Instant, b: Instant) -> Duration {
 }
 
 /// A second device of alice while her first downloads: banned within 1 s of
-/// its first request, its transfers cut (the new one and one it held open
-/// from before), its new connections dropped; alice's first device and bob
-/// never notice; the ban lifts after --timeout.
+/// its first request while the first is online, its transfers cut (that
+/// request and a download it held open from before), its new connections
+/// dropped; alice's first device and bob never notice; the ban lifts after
+/// --timeout and the device may connect again.
 #[test]
 fn ban_cuts_and_lifts_the_second_device() {
     skip_unless_sandbox!();
