@@ -80,6 +80,17 @@ fn skip_reason() -> Option<String> {
             return Some(format!("{tool} not found in PATH"));
         }
     }
+    // The configs and flags here are V2Ray 4's (Debian's v2ray package);
+    // V2Ray 5 has a `run` subcommand and another config schema.
+    let version = Command::new("v2ray")
+        .arg("-version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let first = version.lines().next().unwrap_or_default();
+    if !first.starts_with("V2Ray 4.") {
+        return Some(format!("needs V2Ray 4.x, `v2ray -version` says {first:?}"));
+    }
     None
 }
 
