@@ -84,11 +84,40 @@ impl Daemon {
     /// Starts the daemon on `dir/access.log` and `dir/block.log` with
     /// `extra` flags and waits until it follows the log.
     pub fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
-        let access = dir.path("access.log");
-        let block = dir.path("block.log");
+        Daemon::start_with(
+            dir,
+            &dir.path("access.log"),
+            &dir.path("block.log"),
+            &[],
+            extra,
+        )
+    }
+
+    /// Like [`Daemon::start`] with the access log at `access`, the audit
+    /// log at `block`, and the
+    /// binary run through `prefix` (e.g. `setpriv …` or `unshare -m sh -c
+    /// SCRIPT`: the binary's path follows the prefix, then the flags; the
+    /// pid stays the daemon's as long as every wrapper `exec`s).
+    pub fn start_with(
+        dir: &TempDir,
+        access: &Path,
+        block: &Path,
+        prefix: &[&str],
+        extra: &[&str],
+    ) -> Daemon {
+        let access = access.to_path_buf();
+        let block = block.to_path_buf();
         let stderr = dir.path("refract.stderr");
         let err = File::create(&stderr).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("--dry-run")
             .arg(format!("--access.log={}", access.display()))
             .arg(format!("--block.log={}", block.display()))
