@@ -423,7 +423,7 @@ impl Tail {
 
     /// Watches the directory again after it was removed, once it exists.
     fn rewatch(&mut self, now: Micros) {
-        if self.rewatch_at.is_none_or(|t| t > now) {
+        if !self.rewatch_at.is_some_and(|t| t <= now) {
             return;
         }
         match self.inotify.watches().add(&self.dir, DIR_MASK) {
