@@ -52,7 +52,13 @@ fn log_directory_removed_and_recreated() {
     std::fs::create_dir(&xray).unwrap();
     let access = xray.join("access.log");
     append(&access, "");
-    let mut d = Daemon::start_with(&dir, &access, &dir.path("block.log"), &[], &["--window=1h"]);
+    let mut d = Daemon::start_with(
+        &dir,
+        &access,
+        &dir.path("block.log"),
+        &[],
+        &["--dry-run", "--window=1h"],
+    );
     append(&access, &lines("before", 3));
     d.expect_lines(3);
 
@@ -110,7 +116,7 @@ fn unreadable_log_is_one_clear_error_and_recovers() {
         &access,
         &dir.path("block.log"),
         &nobody,
-        &["--window=1h"],
+        &["--dry-run", "--window=1h"],
     );
     append(&access, &lines("readable", 2));
     d.expect_lines(2);
@@ -196,7 +202,7 @@ fn full_audit_filesystem_keeps_enforcing_and_logs_once() {
         &dir.path("access.log"),
         &block,
         &prefix,
-        &["--window=1h"],
+        &["--dry-run", "--window=1h"],
     );
     // Seen from inside refract's mount namespace.
     let inside =

@@ -27,6 +27,21 @@
 //!   the front of the outbox and are sent again (counted as one error).
 //! - anything else: logged and counted in `errors`, never fatal.
 //!
+//! The DROP rule deleted while running (`iptables -D`, `iptables -F`, an
+//! `iptables-restore` or `nft flush ruleset` that drops it) is restored:
+//! refract joins the nf_tables notification group (`NFNLGRP_NFTABLES`) on
+//! a fourth netlink socket, and a `DELRULE`, `DELCHAIN` or `DELTABLE`
+//! notification (or `ENOBUFS` on that socket: notifications lost) schedules
+//! one [`Firewall::install`] [`RULE_SETTLE`] later (a burst of changes is
+//! one check). Why this and not the alternatives: a periodic `iptables -C`
+//! would wake an idle daemon; a rate-limited `-C` on each ban would spawn
+//! processes on the ban path and leave the node open until the next ban;
+//! parsing the rules themselves over nfnetlink means decoding iptables-nft's
+//! xt-compat expressions. The notification costs nothing while nobody
+//! touches the ruleset, and the processes run only when somebody deleted
+//! something. Limit: legacy (non-nf_tables) iptables sends no
+//! notifications; there the rule is re-checked only after a set repair.
+//!
 //! A request unanswered after [`REPLY_TIMEOUT`] is dropped and counted.
 //! Invariant: every sent request is either in `pending` or already counted.
 //!
@@ -73,8 +88,13 @@ use crate::policy::Ban;
 /// Tokens the enforcer registers, starting at the `first` given to
 /// [`Enforcer::register`]: `first` is the ipset socket, `first + 1` the
 /// sock_diag socket (with `--proto tcp`), `first + 2` the conntrack socket
-/// (with `--proto udp`).
-pub const TOKENS: usize = 3;
+/// (with `--proto udp`), `first + 3` the ruleset watch (with
+/// `--firewall iptables`).
+pub const TOKENS: usize = 4;
+
+/// How long after a ruleset deletion the DROP rules are checked (coalesces
+/// the notifications of one `iptables-restore`).
+pub const RULE_SETTLE: Micros = SECOND / 10;
 
 /// How often one dump is run again after an overrun.
 pub const MAX_RESTARTS: u8 = 3;
@@ -737,6 +757,10 @@ pub struct KernelEnforcer {
     tcp: Option<Killer>,
     /// conntrack socket, with `--proto udp`.
     udp: Option<Killer>,
+    /// nf_tables notifications, with `--firewall iptables` (module doc).
+    rules: Option<NlSocket>,
+    /// A ruleset deletion was seen: check the DROP rules at this time.
+    rules_check_at: Option<Micros>,
     tallies: Tallies,
     first_token: usize,
     /// The latest `now` the loop gave us (for deadlines set in `ready`).
@@ -961,6 +985,8 @@ impl KernelEnforcer {
             existing: None,
             tcp,
             udp,
+            rules: None,
+            rules_check_at: None,
             tallies: Tallies::default(),
             first_token: 0,
             now: 0,
@@ -984,6 +1010,18 @@ impl KernelEnforcer {
                     }));
                 }
                 None => me.create_blocking(family)?,
+            }
+        }
+        if me.cfg.firewall != FirewallMode::None {
+            // Watching before installing: a deletion right after is seen.
+            let watch = NlSocket::open(NETLINK_NETFILTER, 0)
+                .and_then(|s| s.join_group(NFNLGRP_NFTABLES).map(|()| s));
+            match watch {
+                Ok(s) => me.rules = Some(s),
+                Err(e) => log(format_args!(
+                    "firewall: cannot watch the ruleset ({e}); a deleted DROP rule \
+                     is restored only when a set is recreated"
+                )),
             }
         }
         // The sets exist now, so iptables can reference them.
@@ -1277,6 +1315,56 @@ impl KernelEnforcer {
         }
     }
 
+    /// Drains the ruleset watch; a deletion schedules a rule check.
+    fn drain_rules(&mut self) {
+        let Some(sock) = &self.rules else { return };
+        let mut changed = false;
+        for _ in 0..100_000 {
+            match sock.recv(&mut self.rx) {
+                Ok(n) => {
+                    for m in Messages::new(&self.rx[..n]).flatten() {
+                        if let Reply::Data(m) = m {
+                            changed |= m.ty >> 8 == NFNL_SUBSYS_NFTABLES
+                                && matches!(
+                                    m.ty & 0xff,
+                                    NFT_MSG_DELTABLE | NFT_MSG_DELCHAIN | NFT_MSG_DELRULE
+                                );
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Notifications were lost: one of them may have been ours.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
+                Err(e) => {
+                    self.stats.errors += 1;
+                    log(format_args!("firewall: ruleset watch: {e}"));
+                    break;
+                }
+            }
+        }
+        if changed && self.rules_check_at.is_none() {
+            self.rules_check_at = Some(self.now + RULE_SETTLE);
+        }
+    }
+
+    /// Puts back DROP rules deleted behind our back (runs iptables: only
+    /// after a ruleset deletion, never per ban).
+    fn check_rules(&mut self) {
+        match self.firewall.install() {
+            Ok(0) => {}
+            Ok(n) => {
+                self.stats.repairs += 1;
+                log(format_args!(
+                    "firewall: {n} DROP rule(s) were deleted and have been restored"
+                ));
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                log(format_args!("{e}"));
+            }
+        }
+    }
+
     /// Whether any request (ipset, dump or kill) is unanswered.
     pub fn busy(&self) -> bool {
         !self.pending.is_empty()
@@ -1453,6 +1541,9 @@ impl Enforcer for KernelEnforcer {
         if let Some(k) = &mut self.udp {
             registry.register(&mut k.sock, mio::Token(first + 2), r)?;
         }
+        if let Some(s) = &mut self.rules {
+            registry.register(s, mio::Token(first + 3), r)?;
+        }
         Ok(())
     }
 
@@ -1472,9 +1563,11 @@ impl Enforcer for KernelEnforcer {
                     k.drain(cx)
                 }
             }),
+            3 => self.drain_rules(),
             _ => {
                 self.drain_ipset();
                 self.each_killer(|k, cx| k.drain(cx));
+                self.drain_rules();
             }
         }
     }
@@ -1484,6 +1577,7 @@ impl Enforcer for KernelEnforcer {
             self.pending.iter().map(|p| p.deadline).min(),
             self.tcp.as_ref().and_then(Killer::deadline),
             self.udp.as_ref().and_then(Killer::deadline),
+            self.rules_check_at,
         ]
         .into_iter()
         .flatten()
@@ -1499,6 +1593,10 @@ impl Enforcer for KernelEnforcer {
             k.drain(cx);
             k.expire(cx);
         });
+        if self.rules_check_at.is_some_and(|t| t <= now) {
+            self.rules_check_at = None;
+            self.check_rules();
+        }
     }
 
     fn flush(&mut self, budget: Duration) {

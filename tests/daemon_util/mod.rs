@@ -71,7 +71,8 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
-/// A running `refract --dry-run`, stderr captured in a file.
+/// A running `refract` (`--dry-run` unless started in a namespace), stderr
+/// captured in a file.
 pub struct Daemon {
     pub child: Child,
     pub access: PathBuf,
@@ -89,7 +90,7 @@ impl Daemon {
             &dir.path("access.log"),
             &dir.path("block.log"),
             &[],
-            extra,
+            &[&["--dry-run"], extra].concat(),
         )
     }
 
@@ -97,7 +98,9 @@ impl Daemon {
     /// log at `block`, and the
     /// binary run through `prefix` (e.g. `setpriv …` or `unshare -m sh -c
     /// SCRIPT`: the binary's path follows the prefix, then the flags; the
-    /// pid stays the daemon's as long as every wrapper `exec`s).
+    /// pid stays the daemon's as long as every wrapper `exec`s). Unlike
+    /// [`Daemon::start`], `--dry-run` is not implied: pass it, or run the
+    /// kernel enforcer inside a namespace (`ip netns exec NAME`).
     pub fn start_with(
         dir: &TempDir,
         access: &Path,
@@ -118,7 +121,6 @@ impl Daemon {
             None => Command::new(BIN),
         };
         let child = cmd
-            .arg("--dry-run")
             .arg(format!("--access.log={}", access.display()))
             .arg(format!("--block.log={}", block.display()))
             .args(extra)
