@@ -844,6 +844,38 @@ mod tests {
     }
 
     #[test]
+    fn removed_directory_is_watched_again_when_it_comes_back() {
+        let d = TempDir::new("rmdir");
+        let sub = d.0.join("xray");
+        std::fs::create_dir(&sub).unwrap();
+        let p = sub.join("access.log");
+        let mut t = Tail::open(&p, false, 100).unwrap();
+        let mut out = Vec::new();
+        append(&p, "1\n");
+        collect(&mut t, &mut out);
+        std::fs::remove_dir_all(&sub).unwrap();
+        collect(&mut t, &mut out);
+        // The open log pinned the directory's inode: its IN_IGNORED comes
+        // once the log is closed (the loop sees the fd readable again).
+        collect(&mut t, &mut out);
+        // Gone: one retry per REWATCH_RETRY, nothing else wakes us.
+        assert!(!t.is_open());
+        assert_eq!(t.next_deadline(), Some(1 + REWATCH_RETRY));
+        std::fs::create_dir(&sub).unwrap();
+        append(&p, "2\n");
+        t.expire(1 + REWATCH_RETRY, &mut |l| {
+            out.push(String::from_utf8_lossy(l).into_owned())
+        });
+        assert_eq!(t.next_deadline(), None);
+        // Watched again: a file created later in it is picked up by event.
+        std::fs::remove_file(&p).unwrap();
+        collect(&mut t, &mut out);
+        append(&p, "3\n");
+        collect(&mut t, &mut out);
+        assert_eq!(out, ["1", "2", "3"]);
+    }
+
+    #[test]
     fn missing_file_is_picked_up_when_created() {
         let d = TempDir::new("missing");
         let p = d.0.join("access.log");
