@@ -238,9 +238,9 @@ struct Pending {
     deadline: Micros,
 }
 
-/// Logging goes through here so the daemon can redirect it in one place.
+/// Kernel errors and repairs are warnings in the daemon's log.
 fn log(msg: fmt::Arguments<'_>) {
-    eprintln!("refract: {msg}");
+    crate::logger::warning(msg);
 }
 
 // ---- Connection killing ----
