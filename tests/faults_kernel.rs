@@ -267,6 +267,11 @@ fn thousands_of_connections_from_one_key_are_all_killed() {
             other => panic!("client not reset: {other:?}"),
         }
     }
+    // The daemon's own account: one report with every connection.
+    let want = format!("ban 192.0.2.10: ended {CONNS} tcp connection(s), 0 udp flow(s)");
+    wait_until(Duration::from_secs(5), "the kill report", || {
+        d.log().contains(&want).then_some(())
+    });
     let s = d.stats();
     assert_eq!(
         (s["enforcer_bans"], s["enforcer_errors"]),
