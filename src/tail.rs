@@ -430,11 +430,19 @@ impl Tail {
             Ok(wd) => {
                 self.dir_wd = wd;
                 self.rewatch_at = None;
+                self.path_error = None;
             }
             Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    self.fail_path(format!("tail: watch {}: {e}", self.dir.display()));
-                }
+                let msg = if e.kind() == io::ErrorKind::NotFound {
+                    format!(
+                        "tail: directory {} was removed; following {} again once it is back",
+                        self.dir.display(),
+                        self.path.display()
+                    )
+                } else {
+                    format!("tail: watch {}: {e}", self.dir.display())
+                };
+                self.fail_path(msg);
                 self.rewatch_at = Some(now + REWATCH_RETRY);
             }
         }

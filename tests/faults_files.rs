@@ -75,10 +75,14 @@ fn log_directory_removed_and_recreated() {
 
     // Removed and recreated again, the new file created after a pause (the
     // directory alone first).
+    let gone = format!("error: tail: directory {} was removed", xray.display());
+    let said = count(&d.log(), &gone);
     std::fs::remove_dir_all(&xray).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::create_dir(&xray).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
+    // Said once while it was gone (not once per retry).
+    assert_eq!(count(&d.log(), &gone), said + 1, "{}", d.log());
     violation(&access, "alice@example.com", "198.51.100.1", "203.0.113.1");
     let audit = d.wait_audit(1, Duration::from_secs(10));
     assert_eq!(banned(&audit), ["203.0.113.1"]);
