@@ -430,7 +430,12 @@ impl Tail {
             Ok(wd) => {
                 self.dir_wd = wd;
                 self.rewatch_at = None;
-                self.path_error = None;
+                if self.path_error.take().is_some() {
+                    crate::logger::notice(format_args!(
+                        "tail: directory {} is back",
+                        self.dir.display()
+                    ));
+                }
             }
             Err(e) => {
                 let msg = if e.kind() == io::ErrorKind::NotFound {
@@ -569,7 +574,12 @@ impl Tail {
                 return;
             }
         };
-        self.path_error = None;
+        if self.path_error.take().is_some() {
+            crate::logger::notice(format_args!(
+                "tail: {} can be read again",
+                self.path.display()
+            ));
+        }
         let new = match self.follow(file, now) {
             Ok(n) => n,
             Err(e) => {

@@ -81,8 +81,11 @@ fn log_directory_removed_and_recreated() {
     std::thread::sleep(Duration::from_millis(300));
     std::fs::create_dir(&xray).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    // Said once while it was gone (not once per retry).
+    // Said once while it was gone (not once per retry), and when it was
+    // back.
     assert_eq!(count(&d.log(), &gone), said + 1, "{}", d.log());
+    let back = format!("tail: directory {} is back", xray.display());
+    assert_eq!(count(&d.log(), &back), said + 1, "{}", d.log());
     violation(&access, "alice@example.com", "198.51.100.1", "203.0.113.1");
     let audit = d.wait_audit(1, Duration::from_secs(10));
     assert_eq!(banned(&audit), ["203.0.113.1"]);
@@ -158,6 +161,8 @@ fn unreadable_log_is_one_clear_error_and_recovers() {
     // Fixed (chmod): the lines written meanwhile are read, then new ones.
     std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o644)).unwrap();
     d.wait_lines(10);
+    let again = format!("refract: tail: {} can be read again", access.display());
+    assert_eq!(count(&d.log(), &again), 1, "{}", d.log());
     violation(&access, "alice@example.com", "198.51.100.2", "203.0.113.2");
     let audit = d.wait_audit(1, Duration::from_secs(5));
     assert_eq!(banned(&audit), ["203.0.113.2"]);
