@@ -92,9 +92,11 @@ use crate::policy::Ban;
 /// `--firewall iptables`).
 pub const TOKENS: usize = 4;
 
-/// How long after a ruleset deletion the DROP rules are checked (coalesces
-/// the notifications of one `iptables-restore`).
-pub const RULE_SETTLE: Micros = SECOND / 10;
+/// How long after a ruleset deletion the DROP rules are checked: coalesces
+/// the notifications of one `iptables-restore`, and lets an operator's
+/// `iptables -D …; ipset destroy …` finish before the rule comes back (the
+/// set is recreated by the next ban).
+pub const RULE_SETTLE: Micros = SECOND / 2;
 
 /// How often one dump is run again after an overrun.
 pub const MAX_RESTARTS: u8 = 3;
