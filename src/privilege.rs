@@ -7,10 +7,13 @@
 //! - `CAP_NET_ADMIN` (not with `--dry-run`): ipset, `SOCK_DESTROY` and
 //!   conntrack over netlink, and `iptables` when a repair must put the DROP
 //!   rule back (iptables-nft talks netlink too).
-//! - `CAP_NET_RAW` only when `--firewall iptables` and the installed
-//!   `iptables`/`ip6tables` is the legacy variant (`--version` says
-//!   `legacy`): libiptc opens `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)` to
-//!   read and replace tables. Detected once, at startup.
+//! - `CAP_NET_RAW` with `--firewall iptables` (not with `none`): a repair
+//!   re-runs `iptables -C`/`-I … -m set --match-set NAME`, and the `set`
+//!   match's userspace half (libxt_set) resolves NAME through
+//!   `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)` + `getsockopt(SO_IP_SET)`,
+//!   whatever the variant: iptables-nft fails with "Can't open socket to
+//!   ipset" without it (measured, `tests/bounds_privilege.rs`).
+//!   iptables-legacy needs the same raw socket for libiptc anyway.
 //! - `CAP_DAC_READ_SEARCH` only when the access log or its directory is
 //!   owned by another user (Xray's unit runs as `nobody` and creates its
 //!   log `0600`, `common/log/logger.go`): after a rotation the next file
@@ -26,7 +29,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crate::config::{Config, FirewallMode};
 use crate::sys::caps::{self, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW};
@@ -42,8 +44,6 @@ pub struct Needs {
 /// [`probe`]; separate so the decision is testable).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
-    /// `iptables --version` or `ip6tables --version` says `legacy`.
-    pub iptables_legacy: bool,
     /// Owner of the access log, or of its directory when it does not exist
     /// yet: `Some(uid)` if someone other than us owns either.
     pub log_foreign_owner: Option<u32>,
@@ -56,10 +56,12 @@ pub fn needs(cfg: &Config, facts: &Facts) -> Needs {
         n.mask |= 1 << CAP_NET_ADMIN;
         n.reasons
             .push("cap_net_admin for ipset, sock_diag, conntrack and iptables-nft".into());
-        if cfg.firewall == FirewallMode::Iptables && facts.iptables_legacy {
+        if cfg.firewall == FirewallMode::Iptables {
             n.mask |= 1 << CAP_NET_RAW;
-            n.reasons
-                .push("cap_net_raw for iptables-legacy (rule repairs)".into());
+            n.reasons.push(
+                "cap_net_raw for iptables' set match when a repair re-installs the DROP rule"
+                    .into(),
+            );
         }
     }
     if let Some(uid) = facts.log_foreign_owner {
@@ -72,42 +74,21 @@ pub fn needs(cfg: &Config, facts: &Facts) -> Needs {
     n
 }
 
-/// Whether `binary --version` names the legacy variant (`iptables
-/// v1.8.9 (legacy)`; iptables-nft says `(nf_tables)`; before 1.8 there
-/// was only legacy and no suffix).
-fn is_legacy(binary: &str) -> bool {
-    let Ok(out) = Command::new(binary)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-    else {
-        return false;
-    };
-    let v = String::from_utf8_lossy(&out.stdout);
-    v.contains("legacy") || (v.contains(" v1.") && !v.contains("nf_tables"))
-}
-
 /// Owner of `path` if it is not `me`.
 fn foreign(path: &Path, me: u32) -> Option<u32> {
     let uid = std::fs::metadata(path).ok()?.uid();
     (uid != me).then_some(uid)
 }
 
-/// Looks at the system: the iptables variant (only with `--firewall
-/// iptables`), the access log's owner and its directory's.
+/// Looks at the system: the access log's owner and its directory's.
 pub fn probe(cfg: &Config) -> Facts {
     let me = caps::euid();
-    let iptables_legacy = !cfg.dry_run
-        && cfg.firewall == FirewallMode::Iptables
-        && (is_legacy("iptables") || is_legacy("ip6tables"));
     let dir = cfg
         .access_log
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     Facts {
-        iptables_legacy,
         log_foreign_owner: foreign(&cfg.access_log, me).or_else(|| foreign(dir, me)),
     }
 }
@@ -159,23 +140,15 @@ mod tests {
     }
 
     #[test]
-    fn net_admin_always_net_raw_only_for_legacy_iptables() {
-        let nft = Facts::default();
-        let legacy = Facts {
-            iptables_legacy: true,
-            ..Facts::default()
-        };
+    fn net_admin_always_net_raw_only_when_refract_runs_iptables() {
+        let f = Facts::default();
         let k = cfg(false, FirewallMode::Iptables);
-        assert_eq!(needs(&k, &nft).mask, 1 << CAP_NET_ADMIN);
-        assert_eq!(
-            needs(&k, &legacy).mask,
-            1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW
-        );
+        assert_eq!(needs(&k, &f).mask, 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW);
         // The operator's rule: refract never runs iptables.
         let none = cfg(false, FirewallMode::None);
-        assert_eq!(needs(&none, &legacy).mask, 1 << CAP_NET_ADMIN);
+        assert_eq!(needs(&none, &f).mask, 1 << CAP_NET_ADMIN);
         // --dry-run touches nothing in the kernel.
-        assert_eq!(needs(&cfg(true, FirewallMode::Iptables), &legacy).mask, 0);
+        assert_eq!(needs(&cfg(true, FirewallMode::Iptables), &f).mask, 0);
     }
 
     #[test]
@@ -186,7 +159,10 @@ mod tests {
             ..Facts::default()
         };
         let n = needs(&k, &f);
-        assert_eq!(n.mask, 1 << CAP_NET_ADMIN | 1 << CAP_DAC_READ_SEARCH);
-        assert!(n.reasons[1].contains("uid 65534"), "{:?}", n.reasons);
+        assert_eq!(
+            n.mask,
+            1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW | 1 << CAP_DAC_READ_SEARCH
+        );
+        assert!(n.reasons[2].contains("uid 65534"), "{:?}", n.reasons);
     }
 }
