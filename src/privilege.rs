@@ -156,7 +156,6 @@ mod tests {
         let k = cfg(false, FirewallMode::Iptables);
         let f = Facts {
             log_foreign_owner: Some(65534),
-            ..Facts::default()
         };
         let n = needs(&k, &f);
         assert_eq!(
