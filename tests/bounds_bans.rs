@@ -157,6 +157,8 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
     assert_eq!(s["set_full"], BANS - entries, "{s:?}");
     let full = log().matches("is full (--set-size").count();
     assert_eq!(full, 1, "{}", log());
+    // No other failure: no kill dropped, no request lost.
+    assert_eq!(s["enforcer_errors"], s["set_full"], "{s:?}");
 
     // Not fatal: with room again, the next ban lands.
     ns.ok(&["ipset", "flush", "refract_banned_users"]);

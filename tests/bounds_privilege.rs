@@ -191,3 +191,52 @@ fn a_log_owned_by_the_proxy_user_keeps_dac_read_search() {
     let audit = d.wait_audit(1, Duration::from_secs(5));
     assert!(audit[0].contains("from 203.0.113.11"), "{audit:?}");
 }
+
+/// Files the daemon creates are not world-readable (the audit log names
+/// users): the audit log `0640`, its missing directory `0750`, whatever
+/// the umask lets through (modes are upper bounds). Also after a SIGHUP
+/// reopen, which runs with the capabilities dropped.
+#[test]
+fn created_files_have_restrictive_modes() {
+    let dir = TempDir::new("bounds-modes");
+    append(&dir.path("access.log"), "");
+    let audit_dir = dir.path("audit");
+    let audit = audit_dir.join("block.log");
+    let stderr = dir.path("refract.stderr");
+    let child = std::process::Command::new(BIN)
+        .arg("--dry-run")
+        .arg(format!("--access.log={}", dir.path("access.log").display()))
+        .arg(format!("--block.log={}", audit.display()))
+        .env("REFRACT_LOG", "stderr")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the startup line", || {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("refract exited at startup ({st}): {}", log());
+        }
+        log().contains(" following ").then_some(())
+    });
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&audit_dir), 0o750);
+    assert_eq!(mode(&audit), 0o640);
+    std::fs::rename(&audit, audit_dir.join("block.log.1")).unwrap();
+    refract::sys::process::kill(child.0.id(), libc::SIGHUP).unwrap();
+    wait_until(Duration::from_secs(5), "the reopened audit log", || {
+        audit.exists().then_some(())
+    });
+    assert_eq!(mode(&audit), 0o640);
+}
+
+/// Kills the daemon when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
