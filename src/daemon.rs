@@ -28,6 +28,11 @@
 //! - SIGUSR1: log one `stats:` line with every counter (what the tests and
 //!   operators read); the same line is logged at exit.
 //!
+//! Started as root, the daemon drops every capability it does not need
+//! once the sets, the rules and both logs are in place
+//! ([`crate::privilege`]). At the memory caps the policy refuses new state;
+//! the loop warns once per [`WARN_PERIOD`] and counts it in `stats:`.
+//!
 //! Messages go to syslog or stderr ([`crate::logger`], `REFRACT_LOG`); the
 //! audit line's time is the local time of the decision
 //! ([`crate::sys::time::localtime_now`]), as refract 0.2 wrote it. How the
