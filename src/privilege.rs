@@ -101,8 +101,16 @@ pub fn drop_after_startup(cfg: &Config) -> std::io::Result<Option<String>> {
     }
     let needs = needs(cfg, &probe(cfg));
     let d = caps::drop_to(needs.mask)?;
-    let mut line = format!(
-        "capabilities: kept {} ({}); dropped the rest, bounding set included; no_new_privs set",
+    let bounding = if d.bounding_left == 0 {
+        "the bounding set included".to_string()
+    } else {
+        format!(
+            "but {} stay in the bounding set (no cap_setpcap to drop them)",
+            caps::names(d.bounding_left)
+        )
+    };
+    let line = format!(
+        "capabilities: kept {} ({}); dropped the rest, {bounding}; no_new_privs set",
         caps::names(d.kept),
         if needs.reasons.is_empty() {
             "nothing needed".to_string()
@@ -110,12 +118,6 @@ pub fn drop_after_startup(cfg: &Config) -> std::io::Result<Option<String>> {
             needs.reasons.join("; ")
         }
     );
-    if d.bounding_left != 0 {
-        line.push_str(&format!(
-            " (still in the bounding set, no cap_setpcap to drop them: {})",
-            caps::names(d.bounding_left)
-        ));
-    }
     Ok(Some(line))
 }
 

@@ -240,3 +240,45 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Under a unit that bounds the capabilities already (systemd's
+/// `CapabilityBoundingSet=`), there is no `CAP_SETPCAP` to shrink the
+/// bounding set further: what cannot go is left there, said in the log,
+/// and still removed from every other set.
+#[test]
+fn without_setpcap_the_rest_still_goes() {
+    if !is_root() || !have_tool("setpriv", &["--version"]) {
+        eprintln!("skip: needs root and setpriv (util-linux)");
+        return;
+    }
+    let dir = TempDir::new("bounds-privs-unit");
+    append(&dir.path("access.log"), "");
+    let stderr = dir.path("refract.stderr");
+    let child = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all,+net_admin,+net_raw", BIN, "--dry-run"])
+        .arg(format!("--access.log={}", dir.path("access.log").display()))
+        .arg(format!("--block.log={}", dir.path("block.log").display()))
+        .env("REFRACT_LOG", "stderr")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the capabilities line", || {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("refract exited at startup ({st}): {}", log());
+        }
+        log().contains("capabilities: kept").then_some(())
+    });
+    let c = caps(child.0.id());
+    assert_eq!(c["CapEff"], 0, "{c:?}");
+    assert_eq!(c["CapPrm"], 0, "{c:?}");
+    assert_eq!(c["CapBnd"], 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW, "{c:?}");
+    assert_eq!(c["NoNewPrivs"], 1, "{c:?}");
+    assert!(
+        log().contains("but cap_net_admin,cap_net_raw stay in the bounding set"),
+        "{}",
+        log()
+    );
+}
