@@ -28,6 +28,11 @@
 //! - SIGUSR1: log one `stats:` line with every counter (what the tests and
 //!   operators read); the same line is logged at exit.
 //!
+//! Started as root, the daemon drops every capability it does not need
+//! once the sets, the rules and both logs are in place
+//! ([`crate::privilege`]). At the memory caps the policy refuses new state;
+//! the loop warns once per [`WARN_PERIOD`] and counts it in `stats:`.
+//!
 //! Messages go to syslog or stderr ([`crate::logger`], `REFRACT_LOG`); the
 //! audit line's time is the local time of the decision
 //! ([`crate::sys::time::localtime_now`]), as refract 0.2 wrote it. How the
@@ -89,6 +94,13 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
                 d.cfg.block_log.display(),
                 d.core.enforcer.name(),
             ));
+            // Sets, rules and both logs are in place: give up what the loop
+            // does not need (started as root only; see `privilege`).
+            match crate::privilege::drop_after_startup(&d.cfg) {
+                Ok(Some(line)) => logger::notice(format_args!("{line}")),
+                Ok(None) => {}
+                Err(e) => logger::error(format_args!("capabilities: could not drop: {e}")),
+            }
             // systemd `Type=notify`: ready once the log is watched and the
             // audit log open (a no-op outside systemd).
             d.notify("READY=1");
@@ -116,6 +128,8 @@ pub struct DaemonStats {
     pub expired: u64,
     pub audit_errors: u64,
     pub wakeups: u64,
+    /// `users_refused + keys_refused` of the policy at the last check.
+    pub refused_seen: u64,
 }
 
 /// The audit log (`--block.log`): append-only, created `0640`, reopened on
@@ -272,6 +286,9 @@ struct Core {
     audit: AuditLog,
     warn: RateLimit<{ Skip::ALL.len() }>,
     audit_warn: RateLimit<1>,
+    /// The memory caps (`--max-users`/`--max-keys`) refused state: one
+    /// warning per [`WARN_PERIOD`].
+    caps_warn: RateLimit<1>,
     stats: DaemonStats,
 }
 
@@ -294,10 +311,31 @@ impl Core {
         match self.policy.observe(now, &access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
             Verdict::Banned(ban) => self.ban(now, &ban),
-            Verdict::Ignored(_)
-            | Verdict::Refreshed(_)
-            | Verdict::Admitted(_)
-            | Verdict::Candidate(_) => {}
+            // A refusal at the memory caps is reported as `Admitted`.
+            Verdict::Admitted(_) => self.caps(now),
+            Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
+        }
+    }
+
+    /// Warns (rate-limited) when the memory caps refused new state since
+    /// the last line: those users and addresses are not tracked, so they
+    /// cannot be banned (fail-open) until state expires.
+    fn caps(&mut self, now: Micros) {
+        let p = self.policy.stats();
+        let refused = p.users_refused + p.keys_refused;
+        if refused == self.stats.refused_seen {
+            return;
+        }
+        self.stats.refused_seen = refused;
+        if self.caps_warn.check(0, now).is_some() {
+            let (users, keys) = self.policy.tracked();
+            let cfg = self.policy.config();
+            logger::warning(format_args!(
+                "memory cap reached ({users} users of --max-users {}, {keys} addresses of \
+                 --max-keys {}): new users and addresses are not tracked until state expires \
+                 (users_refused={} keys_refused={} so far)",
+                cfg.max_users, cfg.max_keys, p.users_refused, p.keys_refused
+            ));
         }
     }
 
@@ -405,6 +443,7 @@ impl Daemon {
                 audit,
                 warn: RateLimit::new(WARN_PERIOD),
                 audit_warn: RateLimit::new(60 * SECOND),
+                caps_warn: RateLimit::new(WARN_PERIOD),
                 stats: DaemonStats::default(),
             },
         })
@@ -604,7 +643,8 @@ impl Daemon {
         let mut out = format!(
             "stats: lines={} bytes={} too_long={} rotations={} truncations={} read_errors={} \
              parsed_lines={} bans={} expired={} audit_errors={} users={users} keys={keys} \
-             policy_bans={} enforcer_bans={} enforcer_errors={} wakeups={}",
+             policy_bans={} users_refused={} keys_refused={} enforcer_bans={} \
+             enforcer_errors={} set_full={} wakeups={}",
             t.lines,
             t.bytes,
             t.too_long,
@@ -616,8 +656,11 @@ impl Daemon {
             s.expired,
             s.audit_errors,
             p.bans,
+            p.users_refused,
+            p.keys_refused,
             e.bans,
             e.errors,
+            e.set_full,
             s.wakeups,
         );
         for skip in Skip::ALL {

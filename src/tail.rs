@@ -104,8 +104,12 @@ use crate::replay::Lines;
 pub const WINDOW: usize = 16 << 20;
 /// Increments up to this size are read with `pread` (see the module doc).
 pub const PREAD_MAX: usize = 64 << 10;
-/// Bytes read per [`Tail::pump`] before yielding to the loop.
-pub const STEP: u64 = 64 << 20;
+/// Bytes read per [`Tail::pump`] before yielding to the loop. Small enough
+/// that one turn of a backlog (about 1,000 lines, each possibly a ban with
+/// its syscalls) stays well under the 100 ms the loop promises for signals
+/// (`tests/bounds_bans.rs`); a turn costs one `epoll_wait` and an `fstat`,
+/// noise next to parsing 256 KiB.
+pub const STEP: u64 = 256 << 10;
 /// A rotated file idle this long is closed (Xray closes its log after about
 /// a minute without writes and reopens the path).
 pub const ROTATED_GRACE: Micros = 120 * SECOND;

@@ -25,6 +25,9 @@
 //! - `ENOBUFS` from `recv`: the receive queue overflowed and some answers
 //!   are lost; every unanswered request is idempotent, so all go back to
 //!   the front of the outbox and are sent again (counted as one error).
+//! - `IPSET_ERR_HASH_FULL` on ADD: the set holds `maxelem` entries;
+//!   counted in `set_full` (and `errors`), logged once per
+//!   [`FULL_WARN_PERIOD`], never fatal.
 //! - anything else: logged and counted in `errors`, never fatal.
 //!
 //! The DROP rule deleted while running (`iptables -D`, `iptables -F`, an
@@ -125,6 +128,10 @@ const RCVBUF: usize = 1 << 20;
 /// Receive buffer of the kill sockets (dumps are flow-controlled by the
 /// kernel; this is for the destroy/delete acks).
 const KILL_RCVBUF: usize = 1 << 19;
+
+/// A full set (`IPSET_ERR_HASH_FULL`) is reported once per this period:
+/// during a ban flood every ADD fails the same way.
+const FULL_WARN_PERIOD: Micros = 10 * 60 * SECOND;
 
 /// Timeout for the blocking startup exchanges.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -770,6 +777,8 @@ pub struct KernelEnforcer {
     buf: NlBuf,
     rx: Vec<u8>,
     stats: EnforceStats,
+    /// One "set is full" message per [`FULL_WARN_PERIOD`].
+    full_warn: crate::logger::RateLimit<1>,
 }
 
 fn fidx(f: Family) -> usize {
@@ -995,6 +1004,7 @@ impl KernelEnforcer {
             buf: NlBuf::new(),
             rx: Vec::new(),
             stats: EnforceStats::default(),
+            full_warn: crate::logger::RateLimit::new(FULL_WARN_PERIOD),
         };
 
         let mut existing = Vec::new();
@@ -1226,6 +1236,22 @@ impl KernelEnforcer {
             (Op::Add { .. }, 0) | (Op::Del { .. }, 0) => {}
             // Unbanning something already gone (expired) is fine.
             (Op::Del { .. }, IPSET_ERR_EXIST) => {}
+            // `maxelem` (`--set-size`) reached: the kernel refuses the entry
+            // (entries whose timeout ran out were already reclaimed by the
+            // kernel's add path). Not fatal: room comes back as bans expire.
+            (Op::Add { key, .. }, IPSET_ERR_HASH_FULL) => {
+                self.stats.errors += 1;
+                self.stats.set_full += 1;
+                if let Some(n) = self.full_warn.check(0, self.now) {
+                    log(format_args!(
+                        "ipset: add {key}: set {} is full (--set-size {}); bans are refused \
+                         until entries expire ({} refused so far, {n} since the last message)",
+                        self.cfg.set(Family::of(key)),
+                        self.cfg.maxelem,
+                        self.stats.set_full
+                    ));
+                }
+            }
             (
                 Op::Add {
                     key,

@@ -31,6 +31,8 @@ pub struct EnforceStats {
     pub udp_killed: u64,
     pub errors: u64,
     pub repairs: u64,
+    /// Bans the kernel refused because the set was full (`maxelem`).
+    pub set_full: u64,
 }
 
 /// What ending a banned key's open connections achieved (kernel enforcer),
