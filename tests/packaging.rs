@@ -113,7 +113,7 @@ fn unit_keeps_refract_0_2_interface() {
         "--proto=${REFRACT_PROTO} --dport=${REFRACT_DPORT} --window=${REFRACT_WINDOW} --timeout=${REFRACT_TIMEOUT} --access.log=${REFRACT_ACCESS_LOG} --block.log=${REFRACT_BLOCK_LOG}",
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
