@@ -2,8 +2,18 @@
 # Ban latency of the real daemon in kernel mode, against the shell path, in
 # network namespaces this script creates and always removes.
 #
-#   sudo scripts/ban-latency.sh [N [IDLE]]     (defaults: 240 bans, 10000 idle)
+#   sudo scripts/ban-latency.sh [N [IDLE [EHASH]]]  (defaults: 240 bans, 10000 idle, 16384)
 #   REFRACT=path/to/refract sudo scripts/ban-latency.sh
+#
+# EHASH: buckets of the node namespace's own TCP established hash
+# (net.ipv4.tcp_child_ehash_entries, set in a throwaway parent namespace).
+# A sock_diag dump walks every bucket of the table the namespace uses, so
+# the kill costs time in proportion to it. On a real node refract runs in
+# the initial namespace, whose table the kernel sizes by RAM (pages / 32:
+# 16384 buckets on a 2 GiB VPS) and which holds only the node's sockets;
+# a plain child namespace instead shares the host's table (262144 buckets
+# on a 23 GiB machine) with every other namespace's sockets, here the
+# client's 10,000 too. EHASH=0 measures that shared case.
 #
 # Sandbox: namespaces rfb-node-PID and rfb-cli-PID joined by a veth; the
 # node is 192.0.2.1, the client holds 192.0.2.2 (the IDLE idle ESTABLISHED
@@ -28,6 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-240}
 idle=${2:-10000}
+ehash=${3:-16384}
 bin=${REFRACT:-target/release/refract}
 ((n >= 1 && n <= 250)) || { echo "ban-latency: N must be 1..250 (one /24 of trial addresses)" >&2; exit 2; }
 if [[ $(id -u) -ne 0 ]]; then
@@ -46,6 +57,7 @@ ulimit -n $((idle + 2 * n + 1024))
 
 node=rfb-node-$$
 cli=rfb-cli-$$
+outer=rfb-outer-$$
 dir=$(mktemp -d "${TMPDIR:-/tmp}/refract-banlat.XXXXXX")
 pids=()
 cleanup() {
@@ -54,13 +66,32 @@ cleanup() {
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     ip netns del "$node" 2>/dev/null || true
     ip netns del "$cli" 2>/dev/null || true
+    ip netns del "$outer" 2>/dev/null || true
     rm -rf "$dir"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ip netns add "$node"
+if ((ehash > 0)); then
+    # The node namespace is created from inside $outer, whose
+    # tcp_child_ehash_entries sizes the new namespace's table, then named.
+    ip netns add "$outer"
+    ip netns exec "$outer" sysctl -qw net.ipv4.tcp_child_ehash_entries="$ehash"
+    ip netns exec "$outer" unshare --net sleep 600 &
+    holder=$!
+    pids+=("$holder")
+    outer_ino=$(stat -L -c %i "/run/netns/$outer")
+    for _ in $(seq 500); do
+        ino=$(stat -L -c %i "/proc/$holder/ns/net" 2>/dev/null || echo "$outer_ino")
+        [[ $ino != "$outer_ino" ]] && break
+        sleep 0.01
+    done
+    ip netns attach "$node" "$holder"
+    ip netns del "$outer"
+else
+    ip netns add "$node"
+fi
 ip netns add "$cli"
 ip link add "rfbn$$" netns "$node" type veth peer name "rfbc$$" netns "$cli"
 {
@@ -90,7 +121,8 @@ log=$dir/access.log
 : >"$log"
 REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window=1h --timeout=10m \
     --access.log="$log" --block.log="$dir/block.log" 2>"$dir/refract.err" &
-pids+=($!)
+daemon=$!
+pids+=("$daemon")
 for _ in $(seq 500); do
     [[ -e $dir/ready ]] && grep -q ' following ' "$dir/refract.err" 2>/dev/null && break
     sleep 0.01
@@ -114,7 +146,7 @@ out=$(ip netns exec "$cli" python3 "$helper" client 192.0.2.1 443 "$log" "$dir/f
     "$idle" "$n" 192.0.2.2 198.51.100 203.0.113 2>"$dir/client.err") ||
     { cat "$dir/client.err" >&2; exit 1; }
 in_set=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^198\.51\.100\.' || true)
-kill -USR1 "${pids[1]}" 2>/dev/null || true
+kill -USR1 "$daemon" 2>/dev/null || true
 sleep 0.2
 while read -r path rest; do
     case $path in
@@ -123,4 +155,5 @@ while read -r path rest; do
     esac
 done <<<"$out"
 echo "ban-latency refract_keys_in_set=$in_set of $n"
+echo "ban-latency node_ehash=$(ip netns exec "$node" sysctl -n net.ipv4.tcp_ehash_entries)"
 grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed 's/^/ban-latency refract /'
