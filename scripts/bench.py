@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Helper of scripts/bench.sh and scripts/footprint.sh (not run by hand).
 
-  bench.py time RUNS CMD...        run CMD RUNS times (stdout/stderr
-                                   discarded); print `median_s max_rss_kib`
+  bench.py time RUNS CMD...        run CMD RUNS times (stdout read from a
+                                   pipe and dropped: GNU grep stops at the
+                                   first match when stdout is /dev/null;
+                                   stderr discarded); print
+                                   `median_s max_rss_kib`
   bench.py users N TOTAL PATH      write TOTAL access lines cycling over N
                                    distinct users (one address each) to PATH
   bench.py writer RATE SECS SRC DST
@@ -30,7 +33,7 @@ def cmd_time(runs, *cmd):
     times = []
     for _ in range(int(runs)):
         t0 = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True)
         times.append(time.perf_counter() - t0)
     times.sort()
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
