@@ -130,8 +130,8 @@ fget() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$fp" | head -1; }
 bytes=$(fget binary_bytes)
 row footprint "stripped release binary" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f KiB", b / 1024 }')" "" "< 1 MiB" "$(yes_no "$bytes < 1048576")"
 idle=$(fget idle_rss_kib)
-row footprint "RSS idle (VmRSS, following an empty log)" "$idle KiB" "" "< 2 MiB" "$(yes_no "$idle < 2048")"
-row footprint "RSS after 100,000 tracked users" "$(fget users100k_rss_kib) KiB (VmHWM $(fget users100k_hwm_kib) KiB)" "" "" ""
+row footprint "RSS idle (VmRSS, following an empty log)" "$idle KiB (RssAnon $(fget idle_anon_kib) KiB, Pss $(fget idle_pss_kib) KiB)" "" "< 2 MiB" "$(yes_no "$idle < 2048")"
+row footprint "RSS after 100,000 tracked users" "$(fget users100k_rss_kib) KiB (VmHWM $(fget users100k_hwm_kib) KiB, RssAnon $(fget users100k_anon_kib) KiB)" "" "" ""
 wk=$(fget idle_wakeups) ws=$(fget idle_secs)
 row footprint "wakeups idle (context switches over $ws s)" "$wk ($(awk -v w="$wk" -v s="$ws" 'BEGIN { printf "%.1f", w * 60 / s }')/min)" "" "0" "$(yes_no "$wk == 0")"
 cpu=$(fget follow_cpu_pct)

@@ -2,7 +2,10 @@
 # Footprint of the live daemon (`--dry-run`, files in a temp dir: touches
 # nothing in the kernel). Prints `footprint KEY=VALUE` lines:
 #   binary_bytes      the stripped release binary
-#   idle_rss_kib      VmRSS after start, following an empty log
+#   idle_rss_kib      VmRSS after start, following an empty log; also
+#                     idle_anon_kib (RssAnon: refract's own memory) and
+#                     idle_pss_kib (Pss: shared library pages divided among
+#                     the processes that map them)
 #   idle_wakeups      context switches (voluntary + involuntary, from
 #                     /proc/PID/status) over IDLE_SECS with no log activity
 #   users100k_rss_kib / users100k_hwm_kib
@@ -70,7 +73,8 @@ echo "footprint binary_bytes=$(stat -c %s "$bin")"
 
 start
 sleep 1
-echo "footprint idle_rss_kib=$(field VmRSS)"
+pss=$(awk '$1 == "Pss:" { print $2 }' "/proc/$pid/smaps_rollup")
+echo "footprint idle_rss_kib=$(field VmRSS) idle_anon_kib=$(field RssAnon) idle_pss_kib=$pss"
 before=$(switches)
 sleep "$secs"
 echo "footprint idle_wakeups=$(($(switches) - before)) idle_secs=$secs"
@@ -80,7 +84,7 @@ start --window=1h --max-users=200000
 python3 "$helper" users 100000 100000 "$dir/users"
 cat "$dir/users" >>"$dir/access.log"
 python3 "$helper" wait-lines "$pid" "$dir/err" 100000 60
-echo "footprint users100k_rss_kib=$(field VmRSS) users100k_hwm_kib=$(field VmHWM)"
+echo "footprint users100k_rss_kib=$(field VmRSS) users100k_hwm_kib=$(field VmHWM) users100k_anon_kib=$(field RssAnon)"
 stop
 
 # A realistic stream (the generated log: many users, mux, IPv6, noise).
