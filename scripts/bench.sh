@@ -16,8 +16,10 @@
 #               set and RST at the client, vs `ipset add` + `ss -K` processes
 #               (needs root; skipped otherwise)
 #   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s)
-#   scale       `refract replay --window=1h` of 1,000,000 lines cycling over
-#               N distinct users (all tracked): ns/line and peak RSS per N
+#   scale       1,000,000 lines cycling over N = 10k, 100k, 1M distinct users
+#               (all tracked, --window=1h): `refract replay` wall ns/line
+#               (median of 3), and the dry-run daemon reading the same file:
+#               CPU ns/line, RssAnon (its tables) and VmHWM
 #
 # Nothing here touches the host's firewall: kernel work happens only in the
 # namespaces ban-latency.sh creates and removes.
@@ -142,10 +144,13 @@ say "scale"
 for n in 10000 100000 1000000; do
     f=$out/users-$n
     [[ -s $f ]] || python3 "$helper" users "$n" "$lines" "$f"
-    read -r t rss < <(python3 "$helper" time 3 "$bin" replay --window=1h \
+    read -r t _ < <(python3 "$helper" time 3 "$bin" replay --window=1h \
         --max-users=2000000 --max-keys=2000000 "$f")
+    tr=$(scripts/footprint.sh --tracked "$f" "$lines")
+    tget() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$tr" | head -1; }
     label=$(awk -v n="$n" 'BEGIN { if (n >= 1e6) printf "%dM", n / 1e6; else printf "%dk", n / 1e3 }')
-    row scale "replay --window=1h, 1M lines over $label users (median of 3)" "$(ns_line "$t" "$lines") ns/line, peak RSS $rss KiB" "" "" ""
+    row scale "1M lines cycling over $label users, all tracked (--window=1h)" \
+        "replay $(ns_line "$t" "$lines") ns/line (wall, median of 3); daemon $(tget tracked_cpu_ns_line) ns/line (CPU), RssAnon $(tget tracked_anon_kib) KiB, VmHWM $(tget tracked_hwm_kib) KiB, users $(tget tracked_users)" "" "" ""
 done
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)

@@ -16,11 +16,22 @@
 #                     percentage of one core
 #
 #   scripts/footprint.sh [--quick]    (--quick: 10 s phases instead of 60 s)
+#   scripts/footprint.sh --tracked FILE LINES
+#                     only: a daemon (--window=1h, caps raised to 2M) reads
+#                     FILE (LINES lines) from its start; prints
+#                     tracked_cpu_ns_line (utime+stime per line),
+#                     tracked_anon_kib (RssAnon at the end: the tables; the
+#                     log's mmap window is file-backed and not in it),
+#                     tracked_hwm_kib (VmHWM) and tracked_users
 #   REFRACT=path/to/refract scripts/footprint.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=60
-[[ ${1:-} == --quick ]] && secs=10
+tracked=
+case ${1:-} in
+    --quick) secs=10 ;;
+    --tracked) tracked=${2:?FILE} tracked_lines=${3:?LINES} ;;
+esac
 bin=${REFRACT:-target/release/refract}
 if [[ ! -x $bin ]]; then
     cargo build --release --quiet
@@ -68,6 +79,19 @@ ticks() {
     set -- $s
     echo $((${12} + ${13}))
 }
+
+if [[ -n $tracked ]]; then
+    : >"$dir/err"
+    REFRACT_LOG=stderr "$bin" --dry-run --from-start --window=1h --max-users=2000000 \
+        --max-keys=2000000 --access.log="$tracked" --block.log="$dir/block.log" 2>"$dir/err" &
+    pid=$!
+    python3 "$helper" wait-lines "$pid" "$dir/err" "$tracked_lines" 600
+    t=$(ticks)
+    hz=$(getconf CLK_TCK)
+    users=$(grep -o 'stats: .*' "$dir/err" | tail -1 | grep -o ' users=[0-9]*' | cut -d= -f2)
+    echo "footprint tracked_cpu_ns_line=$(awk -v t="$t" -v hz="$hz" -v n="$tracked_lines" 'BEGIN { printf "%.0f", t / hz * 1e9 / n }') tracked_anon_kib=$(field RssAnon) tracked_hwm_kib=$(field VmHWM) tracked_users=$users"
+    exit 0
+fi
 
 echo "footprint binary_bytes=$(stat -c %s "$bin")"
 
