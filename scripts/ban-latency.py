@@ -100,7 +100,8 @@ def client(node, port, log, fifo, idle, n, idle_src, ban_net, shell_net):
     got = {"refract": [], "shell": []}
     lost = {"refract": 0, "shell": 0}
     for i in range(1, n + 1):
-        line = LINE.format(addr=f"{ban_net}.{i}", port=50000 + i,
+        # The port Xray logs is the client connection's own source port.
+        line = LINE.format(addr=f"{ban_net}.{i}", port=ban[i - 1].getsockname()[1],
                            user=f"lat{i}@example.com").encode()
         t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         os.write(logfd, line)
