@@ -54,6 +54,7 @@ cp "$CARGO_TARGET_DIR/release/refract" "$bin.tmp"
 mv -f "$bin.tmp" "$bin"
 export REFRACT=$bin
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 rows=()
 row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "-" }'; }
@@ -159,7 +160,7 @@ done
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 {
-    echo "refract $("$bin" --version 2>/dev/null | head -1 || true) · $(date -u +%Y-%m-%d) · $(nproc) CPU ($cpu_model) · Linux $(uname -r)$( ((quick)) && echo ' · --quick')"
+    echo "refract $("$bin" --version 2>/dev/null | head -1 || true) · $(date -u +%Y-%m-%d) · $(nproc) CPU ($cpu_model) · Linux $(uname -r) · load average at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg)$( ((quick)) && echo ' · --quick')"
     echo
     echo "| section | measure | value | vs reference | goal | met |"
     echo "|---|---|---|---|---|---|"
