@@ -35,7 +35,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -149,7 +149,12 @@ impl AuditLog {
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    // As systemd's LogsDirectoryMode: the audit log names
+                    // users, so not world-readable.
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o750)
+                        .create(dir)?;
                 }
                 open()
             }
@@ -445,6 +450,7 @@ impl Daemon {
                 self.pump(now);
             }
             self.deadlines(now);
+            self.kill_reports();
             if self.signals.term.swap(false, Ordering::Relaxed) {
                 self.shutdown();
                 return Ok(());
@@ -467,6 +473,17 @@ impl Daemon {
                 // the deadline check after the batch runs regardless.
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Logs how many open connections each finished ban ended (the kill
+    /// work completes a few hundred microseconds after the ban itself).
+    fn kill_reports(&mut self) {
+        for r in self.core.enforcer.take_reports() {
+            logger::notice(format_args!(
+                "ban {}: ended {} tcp connection(s), {} udp flow(s)",
+                r.key, r.tcp, r.udp
+            ));
         }
     }
 

@@ -27,6 +27,21 @@
 //!   the front of the outbox and are sent again (counted as one error).
 //! - anything else: logged and counted in `errors`, never fatal.
 //!
+//! The DROP rule deleted while running (`iptables -D`, `iptables -F`, an
+//! `iptables-restore` or `nft flush ruleset` that drops it) is restored:
+//! refract joins the nf_tables notification group (`NFNLGRP_NFTABLES`) on
+//! a fourth netlink socket, and a `DELRULE`, `DELCHAIN` or `DELTABLE`
+//! notification (or `ENOBUFS` on that socket: notifications lost) schedules
+//! one [`Firewall::install`] [`RULE_SETTLE`] later (a burst of changes is
+//! one check). Why this and not the alternatives: a periodic `iptables -C`
+//! would wake an idle daemon; a rate-limited `-C` on each ban would spawn
+//! processes on the ban path and leave the node open until the next ban;
+//! parsing the rules themselves over nfnetlink means decoding iptables-nft's
+//! xt-compat expressions. The notification costs nothing while nobody
+//! touches the ruleset, and the processes run only when somebody deleted
+//! something. Limit: legacy (non-nf_tables) iptables sends no
+//! notifications; there the rule is re-checked only after a set repair.
+//!
 //! A request unanswered after [`REPLY_TIMEOUT`] is dropped and counted.
 //! Invariant: every sent request is either in `pending` or already counted.
 //!
@@ -73,8 +88,15 @@ use crate::policy::Ban;
 /// Tokens the enforcer registers, starting at the `first` given to
 /// [`Enforcer::register`]: `first` is the ipset socket, `first + 1` the
 /// sock_diag socket (with `--proto tcp`), `first + 2` the conntrack socket
-/// (with `--proto udp`).
-pub const TOKENS: usize = 3;
+/// (with `--proto udp`), `first + 3` the ruleset watch (with
+/// `--firewall iptables`).
+pub const TOKENS: usize = 4;
+
+/// How long after a ruleset deletion the DROP rules are checked: coalesces
+/// the notifications of one `iptables-restore`, and lets an operator's
+/// `iptables -D …; ipset destroy …` finish before the rule comes back (the
+/// set is recreated by the next ban).
+pub const RULE_SETTLE: Micros = SECOND / 2;
 
 /// How often one dump is run again after an overrun.
 pub const MAX_RESTARTS: u8 = 3;
@@ -218,9 +240,9 @@ struct Pending {
     deadline: Micros,
 }
 
-/// Logging goes through here so the daemon can redirect it in one place.
+/// Kernel errors and repairs are warnings in the daemon's log.
 fn log(msg: fmt::Arguments<'_>) {
-    eprintln!("refract: {msg}");
+    crate::logger::warning(msg);
 }
 
 // ---- Connection killing ----
@@ -737,6 +759,10 @@ pub struct KernelEnforcer {
     tcp: Option<Killer>,
     /// conntrack socket, with `--proto udp`.
     udp: Option<Killer>,
+    /// nf_tables notifications, with `--firewall iptables` (module doc).
+    rules: Option<NlSocket>,
+    /// A ruleset deletion was seen: check the DROP rules at this time.
+    rules_check_at: Option<Micros>,
     tallies: Tallies,
     first_token: usize,
     /// The latest `now` the loop gave us (for deadlines set in `ready`).
@@ -961,6 +987,8 @@ impl KernelEnforcer {
             existing: None,
             tcp,
             udp,
+            rules: None,
+            rules_check_at: None,
             tallies: Tallies::default(),
             first_token: 0,
             now: 0,
@@ -984,6 +1012,18 @@ impl KernelEnforcer {
                     }));
                 }
                 None => me.create_blocking(family)?,
+            }
+        }
+        if me.cfg.firewall != FirewallMode::None {
+            // Watching before installing: a deletion right after is seen.
+            let watch = NlSocket::open(NETLINK_NETFILTER, 0)
+                .and_then(|s| s.join_group(NFNLGRP_NFTABLES).map(|()| s));
+            match watch {
+                Ok(s) => me.rules = Some(s),
+                Err(e) => log(format_args!(
+                    "firewall: cannot watch the ruleset ({e}); a deleted DROP rule \
+                     is restored only when a set is recreated"
+                )),
             }
         }
         // The sets exist now, so iptables can reference them.
@@ -1277,6 +1317,56 @@ impl KernelEnforcer {
         }
     }
 
+    /// Drains the ruleset watch; a deletion schedules a rule check.
+    fn drain_rules(&mut self) {
+        let Some(sock) = &self.rules else { return };
+        let mut changed = false;
+        for _ in 0..100_000 {
+            match sock.recv(&mut self.rx) {
+                Ok(n) => {
+                    for m in Messages::new(&self.rx[..n]).flatten() {
+                        if let Reply::Data(m) = m {
+                            changed |= m.ty >> 8 == NFNL_SUBSYS_NFTABLES
+                                && matches!(
+                                    m.ty & 0xff,
+                                    NFT_MSG_DELTABLE | NFT_MSG_DELCHAIN | NFT_MSG_DELRULE
+                                );
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Notifications were lost: one of them may have been ours.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
+                Err(e) => {
+                    self.stats.errors += 1;
+                    log(format_args!("firewall: ruleset watch: {e}"));
+                    break;
+                }
+            }
+        }
+        if changed && self.rules_check_at.is_none() {
+            self.rules_check_at = Some(self.now + RULE_SETTLE);
+        }
+    }
+
+    /// Puts back DROP rules deleted behind our back (runs iptables: only
+    /// after a ruleset deletion, never per ban).
+    fn check_rules(&mut self) {
+        match self.firewall.install() {
+            Ok(0) => {}
+            Ok(n) => {
+                self.stats.repairs += 1;
+                log(format_args!(
+                    "firewall: {n} DROP rule(s) were deleted and have been restored"
+                ));
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                log(format_args!("{e}"));
+            }
+        }
+    }
+
     /// Whether any request (ipset, dump or kill) is unanswered.
     pub fn busy(&self) -> bool {
         !self.pending.is_empty()
@@ -1453,6 +1543,9 @@ impl Enforcer for KernelEnforcer {
         if let Some(k) = &mut self.udp {
             registry.register(&mut k.sock, mio::Token(first + 2), r)?;
         }
+        if let Some(s) = &mut self.rules {
+            registry.register(s, mio::Token(first + 3), r)?;
+        }
         Ok(())
     }
 
@@ -1472,9 +1565,11 @@ impl Enforcer for KernelEnforcer {
                     k.drain(cx)
                 }
             }),
+            3 => self.drain_rules(),
             _ => {
                 self.drain_ipset();
                 self.each_killer(|k, cx| k.drain(cx));
+                self.drain_rules();
             }
         }
     }
@@ -1484,6 +1579,7 @@ impl Enforcer for KernelEnforcer {
             self.pending.iter().map(|p| p.deadline).min(),
             self.tcp.as_ref().and_then(Killer::deadline),
             self.udp.as_ref().and_then(Killer::deadline),
+            self.rules_check_at,
         ]
         .into_iter()
         .flatten()
@@ -1499,6 +1595,10 @@ impl Enforcer for KernelEnforcer {
             k.drain(cx);
             k.expire(cx);
         });
+        if self.rules_check_at.is_some_and(|t| t <= now) {
+            self.rules_check_at = None;
+            self.check_rules();
+        }
     }
 
     fn flush(&mut self, budget: Duration) {
@@ -1601,6 +1701,128 @@ mod tests {
         }
         assert_eq!(t.done.len(), MAX_REPORTS);
         assert_eq!(t.done[0].key, Key::V4(std::net::Ipv4Addr::from(10)));
+    }
+
+    fn sock(n: u8) -> SockId {
+        SockId {
+            family: libc::AF_INET as u8,
+            state: 1,
+            sport: 443,
+            dport: 40000 + u16::from(n),
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 0,
+            cookie: [u32::from(n), 0],
+        }
+    }
+
+    /// An `NLMSG_ERROR` datagram answering `seq` with `errno` (0: ack).
+    fn ack(seq: u32, errno: i32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len
+        b.extend_from_slice(&NLMSG_ERROR.to_ne_bytes()); // nlmsg_type
+        b.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
+        b.extend_from_slice(&seq.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid
+        b.extend_from_slice(&(-errno).to_ne_bytes()); // nlmsgerr.error
+        b.extend_from_slice(&[0; 16]); // the request's header
+        b
+    }
+
+    /// ENOBUFS on a kill socket cannot be provoked from outside with the
+    /// window and buffer sizes above (dumps are flow-controlled, at most
+    /// WINDOW acks are outstanding), so the recovery is tested here: every
+    /// unanswered kill goes back to the outbox in order, the running dump
+    /// is repeated when it ends (up to MAX_RESTARTS times), stale acks of
+    /// the lost round are ignored, and the key's report waits for all.
+    #[test]
+    fn kill_socket_overrun_repeats_the_dump_and_resends_the_kills() {
+        let Ok(mut k) = Killer::open("sock_diag", NETLINK_SOCK_DIAG) else {
+            eprintln!("skip: no sock_diag netlink socket");
+            return;
+        };
+        let key = Key::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+        let (mut stats, mut tallies, mut rx) =
+            (EnforceStats::default(), Tallies::default(), Vec::new());
+        let mut cx = Ctx {
+            ports: &[443],
+            now: 10,
+            stats: &mut stats,
+            tallies: &mut tallies,
+            rx: &mut rx,
+        };
+        let dump = Dump::Tcp {
+            key,
+            family: libc::AF_INET as u8,
+        };
+        cx.tallies.open(key, 3); // the dump and two kills
+        k.running = Some(Running {
+            seq: 7,
+            dump,
+            restarts: 0,
+            found: Vec::new(),
+            deadline: 100,
+            overrun: false,
+        });
+        for (seq, n) in [(8, 1), (9, 2)] {
+            k.destroying.push_back(Destroying {
+                seq,
+                key,
+                victim: Victim::Tcp(sock(n)),
+                deadline: 100,
+            });
+        }
+        k.overrun(&mut cx);
+        assert_eq!(cx.stats.errors, 1);
+        assert!(k.destroying.is_empty());
+        let resend: Vec<_> = k.outbox.iter().copied().collect();
+        assert_eq!(
+            resend,
+            [(key, Victim::Tcp(sock(1))), (key, Victim::Tcp(sock(2)))]
+        );
+        assert!(k.running.as_ref().unwrap().overrun);
+        // A late ack from the lost round matches nothing.
+        k.handle(&ack(8, 0), &mut cx);
+        assert_eq!(cx.stats.tcp_killed, 0);
+        // The dump ends: it is queued again, the tally stays open.
+        k.handle(&ack(7, 0), &mut cx);
+        assert!(k.running.is_none());
+        assert_eq!(k.queue.front(), Some(&(dump, 1)));
+        assert!(cx.tallies.done.is_empty());
+        // Overrun again on the last allowed repeat: not repeated again.
+        k.queue.clear();
+        k.running = Some(Running {
+            seq: 20,
+            dump,
+            restarts: MAX_RESTARTS,
+            found: Vec::new(),
+            deadline: 100,
+            overrun: true,
+        });
+        k.handle(&ack(20, 0), &mut cx);
+        assert!(k.queue.is_empty());
+        // The resent kills answered under their new sequence numbers.
+        k.outbox.clear();
+        for (seq, n) in [(30, 1), (31, 2)] {
+            k.destroying.push_back(Destroying {
+                seq,
+                key,
+                victim: Victim::Tcp(sock(n)),
+                deadline: 100,
+            });
+        }
+        k.handle(&ack(30, 0), &mut cx);
+        k.handle(&ack(31, libc::ENOENT), &mut cx);
+        assert_eq!(cx.stats.tcp_killed, 1);
+        let done: Vec<_> = cx.tallies.done.drain(..).collect();
+        assert_eq!(
+            done,
+            [KillReport {
+                key,
+                tcp: 1,
+                udp: 0
+            }]
+        );
     }
 
     #[test]
