@@ -310,7 +310,17 @@ impl Core {
         };
         match self.policy.observe(now, &access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
-            Verdict::Banned(ban) => self.ban(now, &ban),
+            Verdict::Banned(ban) => {
+                // The line that made the newcomer names its connection: the
+                // enforcer can end that one by exact lookup first.
+                let conn = match access.source {
+                    accesslog::Source::Ip(ip, port) if ban.key.contains(ip) => {
+                        Some(std::net::SocketAddr::new(ip, port))
+                    }
+                    _ => None,
+                };
+                self.ban(now, &ban, conn)
+            }
             // A refusal at the memory caps is reported as `Admitted`.
             Verdict::Admitted(_) => self.caps(now),
             Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
@@ -364,7 +374,7 @@ impl Core {
         }
     }
 
-    fn ban(&mut self, now: Micros, ban: &Ban) {
+    fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>) {
         self.stats.bans += 1;
         if let Err(e) = self.audit.write(ban) {
             self.stats.audit_errors += 1;
@@ -379,7 +389,7 @@ impl Core {
             Some(t) if t > 0 => Duration::from_micros(t),
             _ => Duration::from_micros(self.policy.config().ban),
         };
-        self.enforcer.ban(ban, ttl, now);
+        self.enforcer.ban_conn(ban, ttl, now, conn);
         let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
         logger::notice(format_args!(
             "ban {} for {}s: user {} already online from {}",
