@@ -16,6 +16,9 @@
 //! deadline the policy, the enforcer or the follower reports and disarmed
 //! when there is none; there is no periodic tick, so with no log activity
 //! and no pending window or ban the process sleeps in `epoll_wait` forever.
+//! The one exception is a missing log directory: inotify cannot watch what
+//! does not exist, so the follower asks to be woken once a second until the
+//! directory is back (`tail::Tail::next_deadline`).
 //! The poll timeout is zero only while the follower has a backlog left
 //! (it reads at most [`crate::tail::STEP`] bytes per turn).
 //!
