@@ -132,7 +132,7 @@ const KILL_RCVBUF: usize = 1 << 19;
 
 /// A full set (`IPSET_ERR_HASH_FULL`) is reported once per this period:
 /// during a ban flood every ADD fails the same way.
-const FULL_WARN_PERIOD: Micros = 10 * 60 * SECOND;
+pub const FULL_WARN_PERIOD: Micros = 10 * 60 * SECOND;
 
 /// Timeout for the blocking startup exchanges.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
