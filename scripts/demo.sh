@@ -18,12 +18,22 @@ fi
 . scripts/deps.sh
 refract_install_deps demo
 
-bold() { printf '\033[1m%s\033[0m\n' "$*"; }
-step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
+if [[ -t 1 ]]; then
+    bold() { printf '\033[1m%s\033[0m\n' "$*"; }
+    step() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
+else
+    bold() { printf '%s\n' "$*"; }
+    step() { printf '\n==> %s\n' "$*"; }
+fi
 
-step "building refract (release)"
-cargo build --release --locked --quiet
-bin=$PWD/target/release/refract
+# REFRACT_BIN: use a binary that is already built (the test suite does).
+if [[ -n ${REFRACT_BIN:-} ]]; then
+    bin=$REFRACT_BIN
+else
+    step "building refract (release)"
+    cargo build --release --locked --quiet
+    bin=$PWD/target/release/refract
+fi
 
 tag="rfdemo$$"
 node="$tag-node" c1="$tag-c1" c2="$tag-c2"
@@ -32,6 +42,7 @@ pids=()
 cleanup() {
     local p
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     for ns in "$node" "$c1" "$c2"; do
         ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
         ip netns del "$ns" 2>/dev/null || true
@@ -41,7 +52,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-step "sandbox: node 192.0.2.1 / 2001:db8:1::1, phone 192.0.2.11, laptop 198.51.100.12"
+step "sandbox: node 192.0.2.1 and 198.51.100.1, phone 192.0.2.11, laptop 198.51.100.12"
 for ns in "$node" "$c1" "$c2"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
@@ -103,7 +114,7 @@ log="$work/access.log" audit="$work/block.log"
 : >"$log"
 step "refract follows the node's access log (limit 1 device per user)"
 echo "  ip netns exec node refract --proto=tcp --dport=443 --window=5s --timeout=1m --access.log=$log --block.log=$audit"
-ip netns exec "$node" "$bin" --proto=tcp --dport=443 --window=5s --timeout=1m \
+REFRACT_LOG=stderr ip netns exec "$node" "$bin" --proto=tcp --dport=443 --window=5s --timeout=1m \
     --access.log="$log" --block.log="$audit" 2>"$work/refract.err" &
 pids+=($!)
 for _ in $(seq 50); do
@@ -126,6 +137,8 @@ sleep 0.3
 
 step "refract's audit line ($audit)"
 sed 's/^/  /' "$audit" 2>/dev/null || echo "  (none: see $work/refract.err)"
+step "refract's log"
+grep -E ' ban |ended' "$work/refract.err" | sed 's/^/  /'
 step "the kernel set"
 ip netns exec "$node" ipset list refract_banned_users | sed -n '/^Members:/,$p' | sed 's/^/  /'
 step "what the devices saw"

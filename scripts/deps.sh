@@ -21,14 +21,14 @@ refract_install_deps() {
     local -A deb=(
         [cargo]=cargo [cc]=gcc [ip]=iproute2 [ss]=iproute2 [ipset]=ipset
         [iptables]=iptables [conntrack]=conntrack [shellcheck]=shellcheck
-        [v2ray]=v2ray [systemd-analyze]=systemd [fail2ban-regex]=fail2ban
-        [hyperfine]=hyperfine [python3]=python3
+        [v2ray]=v2ray [systemd-analyze]=systemd [fail2ban-regex]=fail2ban [dpkg-deb]=dpkg
+        [hyperfine]=hyperfine [python3]=python3 [curl]=curl
     )
     local cmds=(cargo cc)
     case "$what" in
         build) ;;
         demo) cmds+=(ip ss ipset iptables conntrack python3) ;;
-        test) cmds+=(ip ss ipset iptables conntrack shellcheck v2ray systemd-analyze python3) ;;
+        test) cmds+=(ip ss ipset iptables conntrack shellcheck v2ray systemd-analyze python3 curl dpkg-deb) ;;
         bench) cmds+=(ip ss ipset iptables conntrack fail2ban-regex python3) ;;
         *) echo "deps: unknown set '$what' (build, demo, test, bench)" >&2; return 2 ;;
     esac

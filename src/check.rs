@@ -99,13 +99,16 @@ fn audit_log(r: &mut Report, path: &Path) {
                 ),
             }
         }
-        _ => r.fail(
+        Ok(_) => r.fail("audit log", format!("{} is not a directory", dir.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => r.note(
             "audit log",
             format!(
-                "directory {} does not exist (mkdir -p it, or pass --block.log)",
+                "{} will be created with its directory {} (mode 0750)",
+                path.display(),
                 dir.display()
             ),
         ),
+        Err(e) => r.fail("audit log", format!("{}: {e}", dir.display())),
     }
 }
 

@@ -95,10 +95,10 @@ pub struct Args {
     /// (default 64k)
     #[argh(option)]
     pub max_line: Option<String>,
-    /// most users tracked at once (default 200000)
+    /// most users tracked at once (default 50000)
     #[argh(option)]
     pub max_users: Option<String>,
-    /// most addresses tracked at once (default 1000000)
+    /// most addresses tracked at once, bans included (default 250000)
     #[argh(option)]
     pub max_keys: Option<String>,
     /// replay: print one line per input line with what happened
@@ -471,8 +471,8 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
     let limit = number(&args.limit, "limit", "1", 1, 1_000_000)? as u32;
     let v6_prefix = number(&args.ipv6_prefix, "ipv6-prefix", "64", 1, 128)? as u8;
     let set_size = number(&args.set_size, "set-size", "65536", 128, 1 << 26)? as u32;
-    let max_users = number(&args.max_users, "max-users", "200000", 1, 1 << 32)? as usize;
-    let max_keys = number(&args.max_keys, "max-keys", "1000000", 1, 1 << 34)? as usize;
+    let max_users = number(&args.max_users, "max-users", "50000", 1, 1 << 32)? as usize;
+    let max_keys = number(&args.max_keys, "max-keys", "250000", 1, 1 << 34)? as usize;
 
     let (ml, l) = get(&args.max_line, "max-line", "64k");
     let max_line = parse_size(&ml)

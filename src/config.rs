@@ -61,6 +61,19 @@ pub fn load_limits(path: &Path) -> Result<Limits, String> {
     parse_limits(&text).map_err(|(line, why)| format!("limits: {}:{line}: {why}", path.display()))
 }
 
+/// `<[u8]>::trim_ascii`, which needs Rust 1.80 (Ubuntu 24.04 ships 1.75).
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
 /// The parser behind [`load_limits`]; errors carry the 1-based line number.
 pub fn parse_limits(text: &[u8]) -> Result<Limits, (usize, String)> {
     let mut out = Limits::default();
@@ -69,7 +82,7 @@ pub fn parse_limits(text: &[u8]) -> Result<Limits, (usize, String)> {
             Some(p) => &raw[..p],
             None => raw,
         };
-        let line = line.trim_ascii();
+        let line = trim(line);
         if line.is_empty() {
             continue;
         }
@@ -77,7 +90,7 @@ pub fn parse_limits(text: &[u8]) -> Result<Limits, (usize, String)> {
         let Some(split) = split else {
             return Err((i + 1, "expected \"EMAIL N\"".into()));
         };
-        let email = line[..split].trim_ascii();
+        let email = trim(&line[..split]);
         let n = &line[split + 1..];
         let n = std::str::from_utf8(n)
             .ok()

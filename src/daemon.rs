@@ -16,6 +16,9 @@
 //! deadline the policy, the enforcer or the follower reports and disarmed
 //! when there is none; there is no periodic tick, so with no log activity
 //! and no pending window or ban the process sleeps in `epoll_wait` forever.
+//! The one exception is a missing log directory: inotify cannot watch what
+//! does not exist, so the follower asks to be woken once a second until the
+//! directory is back (`tail::Tail::next_deadline`).
 //! The poll timeout is zero only while the follower has a backlog left
 //! (it reads at most [`crate::tail::STEP`] bytes per turn).
 //!
@@ -28,6 +31,11 @@
 //! - SIGUSR1: log one `stats:` line with every counter (what the tests and
 //!   operators read); the same line is logged at exit.
 //!
+//! Started as root, the daemon drops every capability it does not need
+//! once the sets, the rules and both logs are in place
+//! ([`crate::privilege`]). At the memory caps the policy refuses new state;
+//! the loop warns once per [`WARN_PERIOD`] and counts it in `stats:`.
+//!
 //! Messages go to syslog or stderr ([`crate::logger`], `REFRACT_LOG`); the
 //! audit line's time is the local time of the decision
 //! ([`crate::sys::time::localtime_now`]), as refract 0.2 wrote it. How the
@@ -35,7 +43,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,6 +97,13 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
                 d.cfg.block_log.display(),
                 d.core.enforcer.name(),
             ));
+            // Sets, rules and both logs are in place: give up what the loop
+            // does not need (started as root only; see `privilege`).
+            match crate::privilege::drop_after_startup(&d.cfg) {
+                Ok(Some(line)) => logger::notice(format_args!("{line}")),
+                Ok(None) => {}
+                Err(e) => logger::error(format_args!("capabilities: could not drop: {e}")),
+            }
             // systemd `Type=notify`: ready once the log is watched and the
             // audit log open (a no-op outside systemd).
             d.notify("READY=1");
@@ -116,6 +131,8 @@ pub struct DaemonStats {
     pub expired: u64,
     pub audit_errors: u64,
     pub wakeups: u64,
+    /// `users_refused + keys_refused` of the policy at the last check.
+    pub refused_seen: u64,
 }
 
 /// The audit log (`--block.log`): append-only, created `0640`, reopened on
@@ -149,7 +166,12 @@ impl AuditLog {
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)?;
+                    // As systemd's LogsDirectoryMode: the audit log names
+                    // users, so not world-readable.
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o750)
+                        .create(dir)?;
                 }
                 open()
             }
@@ -267,6 +289,9 @@ struct Core {
     audit: AuditLog,
     warn: RateLimit<{ Skip::ALL.len() }>,
     audit_warn: RateLimit<1>,
+    /// The memory caps (`--max-users`/`--max-keys`) refused state: one
+    /// warning per [`WARN_PERIOD`].
+    caps_warn: RateLimit<1>,
     stats: DaemonStats,
 }
 
@@ -288,11 +313,42 @@ impl Core {
         };
         match self.policy.observe(now, &access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
-            Verdict::Banned(ban) => self.ban(now, &ban),
-            Verdict::Ignored(_)
-            | Verdict::Refreshed(_)
-            | Verdict::Admitted(_)
-            | Verdict::Candidate(_) => {}
+            Verdict::Banned(ban) => {
+                // The line that made the newcomer names its connection: the
+                // enforcer can end that one by exact lookup first.
+                let conn = match access.source {
+                    accesslog::Source::Ip(ip, port) if ban.key.contains(ip) => {
+                        Some(std::net::SocketAddr::new(ip, port))
+                    }
+                    _ => None,
+                };
+                self.ban(now, &ban, conn)
+            }
+            // A refusal at the memory caps is reported as `Admitted`.
+            Verdict::Admitted(_) => self.caps(now),
+            Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
+        }
+    }
+
+    /// Warns (rate-limited) when the memory caps refused new state since
+    /// the last line: those users and addresses are not tracked, so they
+    /// cannot be banned (fail-open) until state expires.
+    fn caps(&mut self, now: Micros) {
+        let p = self.policy.stats();
+        let refused = p.users_refused + p.keys_refused;
+        if refused == self.stats.refused_seen {
+            return;
+        }
+        self.stats.refused_seen = refused;
+        if self.caps_warn.check(0, now).is_some() {
+            let (users, keys) = self.policy.tracked();
+            let cfg = self.policy.config();
+            logger::warning(format_args!(
+                "memory cap reached ({users} users of --max-users {}, {keys} addresses of \
+                 --max-keys {}): new users and addresses are not tracked until state expires \
+                 (users_refused={} keys_refused={} so far)",
+                cfg.max_users, cfg.max_keys, p.users_refused, p.keys_refused
+            ));
         }
     }
 
@@ -321,7 +377,7 @@ impl Core {
         }
     }
 
-    fn ban(&mut self, now: Micros, ban: &Ban) {
+    fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>) {
         self.stats.bans += 1;
         if let Err(e) = self.audit.write(ban) {
             self.stats.audit_errors += 1;
@@ -336,7 +392,7 @@ impl Core {
             Some(t) if t > 0 => Duration::from_micros(t),
             _ => Duration::from_micros(self.policy.config().ban),
         };
-        self.enforcer.ban(ban, ttl, now);
+        self.enforcer.ban_conn(ban, ttl, now, conn);
         let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
         logger::notice(format_args!(
             "ban {} for {}s: user {} already online from {}",
@@ -400,6 +456,7 @@ impl Daemon {
                 audit,
                 warn: RateLimit::new(WARN_PERIOD),
                 audit_warn: RateLimit::new(60 * SECOND),
+                caps_warn: RateLimit::new(WARN_PERIOD),
                 stats: DaemonStats::default(),
             },
         })
@@ -445,6 +502,7 @@ impl Daemon {
                 self.pump(now);
             }
             self.deadlines(now);
+            self.kill_reports();
             if self.signals.term.swap(false, Ordering::Relaxed) {
                 self.shutdown();
                 return Ok(());
@@ -467,6 +525,17 @@ impl Daemon {
                 // the deadline check after the batch runs regardless.
                 Err(_) => break,
             }
+        }
+    }
+
+    /// Logs how many open connections each finished ban ended (the kill
+    /// work completes a few hundred microseconds after the ban itself).
+    fn kill_reports(&mut self) {
+        for r in self.core.enforcer.take_reports() {
+            logger::notice(format_args!(
+                "ban {}: ended {} tcp connection(s), {} udp flow(s)",
+                r.key, r.tcp, r.udp
+            ));
         }
     }
 
@@ -587,7 +656,8 @@ impl Daemon {
         let mut out = format!(
             "stats: lines={} bytes={} too_long={} rotations={} truncations={} read_errors={} \
              parsed_lines={} bans={} expired={} audit_errors={} users={users} keys={keys} \
-             policy_bans={} enforcer_bans={} enforcer_errors={} wakeups={}",
+             policy_bans={} users_refused={} keys_refused={} enforcer_bans={} \
+             enforcer_errors={} set_full={} wakeups={}",
             t.lines,
             t.bytes,
             t.too_long,
@@ -599,8 +669,11 @@ impl Daemon {
             s.expired,
             s.audit_errors,
             p.bans,
+            p.users_refused,
+            p.keys_refused,
             e.bans,
             e.errors,
+            e.set_full,
             s.wakeups,
         );
         for skip in Skip::ALL {

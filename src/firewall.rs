@@ -9,8 +9,10 @@
 //! with `-m multiport --dports a,b,…` for several ports (at most 15 per
 //! rule, the multiport limit, so more ports make more rules).
 //!
-//! Rules are managed by running the firewall binaries, at startup and for
-//! `refract cleanup` only; nothing per ban spawns a process. Installation is
+//! Rules are managed by running the firewall binaries: at startup, for
+//! `refract cleanup`, and after the ruleset lost something (a set recreated,
+//! or an nf_tables deletion notification: see [`crate::enforce::kernel`]);
+//! nothing per ban spawns a process. Installation is
 //! idempotent: `-C` first, `-I INPUT 1` only when the rule is missing.
 //! Rules stay in place on exit (bans persist across restarts); [`Firewall::remove`]
 //! deletes them (`-D` until `-C` says none is left). Child processes inherit

@@ -27,6 +27,7 @@ pub mod logger;
 pub mod nl;
 pub mod notify;
 pub mod policy;
+pub mod privilege;
 pub mod replay;
 pub mod sys;
 pub mod tail;

@@ -45,8 +45,11 @@
 //! - Memory caps: at `max_users` / `max_keys` new users/entries are
 //!   *refused* (nothing is evicted; `users_evicted`/`keys_evicted` stay 0).
 //!   A refused line is reported as `Admitted` (fail-open: never ban because
-//!   state could not be kept). Bans are always recorded, so bans can take
-//!   the key count past `max_keys`; each ban needs an over-limit user.
+//!   state could not be kept). A new ban counts against `max_keys` like a
+//!   new entry and is refused the same way (a `--confirm` candidate turning
+//!   into a ban moves from entries to bans, and bans restored at startup
+//!   are bounded by the sets' `maxelem`), so entries plus bans stay within
+//!   `max_keys` whatever the log holds.
 //! - Time going backwards: the engine runs on an internal clock that never
 //!   goes back. A step back of at most `window` (lines written slightly out
 //!   of order) is treated as happening at the latest time seen; a larger step
@@ -575,7 +578,13 @@ impl Policy {
             };
         }
 
-        // 4. Violation: ban the newcomer.
+        // 4. Violation: ban the newcomer. A ban is state too: at the key
+        // cap it is refused like any new key (fail-open), or one user
+        // rotating addresses would grow the ban table without bound.
+        if self.entries + self.bans.len() >= self.cfg.max_keys {
+            self.stats.keys_refused += 1;
+            return Verdict::Admitted(key);
+        }
         let origins = user.entries.origins();
         let name = user.name.as_ref().into();
         Verdict::Banned(self.ban(key, name, origins, tag.into(), t))
@@ -1414,6 +1423,27 @@ mod tests {
             Verdict::Admitted(key("192.0.2.4"))
         );
         assert_eq!(p.tracked(), (1, 1));
+
+        // A ban is state: at the key cap an over-limit newcomer is refused
+        // (not banned), so one user rotating addresses cannot grow the ban
+        // table past the cap.
+        let mut p = policy(|c| c.max_keys = 3);
+        at(&mut p, T0, "alice", "192.0.2.1");
+        assert!(matches!(
+            at(&mut p, T0, "alice", "192.0.2.2"),
+            Verdict::Banned(_)
+        ));
+        assert!(matches!(
+            at(&mut p, T0, "alice", "192.0.2.3"),
+            Verdict::Banned(_)
+        ));
+        assert_eq!(
+            at(&mut p, T0, "alice", "192.0.2.4"),
+            Verdict::Admitted(key("192.0.2.4"))
+        );
+        assert_eq!(p.stats().keys_refused, 1);
+        assert_eq!(p.stats().bans, 2);
+        assert_eq!(p.tracked(), (1, 3));
     }
 
     #[test]

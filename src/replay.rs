@@ -150,7 +150,10 @@ impl<W: Write> Replayer<W> {
             return self.skip(n, skip, key, access.email);
         }
         self.summary.counted += 1;
-        if let Some(email) = access.email {
+        // Refreshed, Candidate and Banned need state of the user already
+        // (seen before): only the other verdicts can bring a new user.
+        let maybe_new = matches!(verdict, Verdict::Admitted(_) | Verdict::Ignored(_));
+        if let Some(email) = access.email.filter(|_| maybe_new) {
             if !self.users.contains(email) {
                 self.users.insert(email.into());
                 self.summary.users += 1;

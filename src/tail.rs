@@ -44,6 +44,16 @@
 //!   `from_start`; a file that appears later is read from its beginning.
 //!   Xray's reopen-after-idle opens the same inode: nothing changes.
 //!
+//! - The directory watch dies with the directory (`rm -rf` of the log
+//!   directory, a package purge): the follower then retries watching the
+//!   path's directory once per [`REWATCH_RETRY`] until it exists again
+//!   (the only periodic wakeup, and only in that state), and picks up the
+//!   log created in it.
+//! - A log that cannot be opened (`EACCES`: rotated to a file refract's
+//!   user may not read) is one error, not one per event; the directory
+//!   watch includes `IN_ATTRIB`, so the `chmod`/`chown` that fixes it is
+//!   noticed at once and the file is read from its start.
+//!
 //! # Known limits
 //!
 //! - A file created *and* renamed away before the follower first opened it
@@ -94,8 +104,12 @@ use crate::replay::Lines;
 pub const WINDOW: usize = 16 << 20;
 /// Increments up to this size are read with `pread` (see the module doc).
 pub const PREAD_MAX: usize = 64 << 10;
-/// Bytes read per [`Tail::pump`] before yielding to the loop.
-pub const STEP: u64 = 64 << 20;
+/// Bytes read per [`Tail::pump`] before yielding to the loop. Small enough
+/// that one turn of a backlog (about 1,000 lines, each possibly a ban with
+/// its syscalls) stays well under the 100 ms the loop promises for signals
+/// (`tests/bounds_bans.rs`); a turn costs one `epoll_wait` and an `fstat`,
+/// noise next to parsing 256 KiB.
+pub const STEP: u64 = 256 << 10;
 /// A rotated file idle this long is closed (Xray closes its log after about
 /// a minute without writes and reopens the path).
 pub const ROTATED_GRACE: Micros = 120 * SECOND;
@@ -103,6 +117,8 @@ pub const ROTATED_GRACE: Micros = 120 * SECOND;
 pub const SIG_LEN: usize = 32;
 /// Rotated files followed at most; older ones are closed.
 pub const MAX_ROTATED: usize = 2;
+/// While the log's directory is missing, how often to try watching it.
+pub const REWATCH_RETRY: Micros = SECOND;
 
 /// What the follower counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,7 +168,14 @@ pub struct Tail {
     name: OsString,
     max_line: usize,
     inotify: Inotify,
+    dir: PathBuf,
     dir_wd: WatchDescriptor,
+    /// The directory watch is gone (`IN_IGNORED`: the directory was
+    /// removed); retry at this time.
+    rewatch_at: Option<Micros>,
+    /// The last error opening or stating the path, reported once until the
+    /// path can be opened again.
+    path_error: Option<String>,
     current: Option<Followed>,
     rotated: Vec<Followed>,
     opened_once: bool,
@@ -169,6 +192,7 @@ const FILE_MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::MOVE_SELF)
     .union(WatchMask::DELETE_SELF);
 const DIR_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::ATTRIB)
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::DELETE)
@@ -203,7 +227,10 @@ impl Tail {
             name,
             max_line,
             inotify,
+            dir,
             dir_wd,
+            rewatch_at: None,
+            path_error: None,
             current: None,
             rotated: Vec::new(),
             opened_once: false,
@@ -321,6 +348,11 @@ impl Tail {
                     let mut any = false;
                     for ev in events {
                         any = true;
+                        if ev.wd == self.dir_wd && ev.mask.contains(inotify::EventMask::IGNORED) {
+                            // The directory is gone: watch it again (in
+                            // pump) once it is back.
+                            self.rewatch_at = Some(now);
+                        }
                         // Directory events about other files (error.log,
                         // rotated siblings) are not ours.
                         if ev.wd != self.dir_wd
@@ -359,6 +391,7 @@ impl Tail {
     /// new inode and closes finished rotated files. Idempotent: with nothing
     /// new it costs two `fstat`s and one `stat`.
     pub fn pump(&mut self, now: Micros, f: &mut impl FnMut(&[u8])) -> Progress {
+        self.rewatch(now);
         let mut budget = STEP;
         let mut more = false;
         // Older lines first: rotated files, oldest first, then the current.
@@ -382,9 +415,56 @@ impl Tail {
         }
     }
 
-    /// When a rotated file will have been idle for [`ROTATED_GRACE`].
+    /// When a rotated file will have been idle for [`ROTATED_GRACE`], or
+    /// the next try to watch a directory that was removed.
     pub fn next_deadline(&self) -> Option<Micros> {
-        self.rotated.iter().map(|r| r.active + ROTATED_GRACE).min()
+        let idle = self.rotated.iter().map(|r| r.active + ROTATED_GRACE).min();
+        match (idle, self.rewatch_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Watches the directory again after it was removed, once it exists.
+    fn rewatch(&mut self, now: Micros) {
+        if !self.rewatch_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        match self.inotify.watches().add(&self.dir, DIR_MASK) {
+            Ok(wd) => {
+                self.dir_wd = wd;
+                self.rewatch_at = None;
+                if self.path_error.take().is_some() {
+                    crate::logger::notice(format_args!(
+                        "tail: directory {} is back",
+                        self.dir.display()
+                    ));
+                }
+            }
+            Err(e) => {
+                let msg = if e.kind() == io::ErrorKind::NotFound {
+                    format!(
+                        "tail: directory {} was removed; following {} again once it is back",
+                        self.dir.display(),
+                        self.path.display()
+                    )
+                } else {
+                    format!("tail: watch {}: {e}", self.dir.display())
+                };
+                self.fail_path(msg);
+                self.rewatch_at = Some(now + REWATCH_RETRY);
+            }
+        }
+    }
+
+    /// Reports an error about the path once, until the path works again.
+    fn fail_path(&mut self, msg: String) {
+        if self.path_error.as_ref() == Some(&msg) {
+            self.stats.errors += 1;
+            return;
+        }
+        self.fail(msg.clone());
+        self.path_error = Some(msg);
     }
 
     /// Closes rotated files idle since [`ROTATED_GRACE`] (after reading
@@ -481,7 +561,7 @@ impl Tail {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
-                self.fail(format!("tail: stat {}: {e}", self.path.display()));
+                self.fail_path(format!("tail: stat {}: {e}", self.path.display()));
                 return;
             }
         };
@@ -494,10 +574,16 @@ impl Tail {
             // Gone again between stat and open: the next event tells.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
             Err(e) => {
-                self.fail(format!("tail: open {}: {e}", self.path.display()));
+                self.fail_path(format!("tail: open {}: {e}", self.path.display()));
                 return;
             }
         };
+        if self.path_error.take().is_some() {
+            crate::logger::notice(format_args!(
+                "tail: {} can be read again",
+                self.path.display()
+            ));
+        }
         let new = match self.follow(file, now) {
             Ok(n) => n,
             Err(e) => {
@@ -777,6 +863,38 @@ mod tests {
         assert!(t.rotated.is_empty());
         assert_eq!(t.next_deadline(), None);
         assert_eq!(out, ["new", "late", "no newline"]);
+    }
+
+    #[test]
+    fn removed_directory_is_watched_again_when_it_comes_back() {
+        let d = TempDir::new("rmdir");
+        let sub = d.0.join("xray");
+        std::fs::create_dir(&sub).unwrap();
+        let p = sub.join("access.log");
+        let mut t = Tail::open(&p, false, 100).unwrap();
+        let mut out = Vec::new();
+        append(&p, "1\n");
+        collect(&mut t, &mut out);
+        std::fs::remove_dir_all(&sub).unwrap();
+        collect(&mut t, &mut out);
+        // The open log pinned the directory's inode: its IN_IGNORED comes
+        // once the log is closed (the loop sees the fd readable again).
+        collect(&mut t, &mut out);
+        // Gone: one retry per REWATCH_RETRY, nothing else wakes us.
+        assert!(!t.is_open());
+        assert_eq!(t.next_deadline(), Some(1 + REWATCH_RETRY));
+        std::fs::create_dir(&sub).unwrap();
+        append(&p, "2\n");
+        t.expire(1 + REWATCH_RETRY, &mut |l| {
+            out.push(String::from_utf8_lossy(l).into_owned())
+        });
+        assert_eq!(t.next_deadline(), None);
+        // Watched again: a file created later in it is picked up by event.
+        std::fs::remove_file(&p).unwrap();
+        collect(&mut t, &mut out);
+        append(&p, "3\n");
+        collect(&mut t, &mut out);
+        assert_eq!(out, ["1", "2", "3"]);
     }
 
     #[test]

@@ -72,3 +72,105 @@ fn violation_lands_in_the_ipset() {
     assert_eq!(st.code(), Some(0), "{}", log());
     assert!(log().contains("enforcer_bans=1"), "{}", log());
 }
+
+/// `refract check` before a run changes nothing and says what startup will
+/// create; a run creates it and reports each ban's killed connections; a
+/// restart reads the bans back; `refract cleanup` removes sets and rules;
+/// `check` then says it would create them again.
+#[test]
+fn check_run_restart_cleanup() {
+    for tool in ["ipset", "iptables", "ip6tables"] {
+        if !have_tool(tool, &["--version"]) {
+            eprintln!("skip: `{tool}` not installed");
+            return;
+        }
+    }
+    let Some(ns) = Netns::new("lifecycle") else {
+        return;
+    };
+    let dir = TempDir::new("lifecycle");
+    let access = dir.path("access.log");
+    let block = dir.path("block.log");
+    append(&access, "");
+    let paths = [
+        format!("--access.log={}", access.display()),
+        format!("--block.log={}", block.display()),
+    ];
+    let refract = |args: &[&str]| {
+        let mut argv = vec![BIN];
+        argv.extend_from_slice(args);
+        argv.extend(paths.iter().map(String::as_str));
+        ns.exec(&argv)
+    };
+
+    let o = refract(&["check"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("would create: ipset create refract_banned_users hash:ip"),
+        "{out}"
+    );
+    assert!(
+        out.contains("would insert: iptables -I INPUT 1 -p tcp --dport 443"),
+        "{out}"
+    );
+    assert!(out.ends_with("refract would start\n"), "{out}");
+    assert_eq!(
+        ns.ok(&["ipset", "list", "-n"]).trim(),
+        "",
+        "check created nothing"
+    );
+
+    let run = |n: usize| {
+        let stderr = dir.path(&format!("refract{n}.stderr"));
+        let cmd = format!(
+            "REFRACT_LOG=stderr exec {BIN} --window=1h --timeout=10m {} {} 2>{}",
+            paths[0],
+            paths[1],
+            stderr.display()
+        );
+        let child = ns.spawn(&["sh", "-c", &cmd]);
+        let log = move || std::fs::read_to_string(&stderr).unwrap_or_default();
+        wait_until(Duration::from_secs(10), "the startup line", || {
+            log().contains(" following ").then_some(())
+        });
+        (child, log)
+    };
+    let (mut child, log) = run(1);
+    append(&access, &access_line("bob@example.com", "198.51.100.8"));
+    append(&access, &access_line("bob@example.com", "203.0.113.10"));
+    // The kill work finishes after the ban: its report is a line of its own.
+    wait_until(Duration::from_secs(5), "the kill report", || {
+        log()
+            .contains("ban 203.0.113.10: ended 0 tcp connection(s), 0 udp flow(s)")
+            .then_some(())
+    });
+    refract::sys::process::kill(child.id(), libc::SIGTERM).unwrap();
+    wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
+
+    // Restart: the ban is read back, the rule is not duplicated.
+    let (mut child, log) = run(2);
+    assert!(log().contains("restored 1 bans in force"), "{}", log());
+    let rules = ns.ok(&["iptables", "-S", "INPUT"]);
+    assert_eq!(rules.matches("refract_banned_users").count(), 1, "{rules}");
+    refract::sys::process::kill(child.id(), libc::SIGTERM).unwrap();
+    wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
+
+    let o = refract(&["cleanup"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(
+            "removed 2 DROP rule(s), destroyed refract_banned_users, refract_banned_users6"
+        ),
+        "{out}"
+    );
+    assert_eq!(ns.ok(&["ipset", "list", "-n"]).trim(), "");
+    assert!(!ns.ok(&["iptables", "-S", "INPUT"]).contains("refract"));
+    assert!(!ns.ok(&["ip6tables", "-S", "INPUT"]).contains("refract"));
+    // Idempotent.
+    let o = refract(&["cleanup"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("removed 0 DROP rule(s), destroyed no sets")
+    );
+}

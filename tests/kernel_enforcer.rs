@@ -694,3 +694,60 @@ fn missing_iptables_is_one_clear_line() {
         "{stdout}"
     );
 }
+
+/// With the logged connection's client address and port, the enforcer ends
+/// that connection by exact lookup inside `ban_conn` itself (before any
+/// reply is read), once it has learned the node's local address from an
+/// earlier dump; the key's other connections follow from the dump.
+#[test]
+fn logged_connection_is_ended_by_exact_lookup_at_once() {
+    let Some(t) = topo("kx") else { return };
+    let dual = t.node.in_netns(|| TcpListener::bind("[::]:443").unwrap());
+    let (mut a1, _s1) = pair(&t.a, &dual, "10.201.1.1:443");
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.ports = vec![443];
+    let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
+    let key_a = v4("10.201.1.2");
+
+    // First ban: nothing learned yet, the dump finds a1 (and teaches the
+    // enforcer the local address 10.201.1.1).
+    let first = a1.local_addr().unwrap();
+    e.ban_conn(&ban(key_a), Duration::from_secs(60), 1, Some(first));
+    e.flush(Duration::from_secs(2));
+    assert!(was_reset(&mut a1));
+    assert_eq!(e.take_reports()[0].tcp, 1);
+
+    // Let a back in; two new connections, one of them in the log line.
+    e.unban(key_a, 2);
+    e.flush(Duration::from_secs(2));
+    let (mut logged, _s2) = pair(&t.a, &dual, "10.201.1.1:443");
+    let (mut other, _s3) = pair(&t.a, &dual, "10.201.1.1:443");
+    let conn = logged.local_addr().unwrap();
+    e.ban_conn(&ban(key_a), Duration::from_secs(60), 3, Some(conn));
+    // No reply has been read yet: only the exact destroy can have run.
+    assert!(
+        was_reset(&mut logged),
+        "the logged connection ends inside ban_conn"
+    );
+    // The other connection is still open (its packets to the node are
+    // dropped by the rule now, but no RST came): the dump's kills wait for
+    // the loop to read the dump.
+    other
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(!was_reset(&mut other), "the dump's kills wait for the loop");
+    other
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    e.flush(Duration::from_secs(2));
+    assert!(was_reset(&mut other));
+    assert_eq!(
+        e.take_reports(),
+        vec![KillReport {
+            key: key_a,
+            tcp: 2,
+            udp: 0
+        }]
+    );
+    assert_eq!(e.stats().errors, 0);
+}

@@ -113,7 +113,7 @@ fn unit_keeps_refract_0_2_interface() {
         "--proto=${REFRACT_PROTO} --dport=${REFRACT_DPORT} --window=${REFRACT_WINDOW} --timeout=${REFRACT_TIMEOUT} --access.log=${REFRACT_ACCESS_LOG} --block.log=${REFRACT_BLOCK_LOG}",
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
@@ -336,4 +336,69 @@ fn container_and_alpine_files_are_consistent() {
         .output()
         .unwrap();
     assert!(o.status.success());
+}
+
+/// The README's first command, as a newcomer runs it (with the binary this
+/// test suite built): a real ban, a real reset, exit 0, and nothing left
+/// behind: no namespace, process, set or rule.
+#[test]
+fn demo_shows_a_ban_and_cleans_up() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skip: the demo needs root");
+        return;
+    }
+    for tool in ["ip", "ipset", "iptables", "python3"] {
+        if !have(tool) {
+            eprintln!("skip: {tool} not installed");
+            return;
+        }
+    }
+    let o = Command::new("bash")
+        .arg(repo().join("scripts/demo.sh"))
+        .env("REFRACT_BIN", env!("CARGO_BIN_EXE_refract"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "disallowed concurrent connection from 198.51.100.12 w/ origin 192.0.2.11 [vless-in] email: alice@example.com",
+        "198.51.100.12 timeout",
+        "ended 1 tcp connection(s)",
+        "phone: connection alive",
+        "laptop: connection RESET",
+        "laptop: blocked by the DROP rule",
+    ] {
+        assert!(out.contains(want), "demo output lacks {want:?}:\n{out}");
+    }
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains("rfdemo"),
+        "a namespace is left"
+    );
+    let ps = Command::new("sh")
+        .args(["-c", "pgrep -f 'refract-dem[o]' || true"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "a process is left"
+    );
+    let sets = Command::new("ipset").args(["list", "-n"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&sets.stdout).contains("refract_banned_users"),
+        "a set is left on the host"
+    );
+    let rules = Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("refract"),
+        "a rule is left on the host"
+    );
 }

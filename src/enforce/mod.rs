@@ -14,6 +14,7 @@
 //! [`ready`]: Enforcer::ready
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::clock::Micros;
@@ -31,6 +32,8 @@ pub struct EnforceStats {
     pub udp_killed: u64,
     pub errors: u64,
     pub repairs: u64,
+    /// Bans the kernel refused because the set was full (`maxelem`).
+    pub set_full: u64,
 }
 
 /// What ending a banned key's open connections achieved (kernel enforcer),
@@ -58,6 +61,15 @@ pub trait Enforcer {
 
     /// Keeps `ban.key` out for `ttl` and ends its open connections.
     fn ban(&mut self, ban: &Ban, ttl: Duration, now: Micros);
+
+    /// [`Enforcer::ban`], knowing the client connection whose log line made
+    /// the newcomer (address and source port, as Xray logged them): an
+    /// enforcer can end that connection by exact lookup at once, before it
+    /// searches for the key's other connections.
+    fn ban_conn(&mut self, ban: &Ban, ttl: Duration, now: Micros, conn: Option<SocketAddr>) {
+        let _ = conn;
+        self.ban(ban, ttl, now);
+    }
 
     /// Lets `key` back in before its ban runs out.
     fn unban(&mut self, key: Key, now: Micros);

@@ -75,6 +75,11 @@ impl NlSocket {
         })
     }
 
+    /// Joins multicast `group` (kernel notifications arrive with seq 0).
+    pub fn join_group(&self, group: u32) -> io::Result<()> {
+        sys::add_membership(self.fd.as_fd(), group)
+    }
+
     /// A fresh sequence number (never 0).
     pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);

@@ -10,7 +10,9 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::nl::consts::{NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, SOL_NETLINK};
+use crate::nl::consts::{
+    NETLINK_ADD_MEMBERSHIP, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, SOL_NETLINK,
+};
 
 /// Opens an `AF_NETLINK` raw socket for `protocol` (`NETLINK_NETFILTER`,
 /// `NETLINK_SOCK_DIAG`, …) and binds it with `nl_pid = 0`, so the kernel
@@ -97,6 +99,13 @@ pub fn set_rcvbuf(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
         setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, v)?;
     }
     Ok(getsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)?.max(0) as usize)
+}
+
+/// `NETLINK_ADD_MEMBERSHIP`: receive the multicast `group`'s
+/// notifications (`netlink(7)`).
+pub fn add_membership(fd: BorrowedFd<'_>, group: u32) -> io::Result<()> {
+    let g = i32::try_from(group).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    setsockopt_int(fd.as_raw_fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, g)
 }
 
 /// `NETLINK_EXT_ACK`: error messages carry the kernel's extended ack TLVs

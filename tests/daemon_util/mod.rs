@@ -71,7 +71,8 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
-/// A running `refract --dry-run`, stderr captured in a file.
+/// A running `refract` (`--dry-run` unless started in a namespace), stderr
+/// captured in a file.
 pub struct Daemon {
     pub child: Child,
     pub access: PathBuf,
@@ -84,12 +85,42 @@ impl Daemon {
     /// Starts the daemon on `dir/access.log` and `dir/block.log` with
     /// `extra` flags and waits until it follows the log.
     pub fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
-        let access = dir.path("access.log");
-        let block = dir.path("block.log");
+        Daemon::start_with(
+            dir,
+            &dir.path("access.log"),
+            &dir.path("block.log"),
+            &[],
+            &[&["--dry-run"], extra].concat(),
+        )
+    }
+
+    /// Like [`Daemon::start`] with the access log at `access`, the audit
+    /// log at `block`, and the
+    /// binary run through `prefix` (e.g. `setpriv …` or `unshare -m sh -c
+    /// SCRIPT`: the binary's path follows the prefix, then the flags; the
+    /// pid stays the daemon's as long as every wrapper `exec`s). Unlike
+    /// [`Daemon::start`], `--dry-run` is not implied: pass it, or run the
+    /// kernel enforcer inside a namespace (`ip netns exec NAME`).
+    pub fn start_with(
+        dir: &TempDir,
+        access: &Path,
+        block: &Path,
+        prefix: &[&str],
+        extra: &[&str],
+    ) -> Daemon {
+        let access = access.to_path_buf();
+        let block = block.to_path_buf();
         let stderr = dir.path("refract.stderr");
         let err = File::create(&stderr).unwrap();
-        let child = Command::new(BIN)
-            .arg("--dry-run")
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg(format!("--access.log={}", access.display()))
             .arg(format!("--block.log={}", block.display()))
             .args(extra)

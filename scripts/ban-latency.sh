@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Ban latency of the real daemon in kernel mode, against the shell path, in
+# network namespaces this script creates and always removes.
+#
+#   sudo scripts/ban-latency.sh [N [IDLE [EHASH]]]  (defaults: 240 bans, 10000 idle, 16384)
+#   REFRACT=path/to/refract sudo scripts/ban-latency.sh
+#
+# EHASH: buckets of the node namespace's own TCP established hash
+# (net.ipv4.tcp_child_ehash_entries, set in a throwaway parent namespace).
+# A sock_diag dump walks every bucket of the table the namespace uses, so
+# the kill costs time in proportion to it. On a real node refract runs in
+# the initial namespace, whose table the kernel sizes by RAM (pages / 32:
+# 16384 buckets on a 2 GiB VPS) and which holds only the node's sockets;
+# a plain child namespace instead shares the host's table (262144 buckets
+# on a 23 GiB machine) with every other namespace's sockets, here the
+# client's 10,000 too. EHASH=0 measures that shared case.
+#
+# Sandbox: namespaces rfb-node-PID and rfb-cli-PID joined by a veth; the
+# node is 192.0.2.1, the client holds 192.0.2.2 (the IDLE idle ESTABLISHED
+# connections to node:443) and 198.51.100.1..N / 203.0.113.1..N (one live
+# connection each). A python server in the node accepts and holds every
+# connection. refract runs in the node (kernel enforcer, its DROP rule and
+# sets live in the node namespace only) following a log in a temp dir.
+#
+# Per trial, from ONE client process with ONE clock (CLOCK_MONOTONIC):
+#   refract: append a violating line for 198.51.100.i → the client's socket
+#            of that address sees the RST (poll(2), no polling loop). refract
+#            adds the key to the set inside the same sendmsg before it
+#            starts the kill, so "reset seen" means "in set and reset";
+#            every banned key is checked in the set afterwards.
+#   shell:   write 203.0.113.i to a FIFO read by a per-event shell follower
+#            in the node (`ipset add` + `ss -K` as processes, what follower
+#            scripts do; it gets the address for free, no log parsing) →
+#            the reset.
+# Trials alternate refract/shell so machine noise hits both alike.
+# Output: `ban-latency refract p50_us=… p99_us=…` and `… shell …` lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-240}
+idle=${2:-10000}
+ehash=${3:-16384}
+bin=${REFRACT:-target/release/refract}
+((n >= 1 && n <= 250)) || { echo "ban-latency: N must be 1..250 (one /24 of trial addresses)" >&2; exit 2; }
+if [[ $(id -u) -ne 0 ]]; then
+    echo "ban-latency: skip: needs root (network namespaces)" >&2
+    exit 0
+fi
+for c in ip ipset iptables ss python3; do
+    command -v "$c" >/dev/null || { echo "ban-latency: skip: $c not installed" >&2; exit 0; }
+done
+if [[ ! -x $bin ]]; then
+    cargo build --release --quiet
+fi
+bin=$(realpath "$bin")
+# Each side holds IDLE + 2N sockets.
+ulimit -n $((idle + 2 * n + 1024))
+
+node=rfb-node-$$
+cli=rfb-cli-$$
+outer=rfb-outer-$$
+dir=$(mktemp -d "${TMPDIR:-/tmp}/refract-banlat.XXXXXX")
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    ip netns del "$node" 2>/dev/null || true
+    ip netns del "$cli" 2>/dev/null || true
+    ip netns del "$outer" 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if ((ehash > 0)); then
+    # The node namespace is created from inside $outer, whose
+    # tcp_child_ehash_entries sizes the new namespace's table, then named.
+    ip netns add "$outer"
+    ip netns exec "$outer" sysctl -qw net.ipv4.tcp_child_ehash_entries="$ehash"
+    ip netns exec "$outer" unshare --net sleep 600 &
+    holder=$!
+    pids+=("$holder")
+    outer_ino=$(stat -L -c %i "/run/netns/$outer")
+    for _ in $(seq 500); do
+        ino=$(stat -L -c %i "/proc/$holder/ns/net" 2>/dev/null || echo "$outer_ino")
+        [[ $ino != "$outer_ino" ]] && break
+        sleep 0.01
+    done
+    ip netns attach "$node" "$holder"
+    ip netns del "$outer"
+else
+    ip netns add "$node"
+fi
+ip netns add "$cli"
+ip link add "rfbn$$" netns "$node" type veth peer name "rfbc$$" netns "$cli"
+{
+    echo "link set lo up"
+    echo "link set rfbn$$ up"
+    echo "addr add 192.0.2.1/24 dev rfbn$$"
+    echo "route add 198.51.100.0/24 dev rfbn$$"
+    echo "route add 203.0.113.0/24 dev rfbn$$"
+} | ip -n "$node" -batch -
+{
+    echo "link set lo up"
+    echo "link set rfbc$$ up"
+    echo "addr add 192.0.2.2/24 dev rfbc$$"
+    for ((i = 1; i <= n; i++)); do
+        echo "addr add 198.51.100.$i/32 dev rfbc$$"
+        echo "addr add 203.0.113.$i/32 dev rfbc$$"
+    done
+} | ip -n "$cli" -batch -
+# Enough ephemeral ports and accept backlog for the idle connections.
+ip netns exec "$cli" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
+ip netns exec "$node" sysctl -qw net.core.somaxconn=4096
+
+helper=$PWD/scripts/ban-latency.py
+ip netns exec "$node" python3 "$helper" server 0.0.0.0 443 "$dir/ready" &
+pids+=($!)
+log=$dir/access.log
+: >"$log"
+REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window=1h --timeout=10m \
+    --access.log="$log" --block.log="$dir/block.log" 2>"$dir/refract.err" &
+daemon=$!
+pids+=("$daemon")
+for _ in $(seq 500); do
+    [[ -e $dir/ready ]] && grep -q ' following ' "$dir/refract.err" 2>/dev/null && break
+    sleep 0.01
+done
+[[ -e $dir/ready ]] || { echo "ban-latency: the server did not start" >&2; exit 1; }
+grep -q ' following ' "$dir/refract.err" || { cat "$dir/refract.err" >&2; exit 1; }
+
+# The shell path: a per-event follower, as operators write them.
+ip netns exec "$node" ipset create rfb_shell hash:ip timeout 600
+mkfifo "$dir/fifo"
+# shellcheck disable=SC2016 # expanded by the inner bash
+ip netns exec "$node" bash -c '
+    while read -r a; do
+        ipset add rfb_shell "$a"
+        # The node end of a client connection has local (source) port 443.
+        ss -tK dst "$a" sport = :443 >/dev/null
+    done' <"$dir/fifo" &
+pids+=($!)
+
+out=$(ip netns exec "$cli" python3 "$helper" client 192.0.2.1 443 "$log" "$dir/fifo" \
+    "$idle" "$n" 192.0.2.2 198.51.100 203.0.113 2>"$dir/client.err") ||
+    { cat "$dir/client.err" >&2; exit 1; }
+in_set=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^198\.51\.100\.' || true)
+kill -USR1 "$daemon" 2>/dev/null || true
+sleep 0.2
+while read -r path rest; do
+    case $path in
+        refract | shell) echo "ban-latency $path $rest" ;;
+        idle_alive=*) echo "ban-latency idle $path of $idle" ;;
+    esac
+done <<<"$out"
+echo "ban-latency refract_keys_in_set=$in_set of $n"
+echo "ban-latency node_ehash=$(ip netns exec "$node" sysctl -n net.ipv4.tcp_ehash_entries)"
+grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed 's/^/ban-latency refract /'

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# refract's performance suite: one markdown table on stdout and in
+# target/bench/latest.md. Every figure is measured in this run next to its
+# reference (ratios, medians), so tables from different machines and
+# versions compare.
+#
+#   sudo scripts/bench.sh [--quick]
+#
+# Sections (the table's format is stable; add rows, don't reorder):
+#   throughput  `refract replay` of a generated 1,000,000-line log (median of
+#               5) vs fail2ban-regex with an equivalent failregex (one run;
+#               --quick: the first 100,000 lines), `grep -c 'email:'` and
+#               `wc -l` (the memory-bandwidth reference), medians of 5
+#   latency     scripts/ban-latency.sh: the daemon in kernel mode in network
+#               namespaces, 10,000 idle connections, line appended → key in
+#               set and RST at the client, vs `ipset add` + `ss -K` processes
+#               (needs root; skipped otherwise)
+#   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s)
+#   scale       1,000,000 lines cycling over N = 10k, 100k, 1M distinct users
+#               (all tracked, --window=1h): `refract replay` wall ns/line
+#               (median of 3), and the dry-run daemon reading the same file:
+#               CPU ns/line, RssAnon (its tables) and VmHWM
+#
+# Nothing here touches the host's firewall: kernel work happens only in the
+# namespaces ban-latency.sh creates and removes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[[ ${1:-} == --quick ]] && quick=1
+# shellcheck source=scripts/deps.sh
+. scripts/deps.sh
+refract_install_deps bench
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+out=$CARGO_TARGET_DIR/bench
+mkdir -p "$out"
+helper=scripts/bench.py
+runs=5
+lines=1000000
+
+say() { echo "bench: $*" >&2; }
+
+# The generator is a bench target (the `bench` profile writes into
+# target/release too), so generate first, then build the release binary
+# and keep a copy that a later `cargo bench` cannot overwrite.
+log=$out/log-1m
+if [[ ! -s $log ]]; then
+    say "generating $lines lines"
+    cargo bench --quiet --bench replay -- --write-log "$log" "$lines" >/dev/null
+fi
+say "building release"
+cargo build --release --quiet
+bin=$out/refract
+cp "$CARGO_TARGET_DIR/release/refract" "$bin.tmp"
+mv -f "$bin.tmp" "$bin"
+export REFRACT=$bin
+
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+rows=()
+row() { rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "-" }'; }
+ns_line() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.1f", s * 1e9 / n }'; }
+per_s() { awk -v s="$1" -v n="$2" 'BEGIN { printf "%.0f", n / s }'; }
+yes_no() { awk "BEGIN { print ($1) ? \"yes\" : \"**no**\" }"; }
+
+# ---- throughput ----
+say "throughput"
+med() { python3 "$helper" time "$runs" "$@" | cut -d' ' -f1; }
+t_refract=$(med "$bin" replay "$log")
+t_grep=$(med grep -c 'email:' "$log")
+t_wc=$(med wc -l "$log")
+f2b_conf=$out/refract-f2b.conf
+cat >"$f2b_conf" <<'EOF'
+# Matches the lines refract counts: `from [tcp:|udp:]ADDR:PORT accepted ... email: USER`.
+[Definition]
+failregex = ^\s*(?:\S+\s+)*?from (?:tcp:|udp:)?\[?<HOST>\]?:\d+ accepted .*\bemail: ?\S+
+ignoreregex =
+datepattern = ^%%Y/%%m/%%d %%H:%%M:%%S(?:\.%%f)?
+EOF
+f2b_log=$log
+f2b_lines=$lines
+if ((quick)); then
+    f2b_lines=100000
+    f2b_log=$out/log-100k
+    head -n "$f2b_lines" "$log" >"$f2b_log"
+fi
+if command -v fail2ban-regex >/dev/null; then
+    t_f2b=$(python3 "$helper" time 1 fail2ban-regex "$f2b_log" "$f2b_conf" | cut -d' ' -f1)
+    f2b_ns=$(ns_line "$t_f2b" "$f2b_lines")
+else
+    say "fail2ban-regex not installed: its row is empty"
+    t_f2b=0 f2b_ns=0
+fi
+r_ns=$(ns_line "$t_refract" "$lines")
+row throughput "refract replay, 1M lines (median of $runs)" "$r_ns ns/line, $(per_s "$t_refract" "$lines") lines/s" "" "" ""
+if [[ $f2b_ns != 0 ]]; then
+    row throughput "fail2ban-regex, $f2b_lines lines (1 run)" "$f2b_ns ns/line, $(per_s "$t_f2b" "$f2b_lines") lines/s" \
+        "refract is $(ratio "$f2b_ns" "$r_ns")x faster" "≥ 100x" "$(yes_no "$f2b_ns >= 100 * $r_ns")"
+fi
+row throughput "grep -c 'email:' (median of $runs)" "$(ns_line "$t_grep" "$lines") ns/line" "refract / grep: $(ratio "$t_refract" "$t_grep")x" "" ""
+row throughput "wc -l, newline count (median of $runs)" "$(ns_line "$t_wc" "$lines") ns/line" "refract / wc -l: $(ratio "$t_refract" "$t_wc")x" "≤ 5x" "$(yes_no "$t_refract <= 5 * $t_wc")"
+
+# ---- latency ----
+say "latency (network namespaces)"
+bans=240
+((quick)) && bans=200
+# ehash: the node namespace's own TCP hash like a 2 GiB node (16384
+# buckets; the realistic case), then the host's shared table (0).
+# Then with no idle connections: what the sock_diag dump over 10k sockets
+# costs is the difference.
+for run in "16384 10000" "0 10000" "16384 0"; do
+    read -r ehash idle <<<"$run"
+    if ((ehash)); then where="own TCP hash of $ehash buckets"; else where="host's shared TCP hash"; fi
+    if lat=$(scripts/ban-latency.sh "$bans" "$idle" "$ehash") && [[ -n $lat ]]; then
+        get() { sed -n "s/^ban-latency $1 .*$2=\([0-9-]*\).*/\1/p" <<<"$lat" | head -1; }
+        rp50=$(get refract p50_us) rp99=$(get refract p99_us) rlost=$(get refract lost)
+        sp50=$(get shell p50_us) sp99=$(get shell p99_us) slost=$(get shell lost)
+        alive=$(sed -n 's/^ban-latency idle idle_alive=\([0-9]*\).*/\1/p' <<<"$lat")
+        inset=$(sed -n 's/^ban-latency refract_keys_in_set=\([0-9]*\).*/\1/p' <<<"$lat")
+        row latency "refract: line appended → in set + RST at client; $bans bans, $idle idle conns, $where" \
+            "p50 $rp50 µs, p99 $rp99 µs (lost $rlost; $inset/$bans in set; $alive/$idle idle untouched)" "" "p99 < 2 ms" "$(yes_no "$rp99 >= 0 && $rp99 < 2000")"
+        row latency "shell: ipset add + ss -K as processes, same run" "p50 $sp50 µs, p99 $sp99 µs (lost $slost)" \
+            "shell / refract: p50 $(ratio "$sp50" "$rp50")x, p99 $(ratio "$sp99" "$rp99")x" "≥ 5x" "$(yes_no "$sp99 >= 5 * $rp99")"
+    else
+        say "ban-latency skipped or failed"
+        row latency "ban latency, $where" "not measured (needs root, ip, ipset, iptables, ss)" "" "p99 < 2 ms" "-"
+    fi
+done
+
+# ---- footprint ----
+say "footprint"
+stream=$out/log-stream
+head -n 600000 "$log" >"$stream"
+fp_args=()
+((quick)) && fp_args+=(--quick)
+fp=$(REFRACT_GEN_LOG=$stream scripts/footprint.sh "${fp_args[@]}")
+fget() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$fp" | head -1; }
+bytes=$(fget binary_bytes)
+row footprint "stripped release binary" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f KiB", b / 1024 }')" "" "< 1 MiB" "$(yes_no "$bytes < 1048576")"
+idle=$(fget idle_rss_kib)
+row footprint "RSS idle (VmRSS, following an empty log)" "$idle KiB (RssAnon $(fget idle_anon_kib) KiB, Pss $(fget idle_pss_kib) KiB)" "" "< 2 MiB" "$(yes_no "$idle < 2048")"
+row footprint "RSS after 100,000 tracked users" "$(fget users100k_rss_kib) KiB (VmHWM $(fget users100k_hwm_kib) KiB, RssAnon $(fget users100k_anon_kib) KiB)" "" "" ""
+wk=$(fget idle_wakeups) ws=$(fget idle_secs)
+row footprint "wakeups idle (context switches over $ws s)" "$wk ($(awk -v w="$wk" -v s="$ws" 'BEGIN { printf "%.1f", w * 60 / s }')/min)" "" "0" "$(yes_no "$wk == 0")"
+cpu=$(fget follow_cpu_pct)
+row footprint "CPU following 10,000 lines/s for $(fget follow_secs) s" "$cpu % of one core" "" "< 5 %" "$(yes_no "$cpu < 5")"
+
+# ---- scale ----
+say "scale"
+for n in 10000 100000 1000000; do
+    f=$out/users-$n
+    [[ -s $f ]] || python3 "$helper" users "$n" "$lines" "$f"
+    read -r t _ < <(python3 "$helper" time 3 "$bin" replay --window=1h \
+        --max-users=2000000 --max-keys=2000000 "$f")
+    tr=$(scripts/footprint.sh --tracked "$f" "$lines")
+    tget() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$tr" | head -1; }
+    label=$(awk -v n="$n" 'BEGIN { if (n >= 1e6) printf "%dM", n / 1e6; else printf "%dk", n / 1e3 }')
+    row scale "1M lines cycling over $label users, all tracked (--window=1h)" \
+        "replay $(ns_line "$t" "$lines") ns/line (wall, median of 3); daemon $(tget tracked_cpu_ns_line) ns/line (CPU), RssAnon $(tget tracked_anon_kib) KiB, VmHWM $(tget tracked_hwm_kib) KiB, users $(tget tracked_users)" "" "" ""
+done
+
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+{
+    echo "refract $("$bin" --version 2>/dev/null | head -1 || true) · $(date -u +%Y-%m-%d) · $(nproc) CPU ($cpu_model) · Linux $(uname -r) · load average at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg)$( ((quick)) && echo ' · --quick')"
+    echo
+    echo "| section | measure | value | vs reference | goal | met |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${rows[@]}"
+} | tee "$out/latest.md"

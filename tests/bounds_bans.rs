@@ -1,0 +1,183 @@
+//! A flood of bans against the real daemon and the real kernel, inside a
+//! throwaway network namespace: one user violating from 100,000 distinct
+//! addresses as fast as the lines can be written, with a small
+//! `--set-size` (1024) so the set fills early.
+//!
+//! - The loop stays responsive: during the flood, SIGUSR1 is answered (the
+//!   `stats:` line is in stderr) within 100 ms, every time.
+//! - The set stays within `maxelem`: the kernel refuses the rest with
+//!   `IPSET_ERR_HASH_FULL`; refract counts that (`set_full`), says it once,
+//!   and goes on: every line is read, every decision audited, and once
+//!   there is room again a ban lands in the set.
+//! - SIGTERM after the flood exits 0, promptly.
+//!
+//! Skips when not root or when `ip`, `ipset` or `iptables` are missing.
+
+mod common;
+mod daemon_util;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::netns::{have_tool, Netns};
+use daemon_util::*;
+
+const BANS: u64 = 100_000;
+const SET_SIZE: u64 = 1024;
+/// The promise: a signal is handled within this, even mid-flood.
+const SIGNAL_LATENCY: Duration = Duration::from_millis(100);
+
+/// Ban number `i`'s address: 10.x.y.z inside the namespace (never routed).
+fn addr(i: u64) -> String {
+    let n = (10u64 << 24) + 0x0100 + i;
+    format!(
+        "{}.{}.{}.{}",
+        n >> 24,
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        n & 255
+    )
+}
+
+fn stats_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.starts_with("refract: stats: "))
+        .collect()
+}
+
+#[test]
+fn ban_flood_stays_responsive_and_within_maxelem() {
+    for tool in ["ipset", "iptables", "ip6tables"] {
+        if !have_tool(tool, &["--version"]) {
+            eprintln!("skip: `{tool}` not installed");
+            return;
+        }
+    }
+    let Some(ns) = Netns::new("banflood") else {
+        return;
+    };
+    let dir = TempDir::new("bounds-bans");
+    let access = dir.path("access.log");
+    let block = dir.path("block.log");
+    let stderr = dir.path("refract.stderr");
+    append(&access, "");
+    let cmd = format!(
+        "REFRACT_LOG=stderr exec {BIN} --dport=443 --window=1h --timeout=1h --set-size={SET_SIZE} \
+         --access.log={} --block.log={} 2>{}",
+        access.display(),
+        block.display(),
+        stderr.display()
+    );
+    let mut child = ns.spawn(&["sh", "-c", &cmd]);
+    let pid = child.id();
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the startup line", || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("refract exited at startup ({st}): {}", log());
+        }
+        log().contains(" following ").then_some(())
+    });
+
+    // The flood: the user's first address is admitted, each next one is a
+    // ban. Written in 1 MiB chunks, as fast as the disk takes them.
+    let mut text = access_line("flood@example.com", "198.51.100.1").into_bytes();
+    for i in 0..BANS {
+        text.extend_from_slice(access_line("flood@example.com", &addr(i)).as_bytes());
+    }
+    let mut f = OpenOptions::new().append(true).open(&access).unwrap();
+    let start = Instant::now();
+    for chunk in text.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    drop(f);
+
+    // Probe while the daemon is busy with the backlog.
+    let mut latencies = Vec::new();
+    let mut mid_flood = 0;
+    for _ in 0..20 {
+        let before = stats_lines(&log()).len();
+        let t = Instant::now();
+        refract::sys::process::kill(pid, libc::SIGUSR1).unwrap();
+        let line = wait_until(Duration::from_secs(10), "a stats line", || {
+            let l = log();
+            stats_lines(&l).get(before).map(|s| s.to_string())
+        });
+        let took = t.elapsed();
+        let s = parse_stats(&line);
+        if s["parsed_lines"] < BANS + 1 {
+            mid_flood += 1;
+            latencies.push(took);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = wait_until(Duration::from_secs(120), "the whole flood read", || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("refract exited during the flood ({st}): {}", log());
+        }
+        let before = stats_lines(&log()).len();
+        refract::sys::process::kill(pid, libc::SIGUSR1).unwrap();
+        let line = wait_until(Duration::from_secs(10), "a stats line", || {
+            let l = log();
+            stats_lines(&l).get(before).map(|s| s.to_string())
+        });
+        let s = parse_stats(&line);
+        if s["parsed_lines"] == BANS + 1 && s["enforcer_bans"] == BANS {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    let took = start.elapsed();
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "ban flood: {BANS} bans in {took:?}; {mid_flood} SIGUSR1 probes mid-flood, worst {worst:?}; \
+         set_full={} enforcer_errors={}",
+        s["set_full"], s["enforcer_errors"]
+    );
+    assert!(mid_flood >= 3, "the flood ended before it could be probed");
+    assert!(
+        worst < SIGNAL_LATENCY,
+        "a signal waited {worst:?} mid-flood: {latencies:?}"
+    );
+
+    // Every decision made and audited; the set never past maxelem.
+    assert_eq!(s["bans"], BANS, "{s:?}");
+    let audit = std::fs::read_to_string(&block).unwrap();
+    assert_eq!(audit.lines().count() as u64, BANS);
+    let header = ns.ok(&["ipset", "list", "-t", "refract_banned_users"]);
+    let entries: u64 = header
+        .lines()
+        .find_map(|l| l.strip_prefix("Number of entries: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{header}"));
+    assert!(entries <= SET_SIZE, "{header}");
+    assert!(header.contains(&format!("maxelem {SET_SIZE}")), "{header}");
+    // The rest refused by the kernel, counted, said once.
+    assert_eq!(s["set_full"], BANS - entries, "{s:?}");
+    let full = log().matches("is full (--set-size").count();
+    assert_eq!(full, 1, "{}", log());
+    // No other failure: no kill dropped, no request lost.
+    assert_eq!(s["enforcer_errors"], s["set_full"], "{s:?}");
+
+    // Not fatal: with room again, the next ban lands.
+    ns.ok(&["ipset", "flush", "refract_banned_users"]);
+    append(&access, &access_line("flood@example.com", "203.0.113.77"));
+    wait_until(
+        Duration::from_secs(5),
+        "a ban after the set had room",
+        || {
+            let out = ns.ok(&["ipset", "list", "refract_banned_users"]);
+            out.contains("203.0.113.77 timeout").then_some(())
+        },
+    );
+
+    let t = Instant::now();
+    refract::sys::process::kill(pid, libc::SIGTERM).unwrap();
+    let st = wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
+    let exit = t.elapsed();
+    eprintln!("SIGTERM to exit: {exit:?}");
+    assert_eq!(st.code(), Some(0), "{}", log());
+    // Nothing left to flush after the flood: no reason to wait.
+    assert!(exit < Duration::from_millis(500), "exit took {exit:?}");
+}

@@ -1,0 +1,284 @@
+//! Least privilege of the real daemon, started as root: after startup it
+//! holds exactly the capabilities `src/privilege.rs` documents, read from
+//! `/proc/PID/status` (CapEff, CapPrm, CapBnd, CapInh, CapAmb,
+//! NoNewPrivs), and what it kept is enough: a ban lands in the set, and a
+//! repair (set destroyed, DROP rule gone) recreates the set and re-runs
+//! `iptables` with the dropped set. With a log owned by another user it
+//! keeps `CAP_DAC_READ_SEARCH` and follows a rotation to a `0600` file of
+//! that user. Skips when not root or tools are missing.
+
+mod common;
+mod daemon_util;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::netns::{have_tool, is_root, Netns};
+use daemon_util::*;
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_NET_RAW: u32 = 13;
+/// `nobody`, the user Xray's unit runs as.
+const NOBODY: u32 = 65534;
+
+/// The `Cap*` masks and `NoNewPrivs` of `pid`.
+fn caps(pid: u32) -> HashMap<String, u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let v = v.trim();
+            if k.starts_with("Cap") {
+                Some((k.to_string(), u64::from_str_radix(v, 16).ok()?))
+            } else if k == "NoNewPrivs" {
+                Some((k.to_string(), v.parse().ok()?))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn assert_exactly(pid: u32, want: u64, log: &str) {
+    let c = caps(pid);
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(c[set], want, "{set}={:x}, want {want:x}: {log}", c[set]);
+    }
+    assert_eq!(c["CapInh"], 0, "{c:?}");
+    assert_eq!(c["CapAmb"], 0, "{c:?}");
+    assert_eq!(c["NoNewPrivs"], 1, "{c:?}");
+}
+
+#[test]
+fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
+    for tool in ["ipset", "iptables", "ip6tables"] {
+        if !have_tool(tool, &["--version"]) {
+            eprintln!("skip: `{tool}` not installed");
+            return;
+        }
+    }
+    let Some(ns) = Netns::new("privs") else {
+        return;
+    };
+    let dir = TempDir::new("bounds-privs");
+    let access = dir.path("access.log");
+    let block = dir.path("block.log");
+    let stderr = dir.path("refract.stderr");
+    append(&access, "");
+    let cmd = format!(
+        "REFRACT_LOG=stderr exec {BIN} --dport=443 --window=1h --timeout=1m \
+         --access.log={} --block.log={} 2>{}",
+        access.display(),
+        block.display(),
+        stderr.display()
+    );
+    let mut child = ns.spawn(&["sh", "-c", &cmd]);
+    let pid = child.id();
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the capabilities line", || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("refract exited at startup ({st}): {}", log());
+        }
+        log().contains("capabilities: kept").then_some(())
+    });
+    // cap_net_raw: iptables' set match needs a raw socket, even iptables-nft.
+    let want = 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW;
+    assert_exactly(pid, want, &log());
+    eprintln!(
+        "{}",
+        log().lines().find(|l| l.contains("capabilities:")).unwrap()
+    );
+
+    // A ban still works.
+    append(&access, &access_line("alice@example.com", "198.51.100.7"));
+    append(&access, &access_line("alice@example.com", "203.0.113.9"));
+    wait_until(Duration::from_secs(5), "the ban in the set", || {
+        let out = ns.ok(&["ipset", "list", "refract_banned_users"]);
+        out.contains("203.0.113.9 timeout").then_some(())
+    });
+
+    // A repair: rule and set gone behind our back. The next ban recreates
+    // the set and runs iptables again, with the capabilities we kept.
+    let rule = [
+        "-p",
+        "tcp",
+        "--dport",
+        "443",
+        "-m",
+        "set",
+        "--match-set",
+        "refract_banned_users",
+        "src",
+        "-j",
+        "DROP",
+    ];
+    let mut del = vec!["iptables", "-D", "INPUT"];
+    del.extend(rule);
+    ns.ok(&del);
+    ns.ok(&["ipset", "destroy", "refract_banned_users"]);
+    append(&access, &access_line("bob@example.com", "198.51.100.8"));
+    append(&access, &access_line("bob@example.com", "203.0.113.10"));
+    wait_until(
+        Duration::from_secs(10),
+        "the set recreated with the ban",
+        || {
+            let out = ns.exec(&["ipset", "list", "refract_banned_users"]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("203.0.113.10 timeout")
+                .then_some(())
+        },
+    );
+    let mut check = vec!["iptables", "-C", "INPUT"];
+    check.extend(rule);
+    let back =
+        common::netns::wait_until(Duration::from_secs(10), || ns.exec(&check).status.success());
+    assert!(back, "the DROP rule did not come back: {}", log());
+    assert!(log().contains("has been recreated"), "{}", log());
+    assert!(!log().contains("firewall:"), "{}", log());
+    // Still exactly the kept set after the repair.
+    assert_exactly(pid, want, &log());
+
+    refract::sys::process::kill(pid, libc::SIGTERM).unwrap();
+    let st = wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
+    assert_eq!(st.code(), Some(0), "{}", log());
+}
+
+#[test]
+fn dry_run_keeps_nothing() {
+    if !is_root() {
+        eprintln!("skip: needs root");
+        return;
+    }
+    let dir = TempDir::new("bounds-privs-dry");
+    append(&dir.path("access.log"), "");
+    let d = Daemon::start(&dir, &[]);
+    wait_until(Duration::from_secs(5), "the capabilities line", || {
+        d.log().contains("capabilities: kept none").then_some(())
+    });
+    assert_exactly(d.pid(), 0, &d.log());
+}
+
+#[test]
+fn a_log_owned_by_the_proxy_user_keeps_dac_read_search() {
+    if !is_root() {
+        eprintln!("skip: needs root");
+        return;
+    }
+    let dir = TempDir::new("bounds-privs-nobody");
+    let access = dir.path("access.log");
+    append(&access, "");
+    std::os::unix::fs::chown(&dir.0, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::os::unix::fs::chown(&access, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = Daemon::start(&dir, &["--window=1h"]);
+    wait_until(Duration::from_secs(5), "the capabilities line", || {
+        d.log().contains("capabilities: kept").then_some(())
+    });
+    assert_exactly(d.pid(), 1 << CAP_DAC_READ_SEARCH, &d.log());
+
+    // Rotation as Xray does it: a new 0600 file of the proxy's user.
+    let next = dir.path("access.log.new");
+    append(
+        &next,
+        &(access_line("carol@example.com", "198.51.100.9")
+            + &access_line("carol@example.com", "203.0.113.11")),
+    );
+    std::os::unix::fs::chown(&next, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&next, &access).unwrap();
+    let audit = d.wait_audit(1, Duration::from_secs(5));
+    assert!(audit[0].contains("from 203.0.113.11"), "{audit:?}");
+}
+
+/// Files the daemon creates are not world-readable (the audit log names
+/// users): the audit log `0640`, its missing directory `0750`, whatever
+/// the umask lets through (modes are upper bounds). Also after a SIGHUP
+/// reopen, which runs with the capabilities dropped.
+#[test]
+fn created_files_have_restrictive_modes() {
+    let dir = TempDir::new("bounds-modes");
+    append(&dir.path("access.log"), "");
+    let audit_dir = dir.path("audit");
+    let audit = audit_dir.join("block.log");
+    let stderr = dir.path("refract.stderr");
+    let child = std::process::Command::new(BIN)
+        .arg("--dry-run")
+        .arg(format!("--access.log={}", dir.path("access.log").display()))
+        .arg(format!("--block.log={}", audit.display()))
+        .env("REFRACT_LOG", "stderr")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the startup line", || {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("refract exited at startup ({st}): {}", log());
+        }
+        log().contains(" following ").then_some(())
+    });
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&audit_dir), 0o750);
+    assert_eq!(mode(&audit), 0o640);
+    std::fs::rename(&audit, audit_dir.join("block.log.1")).unwrap();
+    refract::sys::process::kill(child.0.id(), libc::SIGHUP).unwrap();
+    wait_until(Duration::from_secs(5), "the reopened audit log", || {
+        audit.exists().then_some(())
+    });
+    assert_eq!(mode(&audit), 0o640);
+}
+
+/// Kills the daemon when the test ends, failed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Under a unit that bounds the capabilities already (systemd's
+/// `CapabilityBoundingSet=`), there is no `CAP_SETPCAP` to shrink the
+/// bounding set further: what cannot go is left there, said in the log,
+/// and still removed from every other set.
+#[test]
+fn without_setpcap_the_rest_still_goes() {
+    if !is_root() || !have_tool("setpriv", &["--version"]) {
+        eprintln!("skip: needs root and setpriv (util-linux)");
+        return;
+    }
+    let dir = TempDir::new("bounds-privs-unit");
+    append(&dir.path("access.log"), "");
+    let stderr = dir.path("refract.stderr");
+    let child = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-all,+net_admin,+net_raw", BIN, "--dry-run"])
+        .arg(format!("--access.log={}", dir.path("access.log").display()))
+        .arg(format!("--block.log={}", dir.path("block.log").display()))
+        .env("REFRACT_LOG", "stderr")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_until(Duration::from_secs(10), "the capabilities line", || {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!("refract exited at startup ({st}): {}", log());
+        }
+        log().contains("capabilities: kept").then_some(())
+    });
+    let c = caps(child.0.id());
+    assert_eq!(c["CapEff"], 0, "{c:?}");
+    assert_eq!(c["CapPrm"], 0, "{c:?}");
+    assert_eq!(c["CapBnd"], 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW, "{c:?}");
+    assert_eq!(c["NoNewPrivs"], 1, "{c:?}");
+    assert!(
+        log().contains("but cap_net_admin,cap_net_raw stay in the bounding set"),
+        "{}",
+        log()
+    );
+}

@@ -1,0 +1,48 @@
+"""The web server behind the proxy node in tests/e2e_v2ray.rs.
+
+GET /slow/<secs> answers 200 with Content-Length and streams 1000 bytes
+every 100 ms for <secs> seconds (a long download whose break the client
+notices as a short body); any other path answers "ok". Prints "ready" once
+listening. Usage: slow_http.py ADDRESS PORT
+"""
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        parts = self.path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "slow":
+            chunks = int(float(parts[1]) * 10)
+            self.send_response(200)
+            self.send_header("Content-Length", str(chunks * 1000))
+            self.end_headers()
+            for _ in range(chunks):
+                self.wfile.write(b"x" * 1000)
+                self.wfile.flush()
+                time.sleep(0.1)
+        else:
+            body = b"ok\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client cut off mid-download (the point of the test) is no error.
+        pass
+
+
+server = Server((sys.argv[1], int(sys.argv[2])), Handler)
+print("ready", flush=True)
+server.serve_forever()
