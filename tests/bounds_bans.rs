@@ -20,7 +20,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::netns::{have_tool, Netns};
+use common::netns::firewall_netns;
 use daemon_util::*;
 
 const BANS: u64 = 100_000;
@@ -48,13 +48,7 @@ fn stats_lines(log: &str) -> Vec<&str> {
 
 #[test]
 fn ban_flood_stays_responsive_and_within_maxelem() {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return;
-        }
-    }
-    let Some(ns) = Netns::new("banflood") else {
+    let Some(ns) = firewall_netns("banflood") else {
         return;
     };
     let dir = TempDir::new("bounds-bans");

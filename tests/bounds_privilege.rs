@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::netns::{have_tool, is_root, Netns};
+use common::netns::{firewall_netns, have_tool, is_root};
 use daemon_util::*;
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
@@ -53,13 +53,7 @@ fn assert_exactly(pid: u32, want: u64, log: &str) {
 
 #[test]
 fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return;
-        }
-    }
-    let Some(ns) = Netns::new("privs") else {
+    let Some(ns) = firewall_netns("privs") else {
         return;
     };
     let dir = TempDir::new("bounds-privs");

@@ -9,40 +9,26 @@ mod daemon_util;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{have_tool, Netns};
+use common::netns::firewall_netns;
 use daemon_util::*;
 
 #[test]
 fn violation_lands_in_the_ipset() {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return;
-        }
-    }
-    let Some(ns) = Netns::new("daemon") else {
+    let Some(ns) = firewall_netns("daemon") else {
         return;
     };
     let dir = TempDir::new("kernel");
     let access = dir.path("access.log");
     let block = dir.path("block.log");
-    let stderr = dir.path("refract.stderr");
     append(&access, "");
-    let cmd = format!(
-        "REFRACT_LOG=stderr exec {BIN} --dport=443 --window=1h --timeout=1m \
-         --access.log={} --block.log={} 2>{}",
-        access.display(),
-        block.display(),
-        stderr.display()
+    let mut d = Daemon::start_with(
+        &dir,
+        &access,
+        &block,
+        &["ip", "netns", "exec", ns.name()],
+        &["--dport=443", "--window=1h", "--timeout=1m"],
     );
-    let mut child = ns.spawn(&["sh", "-c", &cmd]);
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    wait_until(Duration::from_secs(10), "the startup line", || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("refract exited at startup ({st}): {}", log());
-        }
-        log().contains(" following ").then_some(())
-    });
+    let log = || d.log();
     assert!(log().contains("enforcer kernel"), "{}", log());
     let rules = ns.ok(&["iptables", "-S", "INPUT"]);
     assert!(
@@ -67,10 +53,9 @@ fn violation_lands_in_the_ipset() {
         "{audit}"
     );
 
-    refract::sys::process::kill(child.id(), libc::SIGTERM).unwrap();
-    let st = wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
-    assert_eq!(st.code(), Some(0), "{}", log());
-    assert!(log().contains("enforcer_bans=1"), "{}", log());
+    let (st, _) = d.terminate();
+    assert_eq!(st.code(), Some(0), "{}", d.log());
+    assert!(d.log().contains("enforcer_bans=1"), "{}", d.log());
 }
 
 /// `refract check` before a run changes nothing and says what startup will
@@ -79,13 +64,7 @@ fn violation_lands_in_the_ipset() {
 /// `check` then says it would create them again.
 #[test]
 fn check_run_restart_cleanup() {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return;
-        }
-    }
-    let Some(ns) = Netns::new("lifecycle") else {
+    let Some(ns) = firewall_netns("lifecycle") else {
         return;
     };
     let dir = TempDir::new("lifecycle");
@@ -121,40 +100,32 @@ fn check_run_restart_cleanup() {
         "check created nothing"
     );
 
-    let run = |n: usize| {
-        let stderr = dir.path(&format!("refract{n}.stderr"));
-        let cmd = format!(
-            "REFRACT_LOG=stderr exec {BIN} --window=1h --timeout=10m {} {} 2>{}",
-            paths[0],
-            paths[1],
-            stderr.display()
-        );
-        let child = ns.spawn(&["sh", "-c", &cmd]);
-        let log = move || std::fs::read_to_string(&stderr).unwrap_or_default();
-        wait_until(Duration::from_secs(10), "the startup line", || {
-            log().contains(" following ").then_some(())
-        });
-        (child, log)
+    let run = || {
+        Daemon::start_with(
+            &dir,
+            &access,
+            &block,
+            &["ip", "netns", "exec", ns.name()],
+            &["--window=1h", "--timeout=10m"],
+        )
     };
-    let (mut child, log) = run(1);
+    let mut d = run();
     append(&access, &access_line("bob@example.com", "198.51.100.8"));
     append(&access, &access_line("bob@example.com", "203.0.113.10"));
     // The kill work finishes after the ban: its report is a line of its own.
     wait_until(Duration::from_secs(5), "the kill report", || {
-        log()
+        d.log()
             .contains("ban 203.0.113.10: ended 0 tcp connection(s), 0 udp flow(s)")
             .then_some(())
     });
-    refract::sys::process::kill(child.id(), libc::SIGTERM).unwrap();
-    wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
+    assert_eq!(d.terminate().0.code(), Some(0), "{}", d.log());
 
     // Restart: the ban is read back, the rule is not duplicated.
-    let (mut child, log) = run(2);
-    assert!(log().contains("restored 1 bans in force"), "{}", log());
+    let mut d = run();
+    assert!(d.log().contains("restored 1 bans in force"), "{}", d.log());
     let rules = ns.ok(&["iptables", "-S", "INPUT"]);
     assert_eq!(rules.matches("refract_banned_users").count(), 1, "{rules}");
-    refract::sys::process::kill(child.id(), libc::SIGTERM).unwrap();
-    wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
+    assert_eq!(d.terminate().0.code(), Some(0), "{}", d.log());
 
     let o = refract(&["cleanup"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();

@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::netns::{have_tool, Netns};
+use common::netns::{firewall_netns, have_tool, Netns};
 use refract::config::Protos;
 use refract::enforce::kernel::{KernelConfig, KernelEnforcer, StartError};
 use refract::enforce::Enforcer;
@@ -20,13 +20,7 @@ const S4: &str = "refract_banned_users";
 const S6: &str = "refract_banned_users6";
 
 fn ns(tag: &str) -> Option<Netns> {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return None;
-        }
-    }
-    Netns::new(tag)
+    firewall_netns(tag)
 }
 
 fn cfg(timeout_secs: u64, firewall: FirewallMode) -> KernelConfig {

@@ -4,18 +4,12 @@
 
 mod common;
 
-use common::netns::{have_tool, Netns};
+use common::netns::{firewall_netns, Netns};
 use refract::config::Protos;
 use refract::firewall::{Firewall, FirewallMode};
 
 fn ns(tag: &str) -> Option<Netns> {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return None;
-        }
-    }
-    Netns::new(tag)
+    firewall_netns(tag)
 }
 
 fn count(n: &Netns, bin: &str, needle: &str) -> usize {

@@ -34,6 +34,19 @@ pub fn is_root() -> bool {
 }
 
 /// Whether `tool` runs at all (`tool --version`-like probe by spawning it).
+/// A namespace for a test that needs the firewall tools: `None`, after
+/// printing why, when ipset, iptables or ip6tables is missing (or, from
+/// [`Netns::new`], when not root).
+pub fn firewall_netns(tag: &str) -> Option<Netns> {
+    for tool in ["ipset", "iptables", "ip6tables"] {
+        if !have_tool(tool, &["--version"]) {
+            eprintln!("skip: `{tool}` not installed");
+            return None;
+        }
+    }
+    Netns::new(tag)
+}
+
 pub fn have_tool(tool: &str, probe: &[&str]) -> bool {
     Command::new(tool)
         .args(probe)
