@@ -40,12 +40,6 @@ fn addr(i: u64) -> String {
     )
 }
 
-fn stats_lines(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.starts_with("refract: stats: "))
-        .collect()
-}
-
 #[test]
 fn ban_flood_stays_responsive_and_within_maxelem() {
     let Some(ns) = firewall_netns("banflood") else {
@@ -54,24 +48,15 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
     let dir = TempDir::new("bounds-bans");
     let access = dir.path("access.log");
     let block = dir.path("block.log");
-    let stderr = dir.path("refract.stderr");
     append(&access, "");
-    let cmd = format!(
-        "REFRACT_LOG=stderr exec {BIN} --dport=443 --window=1h --timeout=1h --set-size={SET_SIZE} \
-         --access.log={} --block.log={} 2>{}",
-        access.display(),
-        block.display(),
-        stderr.display()
+    let set_size = format!("--set-size={SET_SIZE}");
+    let mut d = Daemon::start_with(
+        &dir,
+        &access,
+        &block,
+        &["ip", "netns", "exec", ns.name()],
+        &["--dport=443", "--window=1h", "--timeout=1h", &set_size],
     );
-    let mut child = ns.spawn(&["sh", "-c", &cmd]);
-    let pid = child.id();
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    wait_until(Duration::from_secs(10), "the startup line", || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("refract exited at startup ({st}): {}", log());
-        }
-        log().contains(" following ").then_some(())
-    });
 
     // The flood: the user's first address is admitted, each next one is a
     // ban. Written in 1 MiB chunks, as fast as the disk takes them.
@@ -90,15 +75,9 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
     let mut latencies = Vec::new();
     let mut mid_flood = 0;
     for _ in 0..20 {
-        let before = stats_lines(&log()).len();
         let t = Instant::now();
-        refract::sys::process::kill(pid, libc::SIGUSR1).unwrap();
-        let line = wait_until(Duration::from_secs(10), "a stats line", || {
-            let l = log();
-            stats_lines(&l).get(before).map(|s| s.to_string())
-        });
+        let s = d.stats();
         let took = t.elapsed();
-        let s = parse_stats(&line);
         if s["parsed_lines"] < BANS + 1 {
             mid_flood += 1;
             latencies.push(took);
@@ -106,16 +85,10 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let s = wait_until(Duration::from_secs(120), "the whole flood read", || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("refract exited during the flood ({st}): {}", log());
+        if let Ok(Some(st)) = d.child.try_wait() {
+            panic!("refract exited during the flood ({st}): {}", d.log());
         }
-        let before = stats_lines(&log()).len();
-        refract::sys::process::kill(pid, libc::SIGUSR1).unwrap();
-        let line = wait_until(Duration::from_secs(10), "a stats line", || {
-            let l = log();
-            stats_lines(&l).get(before).map(|s| s.to_string())
-        });
-        let s = parse_stats(&line);
+        let s = d.stats();
         // enforcer_bans counts ban() calls; the kernel's answers to the last
         // ADDs may still wait in the socket: a full set refuses at least
         // BANS - SET_SIZE of them, wait until they are all counted.
@@ -155,8 +128,8 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
     assert!(header.contains(&format!("maxelem {SET_SIZE}")), "{header}");
     // The rest refused by the kernel, counted, said once.
     assert_eq!(s["set_full"], BANS - entries, "{s:?}");
-    let full = log().matches("is full (--set-size").count();
-    assert_eq!(full, 1, "{}", log());
+    let full = d.log().matches("is full (--set-size").count();
+    assert_eq!(full, 1, "{}", d.log());
     // No other failure: no kill dropped, no request lost.
     assert_eq!(s["enforcer_errors"], s["set_full"], "{s:?}");
 
@@ -172,12 +145,9 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
         },
     );
 
-    let t = Instant::now();
-    refract::sys::process::kill(pid, libc::SIGTERM).unwrap();
-    let st = wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
-    let exit = t.elapsed();
+    let (st, exit) = d.terminate();
     eprintln!("SIGTERM to exit: {exit:?}");
-    assert_eq!(st.code(), Some(0), "{}", log());
+    assert_eq!(st.code(), Some(0), "{}", d.log());
     // Nothing left to flush after the flood: no reason to wait.
     assert!(exit < Duration::from_millis(500), "exit took {exit:?}");
 }

@@ -59,30 +59,27 @@ fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
     let dir = TempDir::new("bounds-privs");
     let access = dir.path("access.log");
     let block = dir.path("block.log");
-    let stderr = dir.path("refract.stderr");
     append(&access, "");
-    let cmd = format!(
-        "REFRACT_LOG=stderr exec {BIN} --dport=443 --window=1h --timeout=1m \
-         --access.log={} --block.log={} 2>{}",
-        access.display(),
-        block.display(),
-        stderr.display()
+    let mut d = Daemon::start_with(
+        &dir,
+        &access,
+        &block,
+        &["ip", "netns", "exec", ns.name()],
+        &["--dport=443", "--window=1h", "--timeout=1m"],
     );
-    let mut child = ns.spawn(&["sh", "-c", &cmd]);
-    let pid = child.id();
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let pid = d.pid();
     wait_until(Duration::from_secs(10), "the capabilities line", || {
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("refract exited at startup ({st}): {}", log());
-        }
-        log().contains("capabilities: kept").then_some(())
+        d.log().contains("capabilities: kept").then_some(())
     });
     // cap_net_raw: iptables' set match needs a raw socket, even iptables-nft.
     let want = 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW;
-    assert_exactly(pid, want, &log());
+    assert_exactly(pid, want, &d.log());
     eprintln!(
         "{}",
-        log().lines().find(|l| l.contains("capabilities:")).unwrap()
+        d.log()
+            .lines()
+            .find(|l| l.contains("capabilities:"))
+            .unwrap()
     );
 
     // A ban still works.
@@ -128,15 +125,14 @@ fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
     check.extend(rule);
     let back =
         common::netns::wait_until(Duration::from_secs(10), || ns.exec(&check).status.success());
-    assert!(back, "the DROP rule did not come back: {}", log());
-    assert!(log().contains("has been recreated"), "{}", log());
-    assert!(!log().contains("firewall:"), "{}", log());
+    assert!(back, "the DROP rule did not come back: {}", d.log());
+    assert!(d.log().contains("has been recreated"), "{}", d.log());
+    assert!(!d.log().contains("firewall:"), "{}", d.log());
     // Still exactly the kept set after the repair.
-    assert_exactly(pid, want, &log());
+    assert_exactly(pid, want, &d.log());
 
-    refract::sys::process::kill(pid, libc::SIGTERM).unwrap();
-    let st = wait_until(Duration::from_secs(5), "exit", || child.try_wait().unwrap());
-    assert_eq!(st.code(), Some(0), "{}", log());
+    let (st, _) = d.terminate();
+    assert_eq!(st.code(), Some(0), "{}", d.log());
 }
 
 #[test]
@@ -196,43 +192,16 @@ fn created_files_have_restrictive_modes() {
     append(&dir.path("access.log"), "");
     let audit_dir = dir.path("audit");
     let audit = audit_dir.join("block.log");
-    let stderr = dir.path("refract.stderr");
-    let child = std::process::Command::new(BIN)
-        .arg("--dry-run")
-        .arg(format!("--access.log={}", dir.path("access.log").display()))
-        .arg(format!("--block.log={}", audit.display()))
-        .env("REFRACT_LOG", "stderr")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    wait_until(Duration::from_secs(10), "the startup line", || {
-        if let Ok(Some(st)) = child.0.try_wait() {
-            panic!("refract exited at startup ({st}): {}", log());
-        }
-        log().contains(" following ").then_some(())
-    });
+    let d = Daemon::start_with(&dir, &dir.path("access.log"), &audit, &[], &["--dry-run"]);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&audit_dir), 0o750);
     assert_eq!(mode(&audit), 0o640);
     std::fs::rename(&audit, audit_dir.join("block.log.1")).unwrap();
-    refract::sys::process::kill(child.0.id(), libc::SIGHUP).unwrap();
+    d.signal(libc::SIGHUP);
     wait_until(Duration::from_secs(5), "the reopened audit log", || {
         audit.exists().then_some(())
     });
     assert_eq!(mode(&audit), 0o640);
-}
-
-/// Kills the daemon when the test ends, failed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Under a unit that bounds the capabilities already (systemd's
@@ -247,32 +216,25 @@ fn without_setpcap_the_rest_still_goes() {
     }
     let dir = TempDir::new("bounds-privs-unit");
     append(&dir.path("access.log"), "");
-    let stderr = dir.path("refract.stderr");
-    let child = std::process::Command::new("setpriv")
-        .args(["--bounding-set=-all,+net_admin,+net_raw", BIN, "--dry-run"])
-        .arg(format!("--access.log={}", dir.path("access.log").display()))
-        .arg(format!("--block.log={}", dir.path("block.log").display()))
-        .env("REFRACT_LOG", "stderr")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    let d = Daemon::start_with(
+        &dir,
+        &dir.path("access.log"),
+        &dir.path("block.log"),
+        &["setpriv", "--bounding-set=-all,+net_admin,+net_raw"],
+        &["--dry-run"],
+    );
     wait_until(Duration::from_secs(10), "the capabilities line", || {
-        if let Ok(Some(st)) = child.0.try_wait() {
-            panic!("refract exited at startup ({st}): {}", log());
-        }
-        log().contains("capabilities: kept").then_some(())
+        d.log().contains("capabilities: kept").then_some(())
     });
-    let c = caps(child.0.id());
+    let c = caps(d.pid());
     assert_eq!(c["CapEff"], 0, "{c:?}");
     assert_eq!(c["CapPrm"], 0, "{c:?}");
     assert_eq!(c["CapBnd"], 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW, "{c:?}");
     assert_eq!(c["NoNewPrivs"], 1, "{c:?}");
     assert!(
-        log().contains("but cap_net_admin,cap_net_raw stay in the bounding set"),
+        d.log()
+            .contains("but cap_net_admin,cap_net_raw stay in the bounding set"),
         "{}",
-        log()
+        d.log()
     );
 }
