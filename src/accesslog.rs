@@ -85,6 +85,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::clock::{Civil, Timestamp};
+use crate::key::canonical;
+use crate::lines::{find_byte, rfind_byte, word, HI};
 
 /// Where a connection came from, as the line tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,62 +125,14 @@ pub struct Access<'a> {
     pub email: Option<&'a [u8]>,
 }
 
-/// Why a line does not count. Every skipped line has exactly one reason; the
-/// order of the variants is the order they are tested in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Skip {
-    /// Longer than the line cap (counted by the reader, never parsed).
-    TooLong,
+/// Why [`parse`] did not return an [`Access`]. The parser only tells what a
+/// line *is*; whether a well-formed line counts is the policy's decision
+/// (`crate::policy::skip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
     /// Not an access line: DNS answers, `[Info]`/`[Warning]` lines, banners,
     /// blank lines, garbage.
     NotAccess,
-    /// `rejected` (never counts, even V2Ray's VMess rejection with an email).
-    Rejected,
-    /// Accepted, but no `email:` field (SOCKS, HTTP, dokodemo, TUN, DNS…).
-    NoEmail,
-    /// The client address was masked (`log.maskAddress`): misconfiguration.
-    Masked,
-    /// `0.0.0.0:0`, `::`, `@`, `unix:…`, `DNS`, empty: no address to ban.
-    Unspecified,
-    /// Port 0: the address came from X-Forwarded-For (a CDN in front).
-    XffPort0,
-    /// A loopback client: a reverse proxy without PROXY protocol.
-    Loopback,
-    /// Inside an `--allow` network.
-    Allowlisted,
-}
-
-impl Skip {
-    pub const ALL: [Skip; 9] = [
-        Skip::TooLong,
-        Skip::NotAccess,
-        Skip::Rejected,
-        Skip::NoEmail,
-        Skip::Masked,
-        Skip::Unspecified,
-        Skip::XffPort0,
-        Skip::Loopback,
-        Skip::Allowlisted,
-    ];
-
-    /// The short name used in `--explain`, the replay summary and counters.
-    pub fn name(self) -> &'static str {
-        match self {
-            Skip::TooLong => "too-long",
-            Skip::NotAccess => "not-access",
-            Skip::Rejected => "rejected",
-            Skip::NoEmail => "no-email",
-            Skip::Masked => "masked",
-            Skip::Unspecified => "unspecified",
-            Skip::XffPort0 => "xff-port0",
-            Skip::Loopback => "loopback",
-            Skip::Allowlisted => "allowlisted",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// How far into a line the timestamp may start when a supervisor prefixed
@@ -189,11 +143,11 @@ pub const MAX_PREFIX: usize = 512;
 /// Parses one line (without its `\n`; a trailing `\r` is tolerated).
 ///
 /// Returns an [`Access`] for every well-formed access line, accepted or
-/// rejected, with or without email; `Err(Skip::NotAccess)` for anything else.
+/// rejected, with or without email; `Err(ParseError::NotAccess)` for anything else.
 /// Address classification beyond syntax (port 0, loopback, allowlist) is the
 /// policy's job. The grammar is in the module documentation.
-pub fn parse(line: &[u8]) -> Result<Access<'_>, Skip> {
-    parse_opt(trim_end(line)).ok_or(Skip::NotAccess)
+pub fn parse(line: &[u8]) -> Result<Access<'_>, ParseError> {
+    parse_opt(trim_end(line)).ok_or(ParseError::NotAccess)
 }
 
 fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
@@ -455,10 +409,7 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
 }
 
 fn ip_source(ip: IpAddr, port: u16) -> Source {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    };
+    let ip = canonical(ip);
     if ip.is_unspecified() {
         Source::Unix
     } else {
@@ -635,62 +586,6 @@ fn inbound_of(d: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Word-at-a-time byte search (SWAR): the scans over a line are most of the
-/// parser's work, and eight bytes per step beats one. Safe code only:
-/// `chunks_exact` words, an exact zero-byte test (no false positives, so it
-/// also works right-to-left).
-const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-#[inline]
-fn word(c: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(c);
-    u64::from_le_bytes(a)
-}
-
-/// The high bit of every byte of `v` that is zero.
-#[inline]
-fn zero_bytes(v: u64) -> u64 {
-    !(((v & LO7).wrapping_add(LO7)) | v) & HI
-}
-
-/// Index of the first `b` in `hay`.
-#[inline]
-pub fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
-    let pat = u64::from(b) * 0x0101_0101_0101_0101;
-    let mut chunks = hay.chunks_exact(8);
-    let mut off = 0;
-    for c in &mut chunks {
-        let z = zero_bytes(word(c) ^ pat);
-        if z != 0 {
-            return Some(off + (z.trailing_zeros() / 8) as usize);
-        }
-        off += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&x| x == b)
-        .map(|p| off + p)
-}
-
-/// Index of the last `b` in `hay`.
-#[inline]
-fn rfind_byte(hay: &[u8], b: u8) -> Option<usize> {
-    let pat = u64::from(b) * 0x0101_0101_0101_0101;
-    let mut chunks = hay.rchunks_exact(8);
-    let mut end = hay.len();
-    for c in &mut chunks {
-        end -= 8;
-        let z = zero_bytes(word(c) ^ pat);
-        if z != 0 {
-            return Some(end + (63 - z.leading_zeros()) as usize / 8);
-        }
-    }
-    chunks.remainder().iter().rposition(|&x| x == b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,7 +616,7 @@ mod tests {
     fn not_access(line: &[u8]) {
         assert_eq!(
             parse(line),
-            Err(Skip::NotAccess),
+            Err(ParseError::NotAccess),
             "{:?}",
             String::from_utf8_lossy(line)
         );
@@ -1320,7 +1215,7 @@ mod tests {
             let Some((source, status, detour, email)) = want else {
                 assert_eq!(
                     got,
-                    Err(Skip::NotAccess),
+                    Err(ParseError::NotAccess),
                     "{}",
                     String::from_utf8_lossy(line)
                 );

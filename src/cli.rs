@@ -21,7 +21,8 @@ use std::time::Duration;
 use argh::FromArgs;
 use ipnet::IpNet;
 
-use crate::config::{load_limits, Config, FirewallMode, Protos};
+use crate::config::{Config, FirewallMode, Protos};
+use crate::policy::limits::{load_limits, Limits};
 use crate::policy::PolicyConfig;
 
 /// Exit code for a usage error (bad flag or value), as with BSD `EX_USAGE`'s
@@ -541,7 +542,7 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
         .map(|(v, _)| PathBuf::from(v));
     let limits = match &limits_file {
         Some(p) => load_limits(p).map_err(usage)?,
-        None => crate::config::Limits::default(),
+        None => Limits::default(),
     };
 
     let confirm = env.switch(args.confirm, "confirm")?;

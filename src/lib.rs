@@ -23,6 +23,7 @@ pub mod enforce;
 pub mod firewall;
 pub mod hash;
 pub mod key;
+pub mod lines;
 pub mod logger;
 pub mod nl;
 pub mod notify;

@@ -33,7 +33,7 @@
 //!   same way, so deleting a big log frees its space. When a file is
 //!   closed, a last line without its newline is handed out.
 //! - Lines longer than `max_line` are counted and skipped up to their
-//!   newline, never buffered whole ([`crate::replay::Lines`]).
+//!   newline, never buffered whole ([`crate::lines::Lines`]).
 //! - Memory is bounded: no read is larger than [`WINDOW`], and one
 //!   [`Tail::pump`] reads at most [`STEP`] bytes before returning
 //!   [`Progress::More`], so a 1 GiB backlog neither grows the process nor
@@ -98,7 +98,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::clock::{Micros, SECOND};
-use crate::replay::Lines;
+use crate::lines::Lines;
 
 /// Largest mapped window.
 pub const WINDOW: usize = 16 << 20;
