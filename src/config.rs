@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::nl::ipset::{DEFAULT_MAXELEM, DEFAULT_SET_V4, DEFAULT_SET_V6};
 use crate::policy::PolicyConfig;
 
 /// Transport protocols the DROP rule and the connection killer cover.
@@ -23,7 +24,9 @@ pub enum FirewallMode {
     None,
 }
 
-/// The whole configuration.
+/// The whole configuration. [`Config::default`] is what refract runs with
+/// when no flag and no `REFRACT_*` variable is set: the one definition of
+/// every default (`cli` falls back to it, `--help` and the README name it).
 #[derive(Clone, Debug)]
 pub struct Config {
     pub access_log: PathBuf,
@@ -48,4 +51,32 @@ pub struct Config {
     pub set_size: u32,
     /// Longest log line accepted; longer lines are counted and skipped.
     pub max_line: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let policy = PolicyConfig::default();
+        Config {
+            access_log: PathBuf::from("/var/log/xray/access.log"),
+            block_log: PathBuf::from("/var/log/refract/block.log"),
+            limits_file: None,
+            protos: Protos {
+                tcp: true,
+                udp: false,
+            },
+            ports: vec![443],
+            // The policy owns the decision parameters; the durations here
+            // are the same values.
+            window: Duration::from_micros(policy.window),
+            timeout: Duration::from_micros(policy.ban),
+            policy,
+            dry_run: false,
+            from_start: false,
+            firewall: FirewallMode::Iptables,
+            set_v4: DEFAULT_SET_V4.to_string(),
+            set_v6: DEFAULT_SET_V6.to_string(),
+            set_size: DEFAULT_MAXELEM,
+            max_line: 64 << 10,
+        }
+    }
 }

@@ -113,8 +113,8 @@ impl Default for PolicyConfig {
             v6_prefix: 64,
             allow: Vec::new(),
             confirm: false,
-            max_users: 1_000_000,
-            max_keys: 4_000_000,
+            max_users: 50_000,
+            max_keys: 250_000,
         }
     }
 }
