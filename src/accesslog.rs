@@ -1,10 +1,106 @@
-//! The Xray / V2Ray access-log parser (ground truth: `shared/xray-log-format.md`).
+//! The Xray / V2Ray access-log parser.
 //!
 //! Role: turn one log line (bytes, without its `\n`) into an [`Access`] that
-//! borrows from the line, or say it is not an access line. Pure, zero-copy,
-//! no allocation, no regex; every scan is a single forward or backward pass,
-//! so a 1 MiB line costs O(n) and nothing panics on any input (the tests
-//! feed truncations, mutations and random bytes).
+//! borrows from the line, or say it is not an access line
+//! ([`ParseError`]). Pure, zero-copy, no allocation, no regex; every scan is
+//! a single forward or backward pass, so a 1 MiB line costs O(n) and nothing
+//! panics on any input (the tests feed truncations, mutations and random
+//! bytes). Whether a well-formed line counts is the policy's decision
+//! ([`crate::policy::skip`]).
+//!
+//! # The access log, as the proxies write it
+//!
+//! Read from Xray-core (`common/log/access.go`, `common/log/logger.go`,
+//! `app/dispatcher/default.go`, `common/net/destination.go`,
+//! `app/log/log.go`) at release v26.7.28, and from v2fly/v2ray-core at
+//! v4.34.0 (the version Debian packages) and v5. Where a fact changed over
+//! time, the release is given: all of these shapes are in the wild today.
+//!
+//! ```text
+//! [FOREIGN PREFIX] TS [from ]FROM STATUS TO[ [DETOUR]][ REASON][ email: EMAIL]
+//! ```
+//!
+//! - **TS**: Go's `log` with `Ldate|Ltime|Lmicroseconds`:
+//!   `2026/01/30 17:03:38.067799` (Xray ≥ v25.1.30) or `2026/01/30 17:03:38`
+//!   (older Xray, all V2Ray). Local time of the proxy host, no zone. Then
+//!   one space.
+//! - **`from `**: written by Xray ≥ v1.8.24. Absent in older Xray and in
+//!   V2Ray v4/v5 (`2021/02/01 12:00:00 203.0.113.5:51234 accepted …`).
+//! - **FROM**, two renderings that coexist in every version (the protocol's
+//!   code path decides, not the release):
+//!   - a Go `net.Addr`: `198.51.100.7:51234` or `[2001:db8::1]:51234`
+//!     (direct VLESS, VMess, Trojan and Shadowsocks TCP, HTTP, dokodemo,
+//!     Hysteria, Shadowsocks-2022);
+//!   - an Xray `Destination`: `tcp:198.51.100.7:51234`, `udp:…`,
+//!     `tcp:[2001:db8::1]:51234`, `unix:…` (mux/XUDP sub-connections of
+//!     VLESS and VMess *with* the user's email, SOCKS, Shadowsocks and
+//!     Trojan UDP, TUN, WireGuard).
+//!
+//!   IPv6 is always bracketed and compressed; IPv4-mapped IPv6 is printed as
+//!   plain IPv4. Host and port split at the **last** colon. Special values:
+//!   port `0` = taken from `X-Forwarded-For` (a CDN in front; the kernel
+//!   never sees that address); `0.0.0.0:0` = unix-socket listener
+//!   (≥ v25.2.18; older printed `@`); `127.0.0.1:port` = reverse proxy or
+//!   fallback without PROXY protocol, or the panel's API inbound; `DNS` =
+//!   Xray's own DNS client; empty (`from  accepted`); masked by
+//!   `log.maskAddress` (≥ v24.9.16): `203.0.*.*:51234`,
+//!   `[Masked IPv4]:51234`, `[2001:db8::/32]:51234`, `[Masked IPv6]:51234`
+//!   (the real address is gone).
+//! - **STATUS**: `accepted` or `rejected`. A rejected line has an empty TO,
+//!   so two spaces follow `rejected`, then a free-text REASON (may contain
+//!   `:`, `>`, `[`, `]`, spaces); it never has a detour and (in Xray) never
+//!   an email. V2Ray's VMess "Insecure encryption" rejection is the one
+//!   rejected line with an email. Traffic routed to a blackhole is still
+//!   `accepted`.
+//! - **TO**: `tcp:host:port`, `udp:host:port`, `tcp:[v6]:port`; the HTTP
+//!   inbound's CONNECT prints `//host:port`, plain HTTP prints the whole URL
+//!   (`http://149.154.165.120:80/api`); Shadowsocks-2022 prints `host:port`
+//!   with no network prefix; domains may start with digits.
+//! - **DETOUR**: Xray: `[in -> out]` (a routing rule matched), `[in >> out]`
+//!   (default route), `[in ==> out]` (forced outbound), `[out]` (the inbound
+//!   has no tag); no bracket when the outbound has no tag. V2Ray: `[out]`
+//!   only. Tags may contain spaces (`VLESS TCP REALITY`), colons and dots
+//!   (`inbound-127.0.0.1:3010`), Unicode.
+//! - **EMAIL**: ` email: ` then the raw configured string, always the last
+//!   field. Arbitrary text: `alice@example.com`, Marzban's `12.alice`,
+//!   Remnawave's numeric `4065`, panel-generated random strings. Missing on
+//!   SOCKS, HTTP, dokodemo, TUN, WireGuard and DNS lines. Xray ≤ v1.1.4 and
+//!   V2Ray v4.21–v4.33 wrote `email:alice ` (no space after the colon, one
+//!   trailing space). Lines may end in `\r\n`.
+//!
+//! Other lines share the file: the DNS query log (`"dnsLog": true`:
+//! `UDP:8.8.8.8:53 got answer: example.com -> [93.184.215.14] 12.3ms`, also
+//! `cache HIT:` / `cache OPTIMISTE:`), `from DNS accepted udp:1.1.1.1:53
+//! [direct]` (no email), panel API polling (`from 127.0.0.1:39946 accepted
+//! tcp:127.0.0.1:0 [api -> api]`), and, when access and error logs share a
+//! stream, `[Info] …`/`[Warning] …` lines and the startup banner. A
+//! supervisor may prefix each line: journald `Jun 30 14:16:59 host
+//! xray[2634]: `, OpenWrt syslog `Thu Oct 13 07:50:02 2022 daemon.info
+//! xray[23519]: `.
+//!
+//! Examples (addresses are documentation ranges):
+//!
+//! ```text
+//! 2026/01/30 17:03:38.067799 from 198.51.100.23:58676 accepted tcp:www.google.com:443 [vless-in >> direct] email: alice@example.com
+//! 2026/01/30 17:03:39.100001 from tcp:[2001:db8:5:6::a]:40112 accepted udp:1.1.1.1:53 [vless-in -> dns-out] email: 12.bob
+//! 2024/10/01 08:00:00 from 203.0.113.9:0 accepted tcp:example.org:443 [ws-in >> direct] email: carol
+//! 2021/02/01 12:00:00 203.0.113.5:51234 accepted tcp:www.google.com:443 [direct] email: dave
+//! 2026/01/30 17:03:40.000000 from 203.0.113.76:57676 rejected  proxy/vless/encoding: invalid request user id
+//! 2026/01/30 17:03:41.000000 from 127.0.0.1:39946 accepted tcp:127.0.0.1:0 [api -> api]
+//! ```
+//!
+//! # The log as a stream (what the follower relies on)
+//!
+//! - One line per dispatched connection (per mux sub-stream, per new UDP
+//!   destination), written when it starts. Nothing marks its end.
+//! - Under bursts Xray drops lines (a 128-message channel, 16 before
+//!   v26.3.27). The log is a sample, not a ledger.
+//! - Xray opens the file `O_APPEND`, closes it after about a minute without
+//!   writes and reopens the path on the next line. Panels and logrotate
+//!   rename it, or truncate it in place (3x-ui truncated hourly). The
+//!   follower ([`crate::tail`]) must survive rename-and-recreate,
+//!   truncation, deletion, a file that does not exist yet, and a last line
+//!   without its newline.
 //!
 //! # Grammar accepted
 //!

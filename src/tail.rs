@@ -26,7 +26,8 @@
 //!   `mv other access.log`) becomes the current file, read from offset 0;
 //!   the previous one stays followed as *rotated*: Xray keeps writing to the
 //!   old inode until it closes it after about a minute idle
-//!   (`shared/xray-log-format.md`), so those lines are not lost either.
+//!   ([`crate::accesslog`], "The log as a stream"), so those lines are not
+//!   lost either.
 //!   A rotated file is closed when it has been read to its end and is either
 //!   unlinked (`st_nlink == 0`), idle for [`ROTATED_GRACE`], or pushed out
 //!   by [`MAX_ROTATED`] newer ones; an unlinked current file is closed the

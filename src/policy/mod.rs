@@ -1,9 +1,90 @@
 //! The policy engine: who is online from where, and who gets banned.
 //!
-//! Semantics: `shared/design.md`, "Policy semantics (normative)". The engine
-//! is pure: no clock, no I/O; the caller passes `now` (microseconds on any
-//! monotonic-ish scale) with every call and asks [`Policy::next_deadline`]
-//! when to call [`Policy::expire`] next.
+//! The engine is pure: no clock, no I/O; the caller passes `now`
+//! (microseconds on any monotonic-ish scale) with every call and asks
+//! [`Policy::next_deadline`] when to call [`Policy::expire`] next. The
+//! semantics below are normative: the daemon and `refract replay` implement
+//! exactly this, and the tests in `tests.rs` check it rule by rule.
+//!
+//! # Semantics (normative)
+//!
+//! User = the `email:` value. Each accepted line yields (user, client
+//! address, time). The *key* of an address is the IPv4 address itself, or
+//! the IPv6 address masked to `--ipv6-prefix` bits (default 64: one device
+//! rotates privacy addresses inside its /64). IPv4-mapped IPv6 is IPv4
+//! ([`crate::key`]).
+//!
+//! Lines that never count and never cause a ban each have a reason and a
+//! counter ([`skip::Skip`]); the reasons that mean misconfiguration (masked,
+//! port 0, loopback) make the daemon log a rate-limited warning, not one per
+//! line:
+//!
+//! - no email; `rejected`;
+//! - non-access lines (DNS answers, error-log lines, banners). A
+//!   syslog/journald prefix is *not* a reason to skip: the access part after
+//!   it still counts ([`crate::accesslog`]);
+//! - client address unparseable or masked (`log.maskAddress`);
+//! - unspecified address (`0.0.0.0:0`, unix-socket listeners);
+//! - port `0` (address taken from X-Forwarded-For: packets come from the
+//!   CDN, a kernel ban cannot work);
+//! - loopback (a reverse proxy without PROXY protocol);
+//! - addresses in the allowlist (`--allow CIDR`, repeatable).
+//!
+//! With `window` W, a key is *active* for a user at time t while
+//! `t - last_seen <= W`. `limit(user)` is `--limit` (default 1), or the
+//! user's entry in the per-user limits file ([`limits`]). On an accepted
+//! line (U, K, t):
+//!
+//! 1. K is banned → ignore.
+//! 2. K is active for U → refresh `last_seen`.
+//! 3. U has fewer than `limit(U)` active keys → admit K.
+//! 4. Otherwise → violation: ban K (the newcomer) for `--timeout`, and write
+//!    the audit line naming the active keys as the origin.
+//!
+//! `--confirm` (off by default) removes the false positives of a device
+//! moving WiFi → LTE: the over-limit newcomer K becomes a *candidate* instead
+//! of being banned. It is banned as soon as one of U's admitted keys is seen
+//! again while K is still active (two devices provably online at once). If
+//! the admitted keys all expire while K is active, K is promoted (it was a
+//! network switch).
+//!
+//! Time: the live daemon uses a monotonic clock; `replay` uses the log's own
+//! timestamps (local time, optional microseconds). The policy never reads a
+//! clock: it takes `now` and reports `next_deadline()`. Memory is bounded:
+//! expired state is dropped, and tracked users/keys have caps with counters.
+//!
+//! ## Liveness (milestone 2: normative once built, not built yet)
+//!
+//! Nothing below is implemented yet: today the window rule above is the
+//! whole rule, in the daemon as in `replay`.
+//!
+//! The log says when a connection *starts*, never that it is still in use.
+//! The kernel knows. A key K is also *active* for U at t when a connection
+//! that U's lines attributed to K is still open and received something from
+//! the client (data or an ACK: a device that only downloads sends nothing
+//! but ACKs) within W before t. A socket that is still ESTABLISHED but has
+//! received nothing for longer than W (the phone left the WiFi, no FIN ever
+//! came) does not make K active. A line is attributed when its client
+//! address and port name a socket to one of the inbound ports (either
+//! family; IPv4 clients of a dual-stack listener appear as
+//! `::ffff:a.b.c.d`); lines that name no socket (port 0, `udp:` without
+//! conntrack, a relay on another host) keep the window rule alone. `replay`
+//! has no kernel and keeps the window rule. The window rule stays the
+//! floor: a line within W keeps K active whatever its socket does.
+//!
+//! Count use, not keepalives. Go's TCP keepalive (V2Ray and Xray sockets:
+//! 15 s idle) makes an idle client answer a probe every 15 s, which moves
+//! `tcpi_last_ack_recv` without any use of the connection: judged by that
+//! field alone, an idle connection would be "live" for W out of every 15 s,
+//! and verdicts would depend on the keepalive's phase. A connection is in
+//! use within W when the client sent data within W (`tcpi_last_data_recv`)
+//! or acknowledged new data within W (`tcpi_bytes_acked` advanced since the
+//! previous look, or `tcpi_last_ack_recv` within W while data was in
+//! flight); a probe's ACK acknowledges no new data. The verdict for the same
+//! traffic must not change with the keepalive's phase.
+//!
+//! Liveness facts will enter the engine as plain data with `now`, like
+//! everything else: the policy stays pure and never waits for the kernel.
 //!
 //! # State and invariants
 //!
@@ -34,7 +115,7 @@
 //!   entry while bans exist. Without `--confirm` a user has at most `limit`
 //!   entries.
 //!
-//! # Choices the design leaves open
+//! # Choices the semantics leave open
 //!
 //! - `--confirm` with a limit above 1: a candidate is banned once `limit`
 //!   distinct admitted keys of its user were seen after it became a

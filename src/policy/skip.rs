@@ -5,7 +5,7 @@
 //! on an over-long line ([`crate::lines::TooLong`]) and the parser on a line
 //! that is not an access line ([`crate::accesslog::ParseError`]); both map
 //! into [`Skip`] here. The others are policy decisions on a well-formed line
-//! ([`classify`]): what it says (rejected, no email, a masked or unspecified
+//! (`classify`): what it says (rejected, no email, a masked or unspecified
 //! source) or what its address means for enforcement (port 0, loopback, the
 //! allowlist). One enum for all of them keeps one counter per reason, in one
 //! order, for the daemon's stats line, the replay summary and `--explain`.

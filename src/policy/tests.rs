@@ -679,7 +679,7 @@ fn clock_jumps() {
     let _ = p.next_deadline();
 }
 
-/// `shared/samples/mixed.log`, line by line, with the defaults.
+/// `tests/fixtures/mixed.log`, line by line, with the defaults.
 #[test]
 fn mixed_log_scenario() {
     fn ts(s: u32, us: u32) -> Timestamp {
