@@ -134,3 +134,42 @@ pub(super) fn allowlisted(allow: &[IpNet], key: Key) -> bool {
             || matches!(key, Key::V4(a) if n.contains(&IpAddr::V6(a.to_ipv6_mapped())))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are what the stats line, the replay summary and
+    /// `--explain` print, in this order: operators' greps depend on them.
+    #[test]
+    fn names_and_order_are_stable() {
+        let names: Vec<&str> = Skip::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "too-long",
+                "not-access",
+                "rejected",
+                "no-email",
+                "masked",
+                "unspecified",
+                "xff-port0",
+                "loopback",
+                "allowlisted",
+            ]
+        );
+        for (i, s) in Skip::ALL.iter().enumerate() {
+            assert_eq!(s.index(), i, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn reader_and_parser_errors_map_to_their_reasons() {
+        assert_eq!(Skip::from(TooLong), Skip::TooLong);
+        assert_eq!(Skip::from(ParseError::NotAccess), Skip::NotAccess);
+        assert_eq!(
+            crate::accesslog::parse(b"not a log line").map_err(Skip::from),
+            Err(Skip::NotAccess)
+        );
+    }
+}
