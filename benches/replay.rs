@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use refract::accesslog::{self, Status};
+use refract::lines::find_byte;
 use refract::{cli, replay};
 
 const LINES: usize = 1_000_000;
@@ -93,14 +94,16 @@ fn replay_summary(path: &Path) -> replay::Summary {
     rep.summary
 }
 
-/// The lines of `log` (without `\n`; a last line without one counts).
+/// The lines of `log` (without `\n`; a last line without one counts),
+/// found with the word-at-a-time search the reader uses (`slice::split`
+/// tests one byte per step and cost as much as the parser).
 fn lines(log: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = log;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let (line, next) = match find_newline(rest) {
+        let (line, next) = match find_byte(rest, b'\n') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &rest[rest.len()..]),
         };
@@ -109,35 +112,11 @@ fn lines(log: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Word-at-a-time search for `\n` (what `memchr` does, without the crate):
-/// `slice::split` tests one byte per step and cost as much as the parser.
-fn find_newline(hay: &[u8]) -> Option<usize> {
-    const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const NL: u64 = 0x0a0a_0a0a_0a0a_0a0a;
-    let mut chunks = hay.chunks_exact(8);
-    let mut off = 0;
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let v = u64::from_le_bytes(w) ^ NL;
-        let z = !(((v & LO7).wrapping_add(LO7)) | v) & !LO7;
-        if z != 0 {
-            return Some(off + (z.trailing_zeros() / 8) as usize);
-        }
-        off += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|p| off + p)
-}
-
 /// The first lines of the log (about 64 KiB), parsed round and round until
 /// `total` parses: the parser's own cost with the data in cache, no memory
 /// streaming.
 fn parse_hot(log: &[u8], total: u64) -> u64 {
-    let cut = find_newline(&log[64 << 10..]).map_or(log.len(), |i| (64 << 10) + i);
+    let cut = find_byte(&log[64 << 10..], b'\n').map_or(log.len(), |i| (64 << 10) + i);
     let head: Vec<&[u8]> = lines(&log[..cut]).collect();
     let mut ok = 0;
     for line in head.iter().cycle().take(total as usize) {

@@ -1,10 +1,106 @@
-//! The Xray / V2Ray access-log parser (ground truth: `shared/xray-log-format.md`).
+//! The Xray / V2Ray access-log parser.
 //!
 //! Role: turn one log line (bytes, without its `\n`) into an [`Access`] that
-//! borrows from the line, or say it is not an access line. Pure, zero-copy,
-//! no allocation, no regex; every scan is a single forward or backward pass,
-//! so a 1 MiB line costs O(n) and nothing panics on any input (the tests
-//! feed truncations, mutations and random bytes).
+//! borrows from the line, or say it is not an access line
+//! ([`ParseError`]). Pure, zero-copy, no allocation, no regex; every scan is
+//! a single forward or backward pass, so a 1 MiB line costs O(n) and nothing
+//! panics on any input (the tests feed truncations, mutations and random
+//! bytes). Whether a well-formed line counts is the policy's decision
+//! ([`crate::policy::skip`]).
+//!
+//! # The access log, as the proxies write it
+//!
+//! Read from Xray-core (`common/log/access.go`, `common/log/logger.go`,
+//! `app/dispatcher/default.go`, `common/net/destination.go`,
+//! `app/log/log.go`) at release v26.7.28, and from v2fly/v2ray-core at
+//! v4.34.0 (the version Debian packages) and v5. Where a fact changed over
+//! time, the release is given: all of these shapes are in the wild today.
+//!
+//! ```text
+//! [FOREIGN PREFIX] TS [from ]FROM STATUS TO[ [DETOUR]][ REASON][ email: EMAIL]
+//! ```
+//!
+//! - **TS**: Go's `log` with `Ldate|Ltime|Lmicroseconds`:
+//!   `2026/01/30 17:03:38.067799` (Xray ≥ v25.1.30) or `2026/01/30 17:03:38`
+//!   (older Xray, all V2Ray). Local time of the proxy host, no zone. Then
+//!   one space.
+//! - **`from `**: written by Xray ≥ v1.8.24. Absent in older Xray and in
+//!   V2Ray v4/v5 (`2021/02/01 12:00:00 203.0.113.5:51234 accepted …`).
+//! - **FROM**, two renderings that coexist in every version (the protocol's
+//!   code path decides, not the release):
+//!   - a Go `net.Addr`: `198.51.100.7:51234` or `[2001:db8::1]:51234`
+//!     (direct VLESS, VMess, Trojan and Shadowsocks TCP, HTTP, dokodemo,
+//!     Hysteria, Shadowsocks-2022);
+//!   - an Xray `Destination`: `tcp:198.51.100.7:51234`, `udp:…`,
+//!     `tcp:[2001:db8::1]:51234`, `unix:…` (mux/XUDP sub-connections of
+//!     VLESS and VMess *with* the user's email, SOCKS, Shadowsocks and
+//!     Trojan UDP, TUN, WireGuard).
+//!
+//!   IPv6 is always bracketed and compressed; IPv4-mapped IPv6 is printed as
+//!   plain IPv4. Host and port split at the **last** colon. Special values:
+//!   port `0` = taken from `X-Forwarded-For` (a CDN in front; the kernel
+//!   never sees that address); `0.0.0.0:0` = unix-socket listener
+//!   (≥ v25.2.18; older printed `@`); `127.0.0.1:port` = reverse proxy or
+//!   fallback without PROXY protocol, or the panel's API inbound; `DNS` =
+//!   Xray's own DNS client; empty (`from  accepted`); masked by
+//!   `log.maskAddress` (≥ v24.9.16): `203.0.*.*:51234`,
+//!   `[Masked IPv4]:51234`, `[2001:db8::/32]:51234`, `[Masked IPv6]:51234`
+//!   (the real address is gone).
+//! - **STATUS**: `accepted` or `rejected`. A rejected line has an empty TO,
+//!   so two spaces follow `rejected`, then a free-text REASON (may contain
+//!   `:`, `>`, `[`, `]`, spaces); it never has a detour and (in Xray) never
+//!   an email. V2Ray's VMess "Insecure encryption" rejection is the one
+//!   rejected line with an email. Traffic routed to a blackhole is still
+//!   `accepted`.
+//! - **TO**: `tcp:host:port`, `udp:host:port`, `tcp:[v6]:port`; the HTTP
+//!   inbound's CONNECT prints `//host:port`, plain HTTP prints the whole URL
+//!   (`http://149.154.165.120:80/api`); Shadowsocks-2022 prints `host:port`
+//!   with no network prefix; domains may start with digits.
+//! - **DETOUR**: Xray: `[in -> out]` (a routing rule matched), `[in >> out]`
+//!   (default route), `[in ==> out]` (forced outbound), `[out]` (the inbound
+//!   has no tag); no bracket when the outbound has no tag. V2Ray: `[out]`
+//!   only. Tags may contain spaces (`VLESS TCP REALITY`), colons and dots
+//!   (`inbound-127.0.0.1:3010`), Unicode.
+//! - **EMAIL**: ` email: ` then the raw configured string, always the last
+//!   field. Arbitrary text: `alice@example.com`, Marzban's `12.alice`,
+//!   Remnawave's numeric `4065`, panel-generated random strings. Missing on
+//!   SOCKS, HTTP, dokodemo, TUN, WireGuard and DNS lines. Xray ≤ v1.1.4 and
+//!   V2Ray v4.21–v4.33 wrote `email:alice ` (no space after the colon, one
+//!   trailing space). Lines may end in `\r\n`.
+//!
+//! Other lines share the file: the DNS query log (`"dnsLog": true`:
+//! `UDP:8.8.8.8:53 got answer: example.com -> [93.184.215.14] 12.3ms`, also
+//! `cache HIT:` / `cache OPTIMISTE:`), `from DNS accepted udp:1.1.1.1:53
+//! [direct]` (no email), panel API polling (`from 127.0.0.1:39946 accepted
+//! tcp:127.0.0.1:0 [api -> api]`), and, when access and error logs share a
+//! stream, `[Info] …`/`[Warning] …` lines and the startup banner. A
+//! supervisor may prefix each line: journald `Jun 30 14:16:59 host
+//! xray[2634]: `, OpenWrt syslog `Thu Oct 13 07:50:02 2022 daemon.info
+//! xray[23519]: `.
+//!
+//! Examples (addresses are documentation ranges):
+//!
+//! ```text
+//! 2026/01/30 17:03:38.067799 from 198.51.100.23:58676 accepted tcp:www.google.com:443 [vless-in >> direct] email: alice@example.com
+//! 2026/01/30 17:03:39.100001 from tcp:[2001:db8:5:6::a]:40112 accepted udp:1.1.1.1:53 [vless-in -> dns-out] email: 12.bob
+//! 2024/10/01 08:00:00 from 203.0.113.9:0 accepted tcp:example.org:443 [ws-in >> direct] email: carol
+//! 2021/02/01 12:00:00 203.0.113.5:51234 accepted tcp:www.google.com:443 [direct] email: dave
+//! 2026/01/30 17:03:40.000000 from 203.0.113.76:57676 rejected  proxy/vless/encoding: invalid request user id
+//! 2026/01/30 17:03:41.000000 from 127.0.0.1:39946 accepted tcp:127.0.0.1:0 [api -> api]
+//! ```
+//!
+//! # The log as a stream (what the follower relies on)
+//!
+//! - One line per dispatched connection (per mux sub-stream, per new UDP
+//!   destination), written when it starts. Nothing marks its end.
+//! - Under bursts Xray drops lines (a 128-message channel, 16 before
+//!   v26.3.27). The log is a sample, not a ledger.
+//! - Xray opens the file `O_APPEND`, closes it after about a minute without
+//!   writes and reopens the path on the next line. Panels and logrotate
+//!   rename it, or truncate it in place (3x-ui truncated hourly). The
+//!   follower ([`crate::tail`]) must survive rename-and-recreate,
+//!   truncation, deletion, a file that does not exist yet, and a last line
+//!   without its newline.
 //!
 //! # Grammar accepted
 //!
@@ -85,6 +181,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::clock::{Civil, Timestamp};
+use crate::key::canonical;
+use crate::lines::{find_byte, rfind_byte, word, HI};
 
 /// Where a connection came from, as the line tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,62 +221,14 @@ pub struct Access<'a> {
     pub email: Option<&'a [u8]>,
 }
 
-/// Why a line does not count. Every skipped line has exactly one reason; the
-/// order of the variants is the order they are tested in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Skip {
-    /// Longer than the line cap (counted by the reader, never parsed).
-    TooLong,
+/// Why [`parse`] did not return an [`Access`]. The parser only tells what a
+/// line *is*; whether a well-formed line counts is the policy's decision
+/// (`crate::policy::skip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
     /// Not an access line: DNS answers, `[Info]`/`[Warning]` lines, banners,
     /// blank lines, garbage.
     NotAccess,
-    /// `rejected` (never counts, even V2Ray's VMess rejection with an email).
-    Rejected,
-    /// Accepted, but no `email:` field (SOCKS, HTTP, dokodemo, TUN, DNS…).
-    NoEmail,
-    /// The client address was masked (`log.maskAddress`): misconfiguration.
-    Masked,
-    /// `0.0.0.0:0`, `::`, `@`, `unix:…`, `DNS`, empty: no address to ban.
-    Unspecified,
-    /// Port 0: the address came from X-Forwarded-For (a CDN in front).
-    XffPort0,
-    /// A loopback client: a reverse proxy without PROXY protocol.
-    Loopback,
-    /// Inside an `--allow` network.
-    Allowlisted,
-}
-
-impl Skip {
-    pub const ALL: [Skip; 9] = [
-        Skip::TooLong,
-        Skip::NotAccess,
-        Skip::Rejected,
-        Skip::NoEmail,
-        Skip::Masked,
-        Skip::Unspecified,
-        Skip::XffPort0,
-        Skip::Loopback,
-        Skip::Allowlisted,
-    ];
-
-    /// The short name used in `--explain`, the replay summary and counters.
-    pub fn name(self) -> &'static str {
-        match self {
-            Skip::TooLong => "too-long",
-            Skip::NotAccess => "not-access",
-            Skip::Rejected => "rejected",
-            Skip::NoEmail => "no-email",
-            Skip::Masked => "masked",
-            Skip::Unspecified => "unspecified",
-            Skip::XffPort0 => "xff-port0",
-            Skip::Loopback => "loopback",
-            Skip::Allowlisted => "allowlisted",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// How far into a line the timestamp may start when a supervisor prefixed
@@ -189,11 +239,11 @@ pub const MAX_PREFIX: usize = 512;
 /// Parses one line (without its `\n`; a trailing `\r` is tolerated).
 ///
 /// Returns an [`Access`] for every well-formed access line, accepted or
-/// rejected, with or without email; `Err(Skip::NotAccess)` for anything else.
+/// rejected, with or without email; `Err(ParseError::NotAccess)` for anything else.
 /// Address classification beyond syntax (port 0, loopback, allowlist) is the
 /// policy's job. The grammar is in the module documentation.
-pub fn parse(line: &[u8]) -> Result<Access<'_>, Skip> {
-    parse_opt(trim_end(line)).ok_or(Skip::NotAccess)
+pub fn parse(line: &[u8]) -> Result<Access<'_>, ParseError> {
+    parse_opt(trim_end(line)).ok_or(ParseError::NotAccess)
 }
 
 fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
@@ -455,10 +505,7 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
 }
 
 fn ip_source(ip: IpAddr, port: u16) -> Source {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    };
+    let ip = canonical(ip);
     if ip.is_unspecified() {
         Source::Unix
     } else {
@@ -635,62 +682,6 @@ fn inbound_of(d: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Word-at-a-time byte search (SWAR): the scans over a line are most of the
-/// parser's work, and eight bytes per step beats one. Safe code only:
-/// `chunks_exact` words, an exact zero-byte test (no false positives, so it
-/// also works right-to-left).
-const LO7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-#[inline]
-fn word(c: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(c);
-    u64::from_le_bytes(a)
-}
-
-/// The high bit of every byte of `v` that is zero.
-#[inline]
-fn zero_bytes(v: u64) -> u64 {
-    !(((v & LO7).wrapping_add(LO7)) | v) & HI
-}
-
-/// Index of the first `b` in `hay`.
-#[inline]
-pub fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
-    let pat = u64::from(b) * 0x0101_0101_0101_0101;
-    let mut chunks = hay.chunks_exact(8);
-    let mut off = 0;
-    for c in &mut chunks {
-        let z = zero_bytes(word(c) ^ pat);
-        if z != 0 {
-            return Some(off + (z.trailing_zeros() / 8) as usize);
-        }
-        off += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&x| x == b)
-        .map(|p| off + p)
-}
-
-/// Index of the last `b` in `hay`.
-#[inline]
-fn rfind_byte(hay: &[u8], b: u8) -> Option<usize> {
-    let pat = u64::from(b) * 0x0101_0101_0101_0101;
-    let mut chunks = hay.rchunks_exact(8);
-    let mut end = hay.len();
-    for c in &mut chunks {
-        end -= 8;
-        let z = zero_bytes(word(c) ^ pat);
-        if z != 0 {
-            return Some(end + (63 - z.leading_zeros()) as usize / 8);
-        }
-    }
-    chunks.remainder().iter().rposition(|&x| x == b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,7 +712,7 @@ mod tests {
     fn not_access(line: &[u8]) {
         assert_eq!(
             parse(line),
-            Err(Skip::NotAccess),
+            Err(ParseError::NotAccess),
             "{:?}",
             String::from_utf8_lossy(line)
         );
@@ -1320,7 +1311,7 @@ mod tests {
             let Some((source, status, detour, email)) = want else {
                 assert_eq!(
                     got,
-                    Err(Skip::NotAccess),
+                    Err(ParseError::NotAccess),
                     "{}",
                     String::from_utf8_lossy(line)
                 );

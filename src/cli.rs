@@ -21,7 +21,10 @@ use std::time::Duration;
 use argh::FromArgs;
 use ipnet::IpNet;
 
-use crate::config::{load_limits, Config, FirewallMode, Protos};
+use crate::config::{Config, FirewallMode, Protos};
+use crate::firewall::MULTIPORT_MAX;
+use crate::nl::consts::IPSET_MAXNAMELEN;
+use crate::policy::limits::{load_limits, Limits};
 use crate::policy::PolicyConfig;
 
 /// Exit code for a usage error (bad flag or value), as with BSD `EX_USAGE`'s
@@ -304,6 +307,20 @@ impl<'a> Env<'a> {
         (self.get)(&env_name(flag)).filter(|v| !v.trim().is_empty())
     }
 
+    /// The flag's value if given, else its environment twin, with the name
+    /// an error about it uses (`--flag`, or `REFRACT_FLAG` for a value from
+    /// the environment); `None`: neither, the default applies.
+    fn value(&self, given: &Option<String>, flag: &str) -> Option<(String, String)> {
+        self.pick(given, flag).map(|(v, from_env)| {
+            let label = if from_env {
+                env_name(flag)
+            } else {
+                format!("--{flag}")
+            };
+            (v, label)
+        })
+    }
+
     /// The flag's value if given, else its environment twin.
     fn pick(&self, given: &Option<String>, flag: &str) -> Option<(String, bool)> {
         match given {
@@ -390,23 +407,64 @@ pub fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// Turns parsed arguments and the environment into a validated [`Config`].
+///
+/// One function per flag group, called in the order the groups are checked
+/// (so the first invalid value named is always the same one); a flag that is
+/// neither given nor in the environment takes its value from
+/// [`Config::default`], the one place defaults are defined.
 pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Config, UsageError> {
-    // A value from the environment is named by its variable in errors.
-    let label = |flag: &str, from_env: bool| {
-        if from_env {
-            env_name(flag)
-        } else {
-            format!("--{flag}")
-        }
-    };
-    let get = |given: &Option<String>, flag: &str, default: &str| -> (String, String) {
-        match env.pick(given, flag) {
-            Some((v, from_env)) => (v, label(flag, from_env)),
-            None => (default.to_string(), format!("--{flag}")),
-        }
-    };
+    let d = Config::default();
+    let protos = protocols(args, env, d.protos)?;
+    let ports = ports(args, env, &d.ports)?;
+    let (window, timeout) = durations(args, env, d.window, d.timeout)?;
+    let counts = counts(args, env, &d)?;
+    let max_line = max_line(args, env, d.max_line)?;
+    let allow = allowlist(args, env)?;
+    let firewall = firewall(args, env, d.firewall)?;
+    let (set_v4, set_v6) = set_names(args, env, d.set_v4, d.set_v6)?;
+    let (access_log, block_log) = log_paths(args, env, d.access_log, d.block_log)?;
+    let (limits_file, limits) = limits_file(args, env)?;
+    let confirm = env.switch(args.confirm, "confirm")?;
+    let dry_run = env.switch(args.dry_run, "dry-run")?;
+    let from_start = env.switch(args.from_start, "from-start")?;
+    operands(command, args)?;
 
-    let (proto, l) = get(&args.proto, "proto", "tcp");
+    let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+    let policy = PolicyConfig {
+        window: micros(window),
+        ban: micros(timeout),
+        limit: counts.limit,
+        limits,
+        v6_prefix: counts.v6_prefix,
+        allow,
+        confirm,
+        max_users: counts.max_users,
+        max_keys: counts.max_keys,
+    };
+    Ok(Config {
+        access_log,
+        block_log,
+        limits_file,
+        protos,
+        ports,
+        window,
+        timeout,
+        policy,
+        dry_run,
+        from_start,
+        firewall,
+        set_v4,
+        set_v6,
+        set_size: counts.set_size,
+        max_line,
+    })
+}
+
+/// `--proto`: tcp, udp or both.
+fn protocols(args: &Args, env: &Env<'_>, default: Protos) -> Result<Protos, UsageError> {
+    let Some((proto, l)) = env.value(&args.proto, "proto") else {
+        return Ok(default);
+    };
     let mut protos = Protos {
         tcp: false,
         udp: false,
@@ -422,8 +480,15 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
             }
         }
     }
+    Ok(protos)
+}
 
-    let (dport, l) = get(&args.dport, "dport", "443");
+/// `--dport`: deduplicated, in the order given, as many as the DROP rule's
+/// multiport match takes.
+fn ports(args: &Args, env: &Env<'_>, default: &[u16]) -> Result<Vec<u16>, UsageError> {
+    let Some((dport, l)) = env.value(&args.dport, "dport") else {
+        return Ok(default.to_vec());
+    };
     let mut ports = Vec::new();
     for p in dport.split(',').map(str::trim) {
         let port: u16 = p
@@ -435,29 +500,58 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
             ports.push(port);
         }
     }
-    if ports.len() > 15 {
-        // iptables' multiport match takes at most 15 ports.
-        return Err(usage(format!("{l}: at most 15 ports, got {}", ports.len())));
+    if ports.len() > MULTIPORT_MAX {
+        return Err(usage(format!(
+            "{l}: at most {MULTIPORT_MAX} ports, got {}",
+            ports.len()
+        )));
     }
+    Ok(ports)
+}
 
-    let duration = |given: &Option<String>, flag: &str, default: &str| {
-        let (v, l) = get(given, flag, default);
+/// `--window` and `--timeout`: Go durations, not zero.
+fn durations(
+    args: &Args,
+    env: &Env<'_>,
+    window: Duration,
+    timeout: Duration,
+) -> Result<(Duration, Duration), UsageError> {
+    let duration = |given: &Option<String>, flag: &str, default: Duration| {
+        let Some((v, l)) = env.value(given, flag) else {
+            return Ok(default);
+        };
         parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
             usage(format!(
                 "{l}: invalid duration {v:?} (use e.g. 500ms, 5s, 1m, 1h30m)"
             ))
         })
     };
-    let window = duration(&args.window, "window", "5s")?;
-    let timeout = duration(&args.timeout, "timeout", "1m")?;
+    let window = duration(&args.window, "window", window)?;
+    let timeout = duration(&args.timeout, "timeout", timeout)?;
     if timeout.as_secs() > u64::from(u32::MAX) {
         return Err(usage(
             "--timeout: longer than the kernel's ipset timeout (136 years)",
         ));
     }
+    Ok((window, timeout))
+}
 
-    let number = |given: &Option<String>, flag: &str, default: &str, min: u64, max: u64| {
-        let (v, l) = get(given, flag, default);
+/// The whole-number flags.
+#[derive(Debug)]
+struct Counts {
+    limit: u32,
+    v6_prefix: u8,
+    set_size: u32,
+    max_users: usize,
+    max_keys: usize,
+}
+
+/// `--limit`, `--ipv6-prefix`, `--set-size`, `--max-users`, `--max-keys`.
+fn counts(args: &Args, env: &Env<'_>, d: &Config) -> Result<Counts, UsageError> {
+    let number = |given: &Option<String>, flag: &str, default: u64, min: u64, max: u64| {
+        let Some((v, l)) = env.value(given, flag) else {
+            return Ok(default);
+        };
         v.trim()
             .parse::<u64>()
             .ok()
@@ -468,17 +562,29 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
                 ))
             })
     };
-    let limit = number(&args.limit, "limit", "1", 1, 1_000_000)? as u32;
-    let v6_prefix = number(&args.ipv6_prefix, "ipv6-prefix", "64", 1, 128)? as u8;
-    let set_size = number(&args.set_size, "set-size", "65536", 128, 1 << 26)? as u32;
-    let max_users = number(&args.max_users, "max-users", "50000", 1, 1 << 32)? as usize;
-    let max_keys = number(&args.max_keys, "max-keys", "250000", 1, 1 << 34)? as usize;
+    let p = &d.policy;
+    Ok(Counts {
+        limit: number(&args.limit, "limit", p.limit.into(), 1, 1_000_000)? as u32,
+        v6_prefix: number(&args.ipv6_prefix, "ipv6-prefix", p.v6_prefix.into(), 1, 128)? as u8,
+        set_size: number(&args.set_size, "set-size", d.set_size.into(), 128, 1 << 26)? as u32,
+        max_users: number(&args.max_users, "max-users", p.max_users as u64, 1, 1 << 32)? as usize,
+        max_keys: number(&args.max_keys, "max-keys", p.max_keys as u64, 1, 1 << 34)? as usize,
+    })
+}
 
-    let (ml, l) = get(&args.max_line, "max-line", "64k");
-    let max_line = parse_size(&ml)
+/// `--max-line`: a size, `256` to `256m`.
+fn max_line(args: &Args, env: &Env<'_>, default: usize) -> Result<usize, UsageError> {
+    let Some((ml, l)) = env.value(&args.max_line, "max-line") else {
+        return Ok(default);
+    };
+    parse_size(&ml)
         .filter(|n| (256..=256 << 20).contains(n))
-        .ok_or_else(|| usage(format!("{l}: invalid size {ml:?} (256 to 256m, e.g. 64k)")))?;
+        .ok_or_else(|| usage(format!("{l}: invalid size {ml:?} (256 to 256m, e.g. 64k)")))
+}
 
+/// `--allow` (repeatable), or `REFRACT_ALLOW` as a list: networks with their
+/// host bits cleared.
+fn allowlist(args: &Args, env: &Env<'_>) -> Result<Vec<IpNet>, UsageError> {
     let mut allow_strs: Vec<(String, String)> = args
         .allow
         .iter()
@@ -503,51 +609,83 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
             })?;
         allow.push(net.trunc());
     }
+    Ok(allow)
+}
 
-    let (firewall, l) = get(&args.firewall, "firewall", "iptables");
-    let firewall = match firewall.as_str() {
-        "iptables" => FirewallMode::Iptables,
-        "none" => FirewallMode::None,
-        other => {
-            return Err(usage(format!(
-                "{l}: invalid value {other:?} (use iptables or none)"
-            )))
-        }
+/// `--firewall`: iptables or none.
+fn firewall(args: &Args, env: &Env<'_>, default: FirewallMode) -> Result<FirewallMode, UsageError> {
+    let Some((firewall, l)) = env.value(&args.firewall, "firewall") else {
+        return Ok(default);
     };
+    match firewall.as_str() {
+        "iptables" => Ok(FirewallMode::Iptables),
+        "none" => Ok(FirewallMode::None),
+        other => Err(usage(format!(
+            "{l}: invalid value {other:?} (use iptables or none)"
+        ))),
+    }
+}
 
-    let set_name = |given: &Option<String>, flag: &str, default: &str| {
-        let (v, l) = get(given, flag, default);
-        // IPSET_MAXNAMELEN is 32 including the NUL (linux/netfilter/ipset/ip_set.h).
-        if v.is_empty() || v.len() > 31 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+/// `--set-name` and `--set-name6`: valid ipset names, different from each
+/// other.
+fn set_names(
+    args: &Args,
+    env: &Env<'_>,
+    v4: String,
+    v6: String,
+) -> Result<(String, String), UsageError> {
+    let set_name = |given: &Option<String>, flag: &str, default: String| {
+        let Some((v, l)) = env.value(given, flag) else {
+            return Ok(default);
+        };
+        // The kernel's limit counts the terminating NUL.
+        let max = IPSET_MAXNAMELEN - 1;
+        if v.is_empty() || v.len() > max || !v.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(usage(format!(
-                "{l}: invalid set name {v:?} (1-31 printable characters)"
+                "{l}: invalid set name {v:?} (1-{max} printable characters)"
             )));
         }
         Ok(v)
     };
-    let set_v4 = set_name(&args.set_name, "set-name", "refract_banned_users")?;
-    let set_v6 = set_name(&args.set_name6, "set-name6", "refract_banned_users6")?;
+    let set_v4 = set_name(&args.set_name, "set-name", v4)?;
+    let set_v6 = set_name(&args.set_name6, "set-name6", v6)?;
     if set_v4 == set_v6 {
         return Err(usage("--set-name6: must differ from --set-name"));
     }
+    Ok((set_v4, set_v6))
+}
 
-    let (access_log, _) = get(&args.access_log, "access-log", "/var/log/xray/access.log");
-    let (block_log, _) = get(&args.block_log, "block-log", "/var/log/refract/block.log");
-    if access_log.is_empty() {
+/// `--access-log` and `--block-log`.
+fn log_paths(
+    args: &Args,
+    env: &Env<'_>,
+    access: PathBuf,
+    block: PathBuf,
+) -> Result<(PathBuf, PathBuf), UsageError> {
+    let path = |given: &Option<String>, flag: &str, default: PathBuf| {
+        env.value(given, flag)
+            .map_or(default, |(v, _)| PathBuf::from(v))
+    };
+    let access_log = path(&args.access_log, "access-log", access);
+    let block_log = path(&args.block_log, "block-log", block);
+    if access_log.as_os_str().is_empty() {
         return Err(usage("--access-log: empty path"));
     }
-    let limits_file = env
-        .pick(&args.limits, "limits")
-        .map(|(v, _)| PathBuf::from(v));
-    let limits = match &limits_file {
-        Some(p) => load_limits(p).map_err(usage)?,
-        None => crate::config::Limits::default(),
+    Ok((access_log, block_log))
+}
+
+/// `--limits FILE`, read now so that a bad file stops the start.
+fn limits_file(args: &Args, env: &Env<'_>) -> Result<(Option<PathBuf>, Limits), UsageError> {
+    let Some((path, _)) = env.pick(&args.limits, "limits") else {
+        return Ok((None, Limits::default()));
     };
+    let path = PathBuf::from(path);
+    let limits = load_limits(&path).map_err(usage)?;
+    Ok((Some(path), limits))
+}
 
-    let confirm = env.switch(args.confirm, "confirm")?;
-    let dry_run = env.switch(args.dry_run, "dry-run")?;
-    let from_start = env.switch(args.from_start, "from-start")?;
-
+/// The positional FILE (replay only) and `--explain` (replay only).
+fn operands(command: Command, args: &Args) -> Result<(), UsageError> {
     match command {
         Command::Replay => {
             if args.file.len() != 1 {
@@ -565,36 +703,7 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
             }
         }
     }
-
-    let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
-    let policy = PolicyConfig {
-        window: micros(window),
-        ban: micros(timeout),
-        limit,
-        limits,
-        v6_prefix,
-        allow,
-        confirm,
-        max_users,
-        max_keys,
-    };
-    Ok(Config {
-        access_log: PathBuf::from(access_log),
-        block_log: PathBuf::from(block_log),
-        limits_file,
-        protos,
-        ports,
-        window,
-        timeout,
-        policy,
-        dry_run,
-        from_start,
-        firewall,
-        set_v4,
-        set_v6,
-        set_size,
-        max_line,
-    })
+    Ok(())
 }
 
 /// Entry point; returns the exit code.
@@ -805,6 +914,81 @@ mod tests {
         assert!(!c.dry_run && !c.from_start && !c.policy.confirm);
         assert_eq!(c.access_log, PathBuf::from("/var/log/xray/access.log"));
         assert_eq!(c.max_line, 64 * 1024);
+    }
+
+    /// `--help` and the README's flag table spell the defaults out (argh
+    /// takes the help text from doc comments, literals): they must name the
+    /// values `Config::default` defines.
+    #[test]
+    fn help_and_readme_name_the_defaults() {
+        let d = Config::default();
+        let go = |t: Duration| match t.as_secs() {
+            s if s % 60 == 0 => format!("{}m", s / 60),
+            s => format!("{s}s"),
+        };
+        let size = |n: usize| match n {
+            n if n % 1024 == 0 => format!("{}k", n / 1024),
+            n => n.to_string(),
+        };
+        let proto = match (d.protos.tcp, d.protos.udp) {
+            (true, false) => "tcp",
+            (false, true) => "udp",
+            _ => "tcp,udp",
+        };
+        let firewall = match d.firewall {
+            FirewallMode::Iptables => "iptables",
+            FirewallMode::None => "none",
+        };
+        let ports: Vec<String> = d.ports.iter().map(u16::to_string).collect();
+        let table = [
+            ("proto", proto.to_string()),
+            ("dport", ports.join(",")),
+            ("window", go(d.window)),
+            ("timeout", go(d.timeout)),
+            ("access-log", d.access_log.display().to_string()),
+            ("block-log", d.block_log.display().to_string()),
+            ("limit", d.policy.limit.to_string()),
+            ("ipv6-prefix", d.policy.v6_prefix.to_string()),
+            ("firewall", firewall.to_string()),
+            ("set-name", d.set_v4.clone()),
+            ("set-name6", d.set_v6.clone()),
+            ("set-size", d.set_size.to_string()),
+            ("max-line", size(d.max_line)),
+            ("max-users", d.policy.max_users.to_string()),
+            ("max-keys", d.policy.max_keys.to_string()),
+        ];
+        let help = match parse_args(&s(&["--help"])) {
+            Err(Ok(help)) => help,
+            other => panic!("--help: {other:?}"),
+        };
+        // argh wraps descriptions: compare with whitespace collapsed.
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let help = &help[help.find("Options:").expect("--help lists options")..];
+        let readme = include_str!("../README.md");
+        for (flag, value) in table {
+            let at = help
+                .find(&format!("--{flag} "))
+                .unwrap_or_else(|| panic!("--help has no --{flag}"));
+            let rest = &help[at + flag.len() + 3..];
+            let desc = &rest[..rest.find(" --").unwrap_or(rest.len())];
+            assert!(
+                desc.contains(&format!("(default {value})")),
+                "--help: --{flag} should name its default {value}: {desc:?}"
+            );
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{flag}`")))
+                .unwrap_or_else(|| panic!("README: no row for --{flag}"));
+            assert!(
+                row.contains(&format!("| `{value}` |")),
+                "README: --{flag} should name its default {value}: {row:?}"
+            );
+        }
+        // The policy's own default is the same configuration.
+        let p = PolicyConfig::default();
+        assert_eq!((p.max_users, p.max_keys), (50_000, 250_000));
+        assert_eq!(d.window, Duration::from_micros(p.window));
+        assert_eq!(d.timeout, Duration::from_micros(p.ban));
     }
 
     #[test]

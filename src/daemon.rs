@@ -51,11 +51,12 @@ use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 
-use crate::accesslog::{self, Skip};
+use crate::accesslog;
 use crate::clock::{Micros, SECOND};
 use crate::config::Config;
 use crate::enforce::Enforcer;
 use crate::logger::{self, RateLimit};
+use crate::policy::skip::Skip;
 use crate::policy::{Ban, Policy, Verdict};
 use crate::sys::time::{localtime_now, monotonic, reload_timezone};
 use crate::sys::timerfd::TimerFd;
@@ -309,7 +310,7 @@ impl Core {
         self.stats.lines += 1;
         let access = match accesslog::parse(line) {
             Ok(a) => a,
-            Err(skip) => return self.skipped(now, skip),
+            Err(e) => return self.skipped(now, e.into()),
         };
         match self.policy.observe(now, &access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
@@ -621,7 +622,7 @@ impl Daemon {
             logger::notice(format_args!("reloaded: audit log reopened"));
             return;
         };
-        match crate::config::load_limits(&path) {
+        match crate::policy::limits::load_limits(&path) {
             Ok(limits) => {
                 let n = limits.len();
                 let mut pc = self.core.policy.config().clone();

@@ -23,16 +23,13 @@ impl Key {
     /// The key of a client address with IPv6 grouped to `v6_prefix` bits
     /// (clamped to `1..=128`).
     pub fn new(ip: IpAddr, v6_prefix: u8) -> Key {
-        match ip {
+        match canonical(ip) {
             IpAddr::V4(a) => Key::V4(a),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => Key::V4(v4),
-                None => {
-                    let p = v6_prefix.clamp(1, 128);
-                    let mask = u128::MAX << (128 - u32::from(p));
-                    Key::V6(Ipv6Addr::from(u128::from(a) & mask), p)
-                }
-            },
+            IpAddr::V6(a) => {
+                let p = v6_prefix.clamp(1, 128);
+                let mask = u128::MAX << (128 - u32::from(p));
+                Key::V6(Ipv6Addr::from(u128::from(a) & mask), p)
+            }
         }
     }
 
@@ -63,6 +60,16 @@ impl Key {
 
     pub fn is_v4(self) -> bool {
         matches!(self, Key::V4(_))
+    }
+}
+
+/// The one spelling of an address: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, how
+/// a dual-stack socket names an IPv4 peer) becomes the IPv4 address; every
+/// other address is returned unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        _ => ip,
     }
 }
 
@@ -107,6 +114,15 @@ mod tests {
         assert!(k.contains(ip("192.0.2.7")));
         assert!(k.contains(ip("::ffff:192.0.2.7")));
         assert_eq!(k.net().to_string(), "192.0.2.7/32");
+    }
+
+    #[test]
+    fn canonical_unmaps_v4() {
+        assert_eq!(canonical(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(canonical(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(canonical(ip("2001:db8::1")), ip("2001:db8::1"));
+        // Only the mapped form is IPv4; the deprecated compatible form is not.
+        assert_eq!(canonical(ip("::192.0.2.7")), ip("::192.0.2.7"));
     }
 
     #[test]

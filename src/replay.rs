@@ -11,84 +11,17 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use crate::accesslog::{self, Skip};
+use crate::accesslog;
 use crate::audit;
 use crate::clock::Micros;
 use crate::config::Config;
 use crate::key::Key;
+use crate::lines::{Lines, TooLong};
+use crate::policy::skip::Skip;
 use crate::policy::{Policy, Verdict};
 
 /// Bytes mapped at a time.
 pub const WINDOW: usize = 16 << 20;
-
-/// Splits a byte stream into lines, carrying a partial line between chunks
-/// and skipping (not buffering) lines longer than `max_line`.
-#[derive(Debug)]
-pub struct Lines {
-    carry: Vec<u8>,
-    max_line: usize,
-    /// Inside an over-long line: drop bytes until its newline.
-    skipping: bool,
-}
-
-impl Lines {
-    pub fn new(max_line: usize) -> Lines {
-        Lines {
-            carry: Vec::new(),
-            max_line,
-            skipping: false,
-        }
-    }
-
-    /// Feeds `chunk`; calls `f` with each complete line (without `\n`), or
-    /// with `Err(Skip::TooLong)` once per over-long line.
-    pub fn feed(&mut self, mut chunk: &[u8], f: &mut impl FnMut(Result<&[u8], Skip>)) {
-        while let Some(nl) = accesslog::find_byte(chunk, b'\n') {
-            let (head, tail) = (&chunk[..nl], &chunk[nl + 1..]);
-            if self.skipping {
-                self.skipping = false;
-            } else if self.carry.is_empty() {
-                if head.len() > self.max_line {
-                    f(Err(Skip::TooLong));
-                } else {
-                    f(Ok(head));
-                }
-            } else if self.carry.len() + head.len() > self.max_line {
-                self.carry.clear();
-                f(Err(Skip::TooLong));
-            } else {
-                self.carry.extend_from_slice(head);
-                f(Ok(&self.carry));
-                self.carry.clear();
-            }
-            chunk = tail;
-        }
-        if chunk.is_empty() || self.skipping {
-            return;
-        }
-        if self.carry.len() + chunk.len() > self.max_line {
-            self.carry.clear();
-            self.skipping = true;
-            f(Err(Skip::TooLong));
-        } else {
-            self.carry.extend_from_slice(chunk);
-        }
-    }
-
-    /// End of input: a last line without its newline still counts.
-    pub fn finish(&mut self, f: &mut impl FnMut(Result<&[u8], Skip>)) {
-        if !self.carry.is_empty() {
-            f(Ok(&self.carry));
-            self.carry.clear();
-        }
-        self.skipping = false;
-    }
-
-    /// Bytes of an incomplete line held back.
-    pub fn pending(&self) -> usize {
-        self.carry.len()
-    }
-}
 
 /// What a replay counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,10 +63,13 @@ impl<W: Write> Replayer<W> {
     }
 
     /// One input line (or a reader's verdict on it).
-    pub fn line(&mut self, line: Result<&[u8], Skip>) -> io::Result<()> {
+    pub fn line(&mut self, line: Result<&[u8], TooLong>) -> io::Result<()> {
         self.summary.lines += 1;
         let n = self.summary.lines;
-        let access = match line.and_then(accesslog::parse) {
+        let parsed = line
+            .map_err(Skip::from)
+            .and_then(|l| accesslog::parse(l).map_err(Skip::from));
+        let access = match parsed {
             Ok(a) => a,
             Err(skip) => return self.skip(n, skip, None, None),
         };
@@ -244,7 +180,7 @@ pub fn replay_reader<W: Write>(
     let mut lines = Lines::new(max_line);
     let mut chunk = vec![0u8; 1 << 20];
     let mut err = Ok(());
-    let mut sink = |l: Result<&[u8], Skip>| {
+    let mut sink = |l: Result<&[u8], TooLong>| {
         if err.is_ok() {
             err = rep.line(l);
         }
@@ -271,7 +207,7 @@ pub fn replay_file<W: Write>(
     let size = file.metadata()?.len();
     let mut lines = Lines::new(max_line);
     let mut err = Ok(());
-    let mut sink = |l: Result<&[u8], Skip>| {
+    let mut sink = |l: Result<&[u8], TooLong>| {
         if err.is_ok() {
             err = rep.line(l);
         }
@@ -338,45 +274,4 @@ pub fn format_summary(s: &Summary) -> String {
     }
     out.push_str(&format!(", {} users, {} bans", s.users, s.bans));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn collect(chunks: &[&[u8]], max: usize) -> Vec<Result<Vec<u8>, Skip>> {
-        let mut l = Lines::new(max);
-        let mut out = Vec::new();
-        let mut f = |r: Result<&[u8], Skip>| out.push(r.map(|x| x.to_vec()));
-        for c in chunks {
-            l.feed(c, &mut f);
-        }
-        l.finish(&mut f);
-        out
-    }
-
-    #[test]
-    fn lines_across_chunks() {
-        let got = collect(&[b"ab", b"c\nde", b"f\n\ng", b"h"], 100);
-        let want: Vec<Result<Vec<u8>, Skip>> = vec![
-            Ok(b"abc".to_vec()),
-            Ok(b"def".to_vec()),
-            Ok(b"".to_vec()),
-            Ok(b"gh".to_vec()),
-        ];
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn over_long_lines_are_skipped_once() {
-        let got = collect(&[b"12345\nab", b"cdefgh", b"ij\nok\n123456789\nz"], 5);
-        let want: Vec<Result<Vec<u8>, Skip>> = vec![
-            Ok(b"12345".to_vec()),
-            Err(Skip::TooLong),
-            Ok(b"ok".to_vec()),
-            Err(Skip::TooLong),
-            Ok(b"z".to_vec()),
-        ];
-        assert_eq!(got, want);
-    }
 }

@@ -26,14 +26,15 @@
 //!   `mv other access.log`) becomes the current file, read from offset 0;
 //!   the previous one stays followed as *rotated*: Xray keeps writing to the
 //!   old inode until it closes it after about a minute idle
-//!   (`shared/xray-log-format.md`), so those lines are not lost either.
+//!   ([`crate::accesslog`], "The log as a stream"), so those lines are not
+//!   lost either.
 //!   A rotated file is closed when it has been read to its end and is either
 //!   unlinked (`st_nlink == 0`), idle for [`ROTATED_GRACE`], or pushed out
 //!   by [`MAX_ROTATED`] newer ones; an unlinked current file is closed the
 //!   same way, so deleting a big log frees its space. When a file is
 //!   closed, a last line without its newline is handed out.
 //! - Lines longer than `max_line` are counted and skipped up to their
-//!   newline, never buffered whole ([`crate::replay::Lines`]).
+//!   newline, never buffered whole ([`crate::lines::Lines`]).
 //! - Memory is bounded: no read is larger than [`WINDOW`], and one
 //!   [`Tail::pump`] reads at most [`STEP`] bytes before returning
 //!   [`Progress::More`], so a 1 GiB backlog neither grows the process nor
@@ -98,7 +99,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::clock::{Micros, SECOND};
-use crate::replay::Lines;
+use crate::lines::Lines;
 
 /// Largest mapped window.
 pub const WINDOW: usize = 16 << 20;

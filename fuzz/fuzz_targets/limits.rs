@@ -1,10 +1,10 @@
-//! `refract::config::parse_limits` on arbitrary bytes: never panics; on
+//! `refract::policy::limits::parse_limits` on arbitrary bytes: never panics; on
 //! success every limit is at least 1 and every email is non-empty of
 //! surrounding blanks; on failure the line number is within the input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use refract::config::parse_limits;
+use refract::policy::limits::parse_limits;
 
 fuzz_target!(|data: &[u8]| {
     match parse_limits(data) {
