@@ -21,6 +21,26 @@
 //! The poll timeout is zero only while the follower has a backlog left
 //! (it reads at most [`crate::tail::STEP`] bytes per turn).
 //!
+//! # Readiness
+//!
+//! The daemon says it is ready — `READY=1` on `$NOTIFY_SOCKET` (systemd
+//! `Type=notify`, sd_notify(3)) and one log line starting with `ready:` —
+//! exactly once at start, and only when a line appended to the log from
+//! then on is certain to be decided and enforced:
+//!
+//! 1. the sets and DROP rules exist and the kernel sockets are open
+//!    (`KernelEnforcer::new`, before [`run`] is called) and registered
+//!    with the poll ([`Daemon::new`]);
+//! 2. the log is followed: [`Tail::open`] has put the inotify watches on
+//!    the directory and on the file *before* taking the file's size as the
+//!    starting offset, so a write after that offset raises an event, and a
+//!    missing file is known absent with its directory watched;
+//! 3. the audit log is open, lost bans are restored, and the capabilities
+//!    the loop does not need are dropped ([`crate::privilege`]).
+//!
+//! Nothing before that point may be taken as readiness (the sets exist
+//! before the log is followed).
+//!
 //! Signals ([`signals`]; each sets a flag, then wakes the loop):
 //! - SIGTERM, SIGINT: finish the batch, flush the audit log and the
 //!   enforcer (at most [`FLUSH_BUDGET`]), log the counters, exit 0.
@@ -83,19 +103,6 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
     let sink = logger::init(logger::Target::from_env());
     match Daemon::new(cfg, enforcer) {
         Ok(mut d) => {
-            logger::notice(format_args!(
-                "refract {} following {} from its {}{}, audit log {}, enforcer {}, logging to {sink}",
-                env!("CARGO_PKG_VERSION"),
-                d.cfg.access_log.display(),
-                if d.cfg.from_start { "start" } else { "end" },
-                if d.tail.is_open() {
-                    ""
-                } else {
-                    " (not there yet)"
-                },
-                d.cfg.block_log.display(),
-                d.core.enforcer.name(),
-            ));
             // Sets, rules and both logs are in place: give up what the loop
             // does not need (started as root only; see `privilege`).
             match crate::privilege::drop_after_startup(&d.cfg) {
@@ -103,9 +110,7 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
                 Ok(None) => {}
                 Err(e) => logger::error(format_args!("capabilities: could not drop: {e}")),
             }
-            // systemd `Type=notify`: ready once the log is watched and the
-            // audit log open (a no-op outside systemd).
-            d.notify("READY=1");
+            d.ready(sink);
             match d.run() {
                 Ok(()) => 0,
                 Err(e) => {
@@ -155,6 +160,27 @@ impl Daemon {
             signals,
             core,
         })
+    }
+
+    /// Says the daemon is ready (see "Readiness" above): one `ready:` log
+    /// line, then `READY=1` to the service manager (a no-op outside
+    /// systemd). Called once, after [`Daemon::new`] and the privilege drop.
+    fn ready(&self, sink: &str) {
+        logger::notice(format_args!(
+            "ready: following {} from its {}{}, audit log {}, enforcer {}, logging to {sink}, \
+             refract {}",
+            self.cfg.access_log.display(),
+            if self.cfg.from_start { "start" } else { "end" },
+            if self.tail.is_open() {
+                ""
+            } else {
+                " (not there yet)"
+            },
+            self.cfg.block_log.display(),
+            self.core.enforcer.name(),
+            env!("CARGO_PKG_VERSION"),
+        ));
+        self.notify("READY=1");
     }
 
     fn run(&mut self) -> io::Result<()> {
