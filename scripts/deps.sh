@@ -167,7 +167,10 @@ refract_install_deps() {
         return 0
     fi
     local pkgs=() c
-    for c in $missing; do pkgs+=("${deb[$c]}"); done
+    for c in $missing; do
+        # ip and ss are both iproute2: name each package once.
+        [[ " ${pkgs[*]} " == *" ${deb[$c]} "* ]] || pkgs+=("${deb[$c]}")
+    done
     if command -v apt-get >/dev/null 2>&1; then
         echo "deps: installing ${pkgs[*]}" >&2
         refract_apt_update
