@@ -9,9 +9,9 @@
 # is kept as it is. Without one, the distribution's is installed: its
 # `cargo`/`rustc` when they are new enough (Ubuntu 24.04, Debian 13, Alpine),
 # else on Debian 12 (rustc 1.63) the current toolchain Debian 12 ships as
-# `cargo-web`, `rustc-web`, `rustfmt-web` and `rust-web-clippy`
-# (bookworm-security; they install /usr/bin/cargo, rustc, rustfmt,
-# cargo-clippy and replace Debian's old `cargo`/`rustc` packages).
+# `cargo-web`, `rustc-web`, `rustfmt-web` and `rust-web-clippy` (1.85 in
+# bookworm, newer in bookworm-security; they install /usr/bin/cargo, rustc,
+# rustfmt, cargo-clippy and replace Debian's old `cargo`/`rustc` packages).
 set -euo pipefail
 
 # Cargo.toml's rust-version.
