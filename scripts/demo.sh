@@ -137,7 +137,8 @@ refract_pid=$!
 # followed, the sets and rules exist, the kernel sockets are open and
 # capabilities are dropped. The simulated lines are written only after it.
 ready() {
-    grep -q '^refract: ready: ' "$work/refract.err" && return 0
+    # -s: the background shell may not have created the file yet.
+    grep -qs '^refract: ready: ' "$work/refract.err" && return 0
     kill -0 "$refract_pid" 2>/dev/null || { cat "$work/refract.err" >&2; exit 1; }
     return 1
 }
