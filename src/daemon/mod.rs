@@ -4,11 +4,11 @@
 //! |-----------------------|------------------------------------------|
 //! | [`TAIL`]              | inotify on the access log and its dir    |
 //! | [`TIMER`]             | timerfd (`CLOCK_MONOTONIC`), one-shot    |
-//! | [`SIGNAL`]            | signal-hook self-pipe ([`signals`])      |
+//! | [`SIGNAL`]            | signal-hook self-pipe (`signals.rs`)     |
 //! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
 //!
 //! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
-//! What a line does (parse, policy, audit, enforcer) is in [`core`]; this
+//! What a line does (parse, policy, audit, enforcer) is in `core.rs`; this
 //! module owns the sources and the order of a loop turn.
 //!
 //! Invariant: no wakeup without work. The timerfd is armed to the earliest
@@ -30,7 +30,7 @@
 //!
 //! 1. the sets and DROP rules exist and the kernel sockets are open
 //!    (`KernelEnforcer::new`, before [`run`] is called) and registered
-//!    with the poll ([`Daemon::new`]);
+//!    with the poll (`Daemon::new`);
 //! 2. the log is followed: [`Tail::open`] has put the inotify watches on
 //!    the directory and on the file *before* taking the file's size as the
 //!    starting offset, so a write after that offset raises an event, and a
@@ -41,7 +41,7 @@
 //! Nothing before that point may be taken as readiness (the sets exist
 //! before the log is followed).
 //!
-//! Signals ([`signals`]; each sets a flag, then wakes the loop):
+//! Signals (`signals.rs`; each sets a flag, then wakes the loop):
 //! - SIGTERM, SIGINT: finish the batch, flush the audit log and the
 //!   enforcer (at most [`FLUSH_BUDGET`]), log the counters, exit 0.
 //! - SIGHUP: re-read `--limits` (a bad file keeps the old limits and logs
