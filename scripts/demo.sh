@@ -52,6 +52,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# wait_for SECONDS WHAT CMD...: polls CMD every 50 ms, at most SECONDS; on
+# timeout says what it waited for and fails. Every wait in the demo is one
+# of these, bounded, on the thing itself (never a fixed sleep).
+wait_for() {
+    local secs=$1 what=$2 i
+    shift 2
+    for ((i = 0; i < secs * 20; i++)); do
+        "$@" && return 0
+        sleep 0.05
+    done
+    echo "demo: no $what within ${secs}s" >&2
+    return 1
+}
+
 step "sandbox: node 192.0.2.1 and 198.51.100.1, phone 192.0.2.11, laptop 198.51.100.12"
 for ns in "$node" "$c1" "$c2"; do
     ip netns add "$ns"
@@ -108,7 +122,8 @@ except socket.timeout:
 EOF
 ip netns exec "$node" python3 "$work/server.py" &
 pids+=($!)
-sleep 0.5
+listening() { [[ -n $(ip netns exec "$node" ss -Hltn 'sport = :443') ]]; }
+wait_for 30 "listener on the node's port 443" listening
 
 log="$work/access.log" audit="$work/block.log"
 : >"$log"
@@ -117,23 +132,33 @@ echo "  ip netns exec node refract --proto=tcp --dport=443 --window=5s --timeout
 REFRACT_LOG=stderr ip netns exec "$node" "$bin" --proto=tcp --dport=443 --window=5s --timeout=1m \
     --access.log="$log" --block.log="$audit" 2>"$work/refract.err" &
 pids+=($!)
-for _ in $(seq 50); do
-    ip netns exec "$node" ipset list -n 2>/dev/null | grep -q refract_banned_users && break
-    sleep 0.1
-done
+refract_pid=$!
+# refract's readiness: its one "ready:" line, logged once the log is
+# followed, the sets and rules exist, the kernel sockets are open and
+# capabilities are dropped. The simulated lines are written only after it.
+ready() {
+    # -s: the background shell may not have created the file yet.
+    grep -qs '^refract: ready: ' "$work/refract.err" && return 0
+    kill -0 "$refract_pid" 2>/dev/null || { cat "$work/refract.err" >&2; exit 1; }
+    return 1
+}
+wait_for 60 "ready line from refract" ready || { cat "$work/refract.err" >&2; exit 1; }
+grep '^refract: ready: ' "$work/refract.err" | sed 's/^/  /'
 
 step "alice's phone (192.0.2.11) and laptop (198.51.100.12) connect"
 ip netns exec "$c1" python3 "$work/client.py" phone 4 >"$work/phone.out" &
 pids+=($!)
 ip netns exec "$c2" python3 "$work/client.py" laptop 4 >"$work/laptop.out" &
 pids+=($!)
-sleep 0.5
+connected() { (($(ip netns exec "$node" ss -Htn state established 'sport = :443' | wc -l) >= 2)); }
+wait_for 30 "connections from both devices" connected
 ts() { date '+%Y/%m/%d %H:%M:%S.%6N'; }
 # What Xray writes for each new connection (the simulator).
 echo "$(ts) from 192.0.2.11:51000 accepted tcp:example.com:443 [vless-in >> direct] email: alice@example.com" | tee -a "$log"
 sleep 1
 echo "$(ts) from 198.51.100.12:40000 accepted tcp:example.com:443 [vless-in >> direct] email: alice@example.com" | tee -a "$log"
-sleep 0.3
+banned() { grep -q 'ended .* tcp connection' "$work/refract.err"; }
+wait_for 30 "ban with its connections ended" banned || { cat "$work/refract.err" >&2; exit 1; }
 
 step "refract's audit line ($audit)"
 sed 's/^/  /' "$audit" 2>/dev/null || echo "  (none: see $work/refract.err)"

@@ -594,7 +594,7 @@ fn parse_ipv6(s: &[u8]) -> Option<Ipv6Addr> {
             if d > 15 {
                 break;
             }
-            v = v << 4 | u32::from(d);
+            v = (v << 4) | u32::from(d);
             i += 1;
         }
         if s.get(i) == Some(&b'.') {
@@ -1446,7 +1446,8 @@ mod tests {
         for _ in 0..100_000 {
             // A printed address (std's compressed form, sometimes mapped).
             let a = Ipv6Addr::from(
-                u128::from(rng.next()) << (rng.below(64) as u32) | u128::from(rng.next() & 0xffff),
+                (u128::from(rng.next()) << (rng.below(64) as u32))
+                    | u128::from(rng.next() & 0xffff),
             );
             let text = a.to_string();
             assert_eq!(parse_ipv6(text.as_bytes()), Some(a), "{text}");

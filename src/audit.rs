@@ -1,12 +1,22 @@
-//! The audit line, byte-compatible with refract 0.2 so existing greps and
-//! fail2ban filters keep matching:
+//! The audit log (`--block.log`, and `replay`'s stdout): its line format,
+//! byte-compatible with refract 0.2 so existing greps and fail2ban filters
+//! keep matching, and [`AuditLog`], the file the daemon appends it to.
 //!
 //! `YYYY/MM/DD HH:MM:SS disallowed concurrent connection from KEY w/ origin KEY[,KEY…] [TAG] email: USER`
+//!
+//! [`write_line`] is pure (the time is passed in). [`AuditLog`] writes each
+//! line with one unbuffered `write(2)` on an `O_APPEND` file, so a line is
+//! whole in the page cache when the ban goes to the kernel, and a crash
+//! loses nothing already decided.
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::clock::Timestamp;
 use crate::policy::Ban;
+use crate::sys::time::localtime_now;
 
 /// Appends the audit line for `ban` decided at `ts` (without the newline) to
 /// `out`. Invalid UTF-8 in the tag or user is written as it came.
@@ -27,6 +37,100 @@ pub fn write_line(out: &mut Vec<u8>, ts: Timestamp, ban: &Ban) {
     out.extend_from_slice(&ban.tag);
     out.extend_from_slice(b"] email: ");
     out.extend_from_slice(&ban.user);
+}
+
+/// The audit log (`--block.log`): append-only, created `0640`, reopened on
+/// SIGHUP or when found rotated away (checked with one `stat` per ban).
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Option<(File, (u64, u64))>,
+    buf: Vec<u8>,
+}
+
+impl AuditLog {
+    /// Opens (creating it and its directory if needed) the audit log.
+    pub fn open(path: &Path) -> io::Result<AuditLog> {
+        let mut a = AuditLog {
+            path: path.to_path_buf(),
+            file: None,
+            buf: Vec::with_capacity(256),
+        };
+        a.reopen()?;
+        Ok(a)
+    }
+
+    /// Opens the path again (SIGHUP, or after a rotation).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        let open = || {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(&self.path)
+        };
+        let file = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = self.path.parent() {
+                    // As systemd's LogsDirectoryMode: the audit log names
+                    // users, so not world-readable.
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o750)
+                        .create(dir)?;
+                }
+                open()
+            }
+            r => r,
+        }
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("audit: open {}: {e}", self.path.display()),
+            )
+        })?;
+        let m = file.metadata()?;
+        self.file = Some((file, (m.dev(), m.ino())));
+        Ok(())
+    }
+
+    /// Whether the path still names the file we hold.
+    fn rotated_away(&self) -> bool {
+        let Some((_, id)) = &self.file else {
+            return true;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != *id,
+            Err(_) => true,
+        }
+    }
+
+    /// Appends the line for `ban`, stamped with the local time now.
+    pub fn write(&mut self, ban: &Ban) -> io::Result<()> {
+        if self.rotated_away() {
+            self.reopen()?;
+        }
+        self.buf.clear();
+        write_line(&mut self.buf, localtime_now(), ban);
+        self.buf.push(b'\n');
+        let (file, _) = self.file.as_mut().expect("reopened above");
+        // Unbuffered: one write(2) per line, so the line is on disk (in the
+        // page cache) when this returns and a crash loses nothing.
+        file.write_all(&self.buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("audit: write {}: {e}", self.path.display()),
+            )
+        })
+    }
+
+    /// Flushes the file (at exit; a no-op for an unbuffered `File`, kept so
+    /// the exit path does not depend on that).
+    pub fn flush(&mut self) {
+        if let Some((f, _)) = self.file.as_mut() {
+            let _ = f.flush();
+        }
+    }
 }
 
 #[cfg(test)]

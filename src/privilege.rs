@@ -145,7 +145,10 @@ mod tests {
     fn net_admin_always_net_raw_only_when_refract_runs_iptables() {
         let f = Facts::default();
         let k = cfg(false, FirewallMode::Iptables);
-        assert_eq!(needs(&k, &f).mask, 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW);
+        assert_eq!(
+            needs(&k, &f).mask,
+            (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)
+        );
         // The operator's rule: refract never runs iptables.
         let none = cfg(false, FirewallMode::None);
         assert_eq!(needs(&none, &f).mask, 1 << CAP_NET_ADMIN);
@@ -162,7 +165,7 @@ mod tests {
         let n = needs(&k, &f);
         assert_eq!(
             n.mask,
-            1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW | 1 << CAP_DAC_READ_SEARCH
+            (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW) | (1 << CAP_DAC_READ_SEARCH)
         );
         assert!(n.reasons[2].contains("uid 65534"), "{:?}", n.reasons);
     }

@@ -134,14 +134,14 @@ pub const TCP_CLOSING: u8 = 11;
 /// retransmissions). Asking for `SYN_RECV` makes the kernel include
 /// `TCP_NEW_SYN_RECV` request sockets too (`inet_diag_dump_icsk()`), so a
 /// handshake in progress is aborted as well.
-pub const KILL_STATES: u32 = 1 << TCP_ESTABLISHED
-    | 1 << TCP_SYN_SENT
-    | 1 << TCP_SYN_RECV
-    | 1 << TCP_FIN_WAIT1
-    | 1 << TCP_FIN_WAIT2
-    | 1 << TCP_CLOSE_WAIT
-    | 1 << TCP_LAST_ACK
-    | 1 << TCP_CLOSING;
+pub const KILL_STATES: u32 = (1 << TCP_ESTABLISHED)
+    | (1 << TCP_SYN_SENT)
+    | (1 << TCP_SYN_RECV)
+    | (1 << TCP_FIN_WAIT1)
+    | (1 << TCP_FIN_WAIT2)
+    | (1 << TCP_CLOSE_WAIT)
+    | (1 << TCP_LAST_ACK)
+    | (1 << TCP_CLOSING);
 
 /// At most this many distinct ports fit one filter: a port costs 12 bytes
 /// and the "reject" offset (`u16 no`) must reach past the whole program.

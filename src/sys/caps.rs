@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(name(CAP_DAC_READ_SEARCH), "cap_dac_read_search");
         assert_eq!(name(40), "cap_checkpoint_restore");
         assert_eq!(
-            names(1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW),
+            names((1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW)),
             "cap_net_admin,cap_net_raw"
         );
         assert_eq!(names(0), "none");

@@ -1,0 +1,288 @@
+//! What the loop drives, apart from the follower: the policy, the enforcer,
+//! the audit log and the loop's counters. [`Core`] is separate from the
+//! follower so that the follower can lend each line to [`Core::line`]
+//! while both are borrowed from the daemon.
+//!
+//! Per complete line: `accesslog::parse` → `Policy::observe(now)` → on a
+//! ban: the audit line ([`AuditLog::write`], one `write(2)`),
+//! `Enforcer::ban_conn`, one log line. Inside the loop errors are logged
+//! (rate-limited) and counted, never propagated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::accesslog;
+use crate::audit::AuditLog;
+use crate::clock::{Micros, SECOND};
+use crate::enforce::Enforcer;
+use crate::logger::{self, RateLimit};
+use crate::policy::skip::Skip;
+use crate::policy::{Ban, Policy, PolicyConfig, Verdict};
+use crate::sys::time::monotonic;
+use crate::tail::TailStats;
+
+use super::WARN_PERIOD;
+
+/// Counters of the loop (the follower and the policy keep their own).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonStats {
+    pub lines: u64,
+    pub skipped: [u64; Skip::ALL.len()],
+    pub bans: u64,
+    pub expired: u64,
+    pub audit_errors: u64,
+    pub wakeups: u64,
+    /// `users_refused + keys_refused` of the policy at the last check.
+    pub refused_seen: u64,
+}
+
+/// What a line touches: everything but the follower, so the follower can
+/// lend lines to it.
+pub(super) struct Core {
+    pub(super) policy: Policy,
+    pub(super) enforcer: Box<dyn Enforcer>,
+    pub(super) audit: AuditLog,
+    warn: RateLimit<{ Skip::ALL.len() }>,
+    audit_warn: RateLimit<1>,
+    /// The memory caps (`--max-users`/`--max-keys`) refused state: one
+    /// warning per [`WARN_PERIOD`].
+    caps_warn: RateLimit<1>,
+    pub(super) stats: DaemonStats,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("enforcer", &self.enforcer.name())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core on `config`, with the bans the enforcer finds already in
+    /// force (a restart) restored into the policy.
+    pub(super) fn new(
+        config: PolicyConfig,
+        mut enforcer: Box<dyn Enforcer>,
+        audit: AuditLog,
+    ) -> Core {
+        let mut policy = Policy::new(config);
+        let now = monotonic();
+        match enforcer.existing_bans() {
+            Ok(bans) => {
+                let n = bans.len();
+                for (key, left) in bans {
+                    let left = left.as_micros().min(u128::from(u64::MAX)) as u64;
+                    policy.restore_ban(key, now.saturating_add(left));
+                }
+                if n > 0 {
+                    logger::notice(format_args!("restored {n} bans in force"));
+                }
+            }
+            Err(e) => logger::error(format_args!("reading existing bans: {e}")),
+        }
+        Core {
+            policy,
+            enforcer,
+            audit,
+            warn: RateLimit::new(WARN_PERIOD),
+            audit_warn: RateLimit::new(60 * SECOND),
+            caps_warn: RateLimit::new(WARN_PERIOD),
+            stats: DaemonStats::default(),
+        }
+    }
+
+    pub(super) fn line(&mut self, now: Micros, line: &[u8]) {
+        self.stats.lines += 1;
+        let access = match accesslog::parse(line) {
+            Ok(a) => a,
+            Err(e) => return self.skipped(now, e.into()),
+        };
+        match self.policy.observe(now, &access) {
+            Verdict::Skipped(skip) => self.skipped(now, skip),
+            Verdict::Banned(ban) => {
+                // The line that made the newcomer names its connection: the
+                // enforcer can end that one by exact lookup first.
+                let conn = match access.source {
+                    accesslog::Source::Ip(ip, port) if ban.key.contains(ip) => {
+                        Some(std::net::SocketAddr::new(ip, port))
+                    }
+                    _ => None,
+                };
+                self.ban(now, &ban, conn)
+            }
+            // A refusal at the memory caps is reported as `Admitted`.
+            Verdict::Admitted(_) => self.caps(now),
+            Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
+        }
+    }
+
+    /// Warns (rate-limited) when the memory caps refused new state since
+    /// the last line: those users and addresses are not tracked, so they
+    /// cannot be banned (fail-open) until state expires.
+    fn caps(&mut self, now: Micros) {
+        let p = self.policy.stats();
+        let refused = p.users_refused + p.keys_refused;
+        if refused == self.stats.refused_seen {
+            return;
+        }
+        self.stats.refused_seen = refused;
+        if self.caps_warn.check(0, now).is_some() {
+            let (users, keys) = self.policy.tracked();
+            let cfg = self.policy.config();
+            logger::warning(format_args!(
+                "memory cap reached ({users} users of --max-users {}, {keys} addresses of \
+                 --max-keys {}): new users and addresses are not tracked until state expires \
+                 (users_refused={} keys_refused={} so far)",
+                cfg.max_users, cfg.max_keys, p.users_refused, p.keys_refused
+            ));
+        }
+    }
+
+    fn skipped(&mut self, now: Micros, skip: Skip) {
+        self.stats.skipped[skip.index()] += 1;
+        let why = match skip {
+            Skip::Loopback => {
+                "loopback client addresses in the access log: a reverse proxy or fallback \
+                 without PROXY protocol hides the real clients; these lines never count"
+            }
+            Skip::Masked => {
+                "masked client addresses in the access log (Xray log.maskAddress): \
+                 refract cannot ban what it cannot see; turn masking off"
+            }
+            Skip::XffPort0 => {
+                "client addresses from X-Forwarded-For (port 0) in the access log: \
+                 packets come from the CDN, a kernel ban cannot work; these lines never count"
+            }
+            _ => return,
+        };
+        if let Some(suppressed) = self.warn.check(skip.index(), now) {
+            logger::warning(format_args!(
+                "{why} ({} lines so far, {suppressed} since the last warning)",
+                self.stats.skipped[skip.index()]
+            ));
+        }
+    }
+
+    fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>) {
+        self.stats.bans += 1;
+        if let Err(e) = self.audit.write(ban) {
+            self.stats.audit_errors += 1;
+            // A full disk fails every ban: one message per period.
+            if let Some(n) = self.audit_warn.check(0, now) {
+                logger::error(format_args!(
+                    "{e} ({n} more failures since the last message)"
+                ));
+            }
+        }
+        let ttl = match ban.until.checked_sub(now) {
+            Some(t) if t > 0 => Duration::from_micros(t),
+            _ => Duration::from_micros(self.policy.config().ban),
+        };
+        self.enforcer.ban_conn(ban, ttl, now, conn);
+        let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
+        logger::notice(format_args!(
+            "ban {} for {}s: user {} already online from {}",
+            ban.key,
+            ttl.as_secs(),
+            String::from_utf8_lossy(&ban.user),
+            origins.join(",")
+        ));
+    }
+
+    /// The earliest deadline of the policy and the enforcer.
+    pub(super) fn next_deadline(&self) -> Option<Micros> {
+        [self.policy.next_deadline(), self.enforcer.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Runs the policy's and the enforcer's work whose deadline has passed.
+    pub(super) fn deadlines(&mut self, now: Micros) {
+        if self.policy.next_deadline().is_some_and(|d| d <= now) {
+            let ended = self.policy.expire(now);
+            self.stats.expired += ended.len() as u64;
+        }
+        if self.enforcer.next_deadline().is_some_and(|d| d <= now) {
+            self.enforcer.tick(now);
+        }
+    }
+
+    /// Logs how many open connections each finished ban ended (the kill
+    /// work completes a few hundred microseconds after the ban itself).
+    pub(super) fn kill_reports(&mut self) {
+        for r in self.enforcer.take_reports() {
+            logger::notice(format_args!(
+                "ban {}: ended {} tcp connection(s), {} udp flow(s)",
+                r.key, r.tcp, r.udp
+            ));
+        }
+    }
+
+    /// SIGHUP's part here: reopen the audit log, re-read `limits_file`
+    /// (a bad file keeps the previous limits and logs one error).
+    pub(super) fn reload(&mut self, limits_file: Option<&Path>) {
+        if let Err(e) = self.audit.reopen() {
+            self.stats.audit_errors += 1;
+            logger::error(format_args!("reload: {e}"));
+        }
+        let Some(path) = limits_file else {
+            logger::notice(format_args!("reloaded: audit log reopened"));
+            return;
+        };
+        match crate::policy::limits::load_limits(path) {
+            Ok(limits) => {
+                let n = limits.len();
+                let mut pc = self.policy.config().clone();
+                pc.limits = limits;
+                self.policy.reconfigure(pc);
+                logger::notice(format_args!(
+                    "reloaded: {n} per-user limits from {}, audit log reopened",
+                    path.display()
+                ));
+            }
+            Err(e) => logger::error(format_args!("reload: {e}; keeping the previous limits")),
+        }
+    }
+
+    /// Every counter on one line: `stats: lines=N …` (SIGUSR1, exit); `t`
+    /// are the follower's.
+    pub(super) fn stats_line(&self, t: &TailStats) -> String {
+        let s = &self.stats;
+        let p = self.policy.stats();
+        let e = self.enforcer.stats();
+        let (users, keys) = self.policy.tracked();
+        let mut out = format!(
+            "stats: lines={} bytes={} too_long={} rotations={} truncations={} read_errors={} \
+             parsed_lines={} bans={} expired={} audit_errors={} users={users} keys={keys} \
+             policy_bans={} users_refused={} keys_refused={} enforcer_bans={} \
+             enforcer_errors={} set_full={} wakeups={}",
+            t.lines,
+            t.bytes,
+            t.too_long,
+            t.rotations,
+            t.truncations,
+            t.errors,
+            s.lines,
+            s.bans,
+            s.expired,
+            s.audit_errors,
+            p.bans,
+            p.users_refused,
+            p.keys_refused,
+            e.bans,
+            e.errors,
+            e.set_full,
+            s.wakeups,
+        );
+        for skip in Skip::ALL {
+            let n = s.skipped[skip.index()];
+            if n > 0 {
+                out.push_str(&format!(" skipped_{}={n}", skip.name().replace('-', "_")));
+            }
+        }
+        out
+    }
+}

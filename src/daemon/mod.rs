@@ -1,0 +1,336 @@
+//! The live daemon: one `mio::Poll`, constant tokens, one `match`.
+//!
+//! | token                 | source                                   |
+//! |-----------------------|------------------------------------------|
+//! | [`TAIL`]              | inotify on the access log and its dir    |
+//! | [`TIMER`]             | timerfd (`CLOCK_MONOTONIC`), one-shot    |
+//! | [`SIGNAL`]            | signal-hook self-pipe (`signals.rs`)     |
+//! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
+//!
+//! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
+//! What a line does (parse, policy, audit, enforcer) is in `core.rs`; this
+//! module owns the sources and the order of a loop turn.
+//!
+//! Invariant: no wakeup without work. The timerfd is armed to the earliest
+//! deadline the policy, the enforcer or the follower reports and disarmed
+//! when there is none; there is no periodic tick, so with no log activity
+//! and no pending window or ban the process sleeps in `epoll_wait` forever.
+//! The one exception is a missing log directory: inotify cannot watch what
+//! does not exist, so the follower asks to be woken once a second until the
+//! directory is back (`tail::Tail::next_deadline`).
+//! The poll timeout is zero only while the follower has a backlog left
+//! (it reads at most [`crate::tail::STEP`] bytes per turn).
+//!
+//! # Readiness
+//!
+//! The daemon says it is ready — `READY=1` on `$NOTIFY_SOCKET` (systemd
+//! `Type=notify`, sd_notify(3)) and one log line starting with `ready:` —
+//! exactly once at start, and only when a line appended to the log from
+//! then on is certain to be decided and enforced:
+//!
+//! 1. the sets and DROP rules exist and the kernel sockets are open
+//!    (`KernelEnforcer::new`, before [`run`] is called) and registered
+//!    with the poll (`Daemon::new`);
+//! 2. the log is followed: [`Tail::open`] has put the inotify watches on
+//!    the directory and on the file *before* taking the file's size as the
+//!    starting offset, so a write after that offset raises an event, and a
+//!    missing file is known absent with its directory watched;
+//! 3. the audit log is open, lost bans are restored, and the capabilities
+//!    the loop does not need are dropped ([`crate::privilege`]).
+//!
+//! Nothing before that point may be taken as readiness (the sets exist
+//! before the log is followed).
+//!
+//! Signals (`signals.rs`; each sets a flag, then wakes the loop):
+//! - SIGTERM, SIGINT: finish the batch, flush the audit log and the
+//!   enforcer (at most [`FLUSH_BUDGET`]), log the counters, exit 0.
+//! - SIGHUP: re-read `--limits` (a bad file keeps the old limits and logs
+//!   one error naming file and line), reopen the audit log, re-read the
+//!   time zone.
+//! - SIGUSR1: log one `stats:` line with every counter (what the tests and
+//!   operators read); the same line is logged at exit.
+//!
+//! At the memory caps the policy refuses new state; the loop warns once per
+//! [`WARN_PERIOD`] and counts it in `stats:`.
+//!
+//! Messages go to syslog or stderr ([`crate::logger`], `REFRACT_LOG`); the
+//! audit line's time is the local time of the decision
+//! ([`crate::sys::time::localtime_now`]), as refract 0.2 wrote it. How the
+//! follower survives rotation and contains SIGBUS: [`crate::tail`].
+
+mod core;
+mod signals;
+
+use std::io;
+use std::time::Duration;
+
+use mio::{Events, Interest, Poll, Token};
+
+use crate::audit::AuditLog;
+use crate::clock::{Micros, SECOND};
+use crate::config::Config;
+use crate::enforce::Enforcer;
+use crate::logger;
+use crate::sys::time::{monotonic, reload_timezone};
+use crate::sys::timerfd::TimerFd;
+use crate::tail::Tail;
+
+use self::core::Core;
+pub use self::core::DaemonStats;
+use self::signals::Signals;
+
+pub const TAIL: Token = Token(0);
+pub const TIMER: Token = Token(1);
+pub const SIGNAL: Token = Token(2);
+/// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
+pub const ENFORCER_FIRST: usize = 16;
+pub const ENFORCER_TOKENS: usize = 16;
+const _: () = assert!(crate::enforce::kernel::TOKENS <= ENFORCER_TOKENS);
+
+/// How long shutdown waits for the enforcer's queued work.
+pub const FLUSH_BUDGET: Duration = Duration::from_secs(1);
+/// One misconfiguration warning per class per this period.
+pub const WARN_PERIOD: Micros = 10 * 60 * SECOND;
+
+/// Exit code when the daemon cannot start (log directory missing, audit
+/// log not writable, …).
+pub const EXIT_START: i32 = 1;
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code. `cli`
+/// chooses the enforcer (`DryRun` for `--dry-run`, the kernel one else)
+/// and has made it (sets, rules, sockets) before calling this.
+pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
+    let sink = logger::init(logger::Target::from_env());
+    match Daemon::new(cfg, enforcer) {
+        Ok(mut d) => {
+            // Sets, rules and both logs are in place: give up what the loop
+            // does not need (started as root only; see `privilege`).
+            match crate::privilege::drop_after_startup(&d.cfg) {
+                Ok(Some(line)) => logger::notice(format_args!("{line}")),
+                Ok(None) => {}
+                Err(e) => logger::error(format_args!("capabilities: could not drop: {e}")),
+            }
+            d.ready(sink);
+            match d.run() {
+                Ok(()) => 0,
+                Err(e) => {
+                    logger::error(format_args!("{e}"));
+                    EXIT_START
+                }
+            }
+        }
+        Err(e) => {
+            logger::error(format_args!("{e}"));
+            EXIT_START
+        }
+    }
+}
+
+struct Daemon {
+    cfg: Config,
+    poll: Poll,
+    tail: Tail,
+    timer: TimerFd,
+    armed: Option<Micros>,
+    signals: Signals,
+    core: Core,
+}
+
+impl Daemon {
+    fn new(cfg: Config, mut enforcer: Box<dyn Enforcer>) -> io::Result<Daemon> {
+        reload_timezone();
+        let poll = Poll::new()?;
+        let tail = Tail::open(&cfg.access_log, cfg.from_start, cfg.max_line)?;
+        tail.register(poll.registry(), TAIL)?;
+        let mut timer = TimerFd::new()?;
+        poll.registry()
+            .register(&mut timer, TIMER, Interest::READABLE)?;
+        let mut signals = Signals::new()?;
+        poll.registry()
+            .register(&mut signals.rx, SIGNAL, Interest::READABLE)?;
+        enforcer.register(poll.registry(), ENFORCER_FIRST)?;
+        let audit = AuditLog::open(&cfg.block_log)?;
+        let core = Core::new(cfg.policy.clone(), enforcer, audit);
+        Ok(Daemon {
+            cfg,
+            poll,
+            tail,
+            timer,
+            armed: None,
+            signals,
+            core,
+        })
+    }
+
+    /// Says the daemon is ready (see "Readiness" above): one `ready:` log
+    /// line, then `READY=1` to the service manager (a no-op outside
+    /// systemd). Called once, after [`Daemon::new`] and the privilege drop.
+    fn ready(&self, sink: &str) {
+        logger::notice(format_args!(
+            "ready: following {} from its {}{}, audit log {}, enforcer {}, logging to {sink}, \
+             refract {}",
+            self.cfg.access_log.display(),
+            if self.cfg.from_start { "start" } else { "end" },
+            if self.tail.is_open() {
+                ""
+            } else {
+                " (not there yet)"
+            },
+            self.cfg.block_log.display(),
+            self.core.enforcer.name(),
+            env!("CARGO_PKG_VERSION"),
+        ));
+        self.notify("READY=1");
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(64);
+        // Whatever `--from-start` asks for, and a file that appeared
+        // between open and register.
+        self.pump(monotonic());
+        loop {
+            self.rearm();
+            let timeout = self.tail.has_more().then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io::Error::new(e.kind(), format!("poll: {e}")));
+            }
+            self.core.stats.wakeups += 1;
+            let now = monotonic();
+            for ev in events.iter() {
+                match ev.token() {
+                    TAIL => {
+                        let core = &mut self.core;
+                        self.tail.on_event(now, &mut |l| core.line(now, l));
+                        self.tail_errors();
+                    }
+                    TIMER => {
+                        // Fired: rearm() must set it again even if a
+                        // component reports the same deadline.
+                        self.armed = None;
+                        self.drain_timer();
+                    }
+                    SIGNAL => self.signals.drain(),
+                    Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
+                        self.core.enforcer.ready(t, now)
+                    }
+                    Token(_) => {}
+                }
+            }
+            if events.is_empty() && self.tail.has_more() {
+                self.pump(now);
+            }
+            self.deadlines(now);
+            self.core.kill_reports();
+            if self.signals.term() {
+                self.shutdown();
+                return Ok(());
+            }
+            if self.signals.hup() {
+                self.reload();
+            }
+            if self.signals.usr1() {
+                logger::notice(format_args!("{}", self.stats_line()));
+            }
+        }
+    }
+
+    fn drain_timer(&mut self) {
+        loop {
+            match self.timer.read() {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock: drained. Nothing else can happen on a timerfd;
+                // the deadline check after the batch runs regardless.
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Reads what is new in the log; a backlog left over (`has_more`) is
+    /// read on the next turn, after a zero-timeout poll.
+    fn pump(&mut self, now: Micros) {
+        let core = &mut self.core;
+        self.tail.pump(now, &mut |l| core.line(now, l));
+        self.tail_errors();
+    }
+
+    fn tail_errors(&mut self) {
+        if let Some(e) = self.tail.take_error() {
+            logger::error(format_args!("{e}"));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Micros> {
+        [self.core.next_deadline(), self.tail.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Runs every component whose deadline has passed.
+    fn deadlines(&mut self, now: Micros) {
+        self.core.deadlines(now);
+        if self.tail.next_deadline().is_some_and(|d| d <= now) {
+            let core = &mut self.core;
+            self.tail.expire(now, &mut |l| core.line(now, l));
+            self.tail_errors();
+        }
+    }
+
+    /// Arms the timerfd to the earliest deadline, or disarms it: the only
+    /// thing that can wake an idle daemon is work.
+    fn rearm(&mut self) {
+        let want = self.next_deadline();
+        if want == self.armed {
+            return;
+        }
+        let r = match want {
+            // Never in the past by more than a millisecond: a component
+            // whose deadline does not move after it ran must not spin.
+            Some(d) => self.timer.arm_at(d.max(monotonic() + 1_000)),
+            None => self.timer.disarm(),
+        };
+        match r {
+            Ok(()) => self.armed = want,
+            Err(e) => logger::error(format_args!("timer: {e}")),
+        }
+    }
+
+    fn notify(&self, state: &str) {
+        if let Err(e) = crate::notify::notify(state) {
+            logger::warning(format_args!("{e}"));
+        }
+    }
+
+    fn reload(&mut self) {
+        self.notify("RELOADING=1");
+        reload_timezone();
+        self.core.reload(self.cfg.limits_file.as_deref());
+        self.cfg.policy = self.core.policy.config().clone();
+        self.notify("READY=1");
+    }
+
+    fn shutdown(&mut self) {
+        self.notify("STOPPING=1");
+        self.core.enforcer.flush(FLUSH_BUDGET);
+        self.core.audit.flush();
+        logger::notice(format_args!("exiting: {}", self.stats_line()));
+    }
+
+    fn stats_line(&self) -> String {
+        self.core.stats_line(self.tail.stats())
+    }
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("tail", &self.tail)
+            .field("armed", &self.armed)
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
