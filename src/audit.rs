@@ -14,9 +14,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::clock::localtime_now;
 use crate::clock::Timestamp;
 use crate::policy::Ban;
-use crate::sys::time::localtime_now;
 
 /// Appends the audit line for `ban` decided at `ts` (without the newline) to
 /// `out`. Invalid UTF-8 in the tag or user is written as it came.

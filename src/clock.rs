@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use crate::sys::time;
+
 /// Microseconds on a monotonic scale chosen by the caller.
 pub type Micros = u64;
 
@@ -39,6 +41,33 @@ pub struct Civil {
     pub hour: u32,
     pub minute: u32,
     pub second: u32,
+}
+
+/// The local civil time now, as the audit line prints it (refract 0.2 used
+/// Go's `log`, i.e. local time).
+pub fn localtime_now() -> Timestamp {
+    let (secs, micros) = time::realtime();
+    localtime(secs, micros).unwrap_or(Timestamp {
+        // A time localtime_r cannot represent: print UTC rather than nothing.
+        secs,
+        micros: 0,
+    })
+}
+
+/// `secs` since the Unix epoch as local civil time (`localtime_r`).
+pub fn localtime(secs: i64, micros: u32) -> Option<Timestamp> {
+    let tm = time::localtime(secs)?;
+    Timestamp::from_civil(
+        Civil {
+            year: tm.tm_year + 1900,
+            month: (tm.tm_mon + 1) as u32,
+            day: tm.tm_mday as u32,
+            hour: tm.tm_hour as u32,
+            minute: tm.tm_min as u32,
+            second: tm.tm_sec as u32,
+        },
+        micros,
+    )
 }
 
 impl Timestamp {
@@ -128,6 +157,17 @@ pub fn civil_from_days(z: i64) -> (i32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn localtime_is_the_zone_offset_away() {
+        // With TZ unset or UTC the civil time is the epoch arithmetic; with a
+        // zone it differs by the zone offset, at most 26 hours.
+        crate::sys::time::reload_timezone();
+        let t = localtime(1_763_719_204, 5).unwrap();
+        assert!((t.secs - 1_763_719_204).abs() <= 26 * 3600, "{t:?}");
+        assert_eq!(t.micros, 5);
+        assert!(localtime_now().secs > 1_600_000_000);
+    }
 
     #[test]
     fn civil_round_trip() {

@@ -55,7 +55,7 @@
 //!
 //! Messages go to syslog or stderr ([`crate::logger`], `REFRACT_LOG`); the
 //! audit line's time is the local time of the decision
-//! ([`crate::sys::time::localtime_now`]), as refract 0.2 wrote it. How the
+//! ([`crate::clock::localtime_now`]), as refract 0.2 wrote it. How the
 //! follower survives rotation and contains SIGBUS: [`crate::tail`].
 
 mod core;

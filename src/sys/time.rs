@@ -1,20 +1,23 @@
 //! Clocks: the monotonic clock the live policy runs on, and the local civil
-//! time printed in the audit line.
+//! time printed in the audit line ([`crate::clock::localtime_now`] turns it
+//! into a timestamp; this layer returns the C library's values as they are
+//! and imports nothing from above it).
 //!
 //! The policy, the timerfd and the enforcer all share `CLOCK_MONOTONIC`, so a
 //! deadline computed by the policy can be handed to the timerfd unchanged
 //! (`TFD_TIMER_ABSTIME`) and a wall-clock step (NTP, an operator's `date`)
 //! never shortens or lengthens a window or a ban.
 
-use crate::clock::{Civil, Micros, Timestamp, SECOND};
+/// Microseconds in a second.
+const MICROS: u64 = 1_000_000;
 
 extern "C" {
     /// POSIX `tzset(3)`; the `libc` crate does not declare it for Linux.
     fn tzset();
 }
 
-/// `CLOCK_MONOTONIC` now, in microseconds.
-pub fn monotonic() -> Micros {
+/// `CLOCK_MONOTONIC` now, in microseconds (the scale of `crate::clock::Micros`).
+pub fn monotonic() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -23,7 +26,7 @@ pub fn monotonic() -> Micros {
     // supported on Linux, so the call cannot fail (checked anyway below).
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    (ts.tv_sec as u64) * SECOND + (ts.tv_nsec as u64) / 1_000
+    (ts.tv_sec as u64) * MICROS + (ts.tv_nsec as u64) / 1_000
 }
 
 /// Re-reads the time zone (`TZ`, `/etc/localtime`). POSIX does not require
@@ -34,44 +37,27 @@ pub fn reload_timezone() {
     unsafe { tzset() }
 }
 
-/// The local civil time now, as the audit line prints it (refract 0.2 used
-/// Go's `log`, i.e. local time).
-pub fn localtime_now() -> Timestamp {
+/// `CLOCK_REALTIME` now: seconds since the Unix epoch and microseconds.
+pub fn realtime() -> (i64, u32) {
     let mut now: libc::timespec = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid writable timespec; CLOCK_REALTIME always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
-    localtime(now.tv_sec, (now.tv_nsec / 1_000) as u32).unwrap_or(Timestamp {
-        // A time localtime_r cannot represent: print UTC rather than nothing.
-        secs: now.tv_sec,
-        micros: 0,
-    })
+    (now.tv_sec, (now.tv_nsec / 1_000) as u32)
 }
 
-/// `secs` since the Unix epoch as local civil time, through `localtime_r`.
-pub fn localtime(secs: i64, micros: u32) -> Option<Timestamp> {
+/// `secs` since the Unix epoch as local civil time, through `localtime_r`
+/// (`tm_year` counts from 1900, `tm_mon` from 0, as in `localtime(3)`).
+pub fn localtime(secs: i64) -> Option<libc::tm> {
     let t: libc::time_t = secs as libc::time_t;
     // SAFETY: `tm` is plain old data; all-zero is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are valid for the duration of the call;
     // localtime_r is the re-entrant variant and writes only to `tm`.
     let r = unsafe { libc::localtime_r(&t, &mut tm) };
-    if r.is_null() {
-        return None;
-    }
-    Timestamp::from_civil(
-        Civil {
-            year: tm.tm_year + 1900,
-            month: (tm.tm_mon + 1) as u32,
-            day: tm.tm_mday as u32,
-            hour: tm.tm_hour as u32,
-            minute: tm.tm_min as u32,
-            second: tm.tm_sec as u32,
-        },
-        micros,
-    )
+    (!r.is_null()).then_some(tm)
 }
 
 #[cfg(test)]
@@ -90,10 +76,13 @@ mod tests {
         // With TZ unset or UTC the civil time is the epoch arithmetic; with a
         // zone it differs by the zone offset, at most 26 hours.
         reload_timezone();
-        let t = localtime(1_763_719_204, 5).unwrap();
-        assert!((t.secs - 1_763_719_204).abs() <= 26 * 3600, "{t:?}");
-        assert_eq!(t.micros, 5);
-        let now = localtime_now();
-        assert!(now.secs > 1_600_000_000);
+        let tm = localtime(1_763_719_204).unwrap();
+        assert!(
+            (2025..=2026).contains(&(tm.tm_year + 1900)),
+            "{}",
+            tm.tm_year
+        );
+        let (secs, micros) = realtime();
+        assert!(secs > 1_600_000_000 && micros < 1_000_000);
     }
 }

@@ -9,7 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use mio::unix::SourceFd;
 use mio::{event, Interest, Registry, Token};
 
-use crate::clock::{Micros, SECOND};
+/// Microseconds in a second: deadlines are microseconds on
+/// `CLOCK_MONOTONIC` (the scale of [`super::time::monotonic`]).
+const MICROS: u64 = 1_000_000;
 
 /// A non-blocking, close-on-exec timerfd on `CLOCK_MONOTONIC`.
 #[derive(Debug)]
@@ -35,15 +37,15 @@ impl TimerFd {
         Ok(TimerFd { fd })
     }
 
-    fn settime(&self, flags: libc::c_int, value: Micros) -> io::Result<()> {
+    fn settime(&self, flags: libc::c_int, value: u64) -> io::Result<()> {
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
                 tv_sec: 0,
                 tv_nsec: 0,
             },
             it_value: libc::timespec {
-                tv_sec: (value / SECOND) as libc::time_t,
-                tv_nsec: ((value % SECOND) * 1_000) as libc::c_long,
+                tv_sec: (value / MICROS) as libc::time_t,
+                tv_nsec: ((value % MICROS) * 1_000) as libc::c_long,
             },
         };
         // SAFETY: `spec` is a valid itimerspec; the old value is not wanted
@@ -60,13 +62,13 @@ impl TimerFd {
 
     /// Fires once at `deadline` on `CLOCK_MONOTONIC` (see
     /// [`crate::sys::time::monotonic`]). A deadline in the past fires at once.
-    pub fn arm_at(&self, deadline: Micros) -> io::Result<()> {
+    pub fn arm_at(&self, deadline: u64) -> io::Result<()> {
         // An all-zero it_value would disarm; a deadline of 0 is long past.
         self.settime(libc::TFD_TIMER_ABSTIME, deadline.max(1))
     }
 
     /// Fires once after `delay` (at least one microsecond).
-    pub fn arm_after(&self, delay: Micros) -> io::Result<()> {
+    pub fn arm_after(&self, delay: u64) -> io::Result<()> {
         self.settime(0, delay.max(1))
     }
 
@@ -137,7 +139,7 @@ mod tests {
             }
         }
         assert_eq!(t.read().unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        t.arm_after(SECOND).unwrap();
+        t.arm_after(MICROS).unwrap();
         t.disarm().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert_eq!(t.read().unwrap_err().kind(), io::ErrorKind::WouldBlock);
