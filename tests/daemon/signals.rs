@@ -87,7 +87,7 @@ fn sighup_reloads_limits_and_keeps_them_on_a_bad_file() {
     let dir = TempDir::new("sig-limits");
     let limits = dir.path("limits");
     std::fs::write(&limits, "# test\nalice@example.com 1\n").unwrap();
-    let d = Daemon::start(
+    let mut d = Daemon::start(
         &dir,
         &["--window=1h", &format!("--limits={}", limits.display())],
     );
@@ -123,7 +123,9 @@ fn sighup_reloads_limits_and_keeps_them_on_a_bad_file() {
         &access_line("alice@example.com", "198.51.100.14"),
     );
     let audit = d.wait_audit(2, PROMPT);
-    std::thread::sleep(Duration::from_millis(200));
+    // Every line decided (not a pause that a slow machine could outlast):
+    // none of them made a further ban.
+    d.expect_lines(5);
     let audit2 = d.audit();
     assert_eq!(audit, audit2, "no further bans");
     let banned: Vec<&str> = audit
