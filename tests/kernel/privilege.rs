@@ -68,7 +68,7 @@ fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
     let pid = d.pid();
     let kept = d.wait_log("capabilities: kept");
     // cap_net_raw: iptables' set match needs a raw socket, even iptables-nft.
-    let want = 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW;
+    let want = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW);
     assert_exactly(pid, want, &d.log());
     eprintln!("{kept}");
 
@@ -190,7 +190,11 @@ fn without_setpcap_the_rest_still_goes() {
     let c = caps(d.pid());
     assert_eq!(c["CapEff"], 0, "{c:?}");
     assert_eq!(c["CapPrm"], 0, "{c:?}");
-    assert_eq!(c["CapBnd"], 1 << CAP_NET_ADMIN | 1 << CAP_NET_RAW, "{c:?}");
+    assert_eq!(
+        c["CapBnd"],
+        (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW),
+        "{c:?}"
+    );
     assert_eq!(c["NoNewPrivs"], 1, "{c:?}");
     assert!(
         d.log()

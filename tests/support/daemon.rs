@@ -53,7 +53,13 @@ pub fn append(path: &Path, text: &str) {
 /// `n` distinct lines (not access lines: the follower counts them, the
 /// parser skips them).
 pub fn lines(tag: &str, n: usize) -> String {
-    (0..n).map(|i| format!("{tag} line {i}\n")).collect()
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    for i in 0..n {
+        // Writing to a String cannot fail.
+        let _ = writeln!(s, "{tag} line {i}");
+    }
+    s
 }
 
 static SOCKETS: AtomicUsize = AtomicUsize::new(0);
