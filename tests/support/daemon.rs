@@ -100,10 +100,14 @@ impl Notify {
                             .lock()
                             .unwrap()
                             .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                        // The read timeout, or a signal to this process
+                        // (recv(2): EINTR): read on.
                         Err(e)
                             if matches!(
                                 e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
                             ) => {}
                         Err(e) => panic!("notify socket: {e}"),
                     }
