@@ -8,33 +8,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::daemon::BIN;
+use crate::support::{have_tool as have, root_with, skip, TempDir};
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("refract-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn files_under(root: &Path) -> BTreeSet<String> {
@@ -83,13 +61,13 @@ fn all_scripts() -> Vec<String> {
 #[test]
 fn unit_file_passes_systemd_analyze_verify() {
     if !have("systemd-analyze") {
-        eprintln!("skip: systemd-analyze not installed");
+        skip("systemd-analyze not installed");
         return;
     }
     let tmp = TempDir::new("unit");
     let unit = std::fs::read_to_string(repo().join("refract.service")).unwrap();
     // verify wants ExecStart's binary to exist: point it at the one built.
-    let unit = unit.replace("/usr/local/bin/refract", env!("CARGO_BIN_EXE_refract"));
+    let unit = unit.replace("/usr/local/bin/refract", BIN);
     let path = tmp.0.join("refract.service");
     std::fs::write(&path, unit).unwrap();
     let o = Command::new("systemd-analyze")
@@ -149,7 +127,7 @@ fn shell_scripts_parse_and_pass_shellcheck() {
         );
     }
     if !have("shellcheck") {
-        eprintln!("skip: shellcheck not installed (syntax was checked)");
+        skip("shellcheck not installed (syntax was checked)");
         return;
     }
     for s in all_scripts() {
@@ -197,7 +175,7 @@ fn install_and_uninstall_touch_exactly_their_files() {
         let run = |extra: &[&str]| {
             let o = Command::new("bash")
                 .arg(repo().join("scripts/install.sh"))
-                .args(["--init", init, "--bin", env!("CARGO_BIN_EXE_refract")])
+                .args(["--init", init, "--bin", BIN])
                 .args(extra)
                 .env("DESTDIR", &root.0)
                 .output()
@@ -253,13 +231,13 @@ fn install_and_uninstall_touch_exactly_their_files() {
 #[test]
 fn debian_package_builds_with_its_files_and_scripts() {
     if !have("dpkg-deb") {
-        eprintln!("skip: dpkg-deb not installed");
+        skip("dpkg-deb not installed");
         return;
     }
     let out = TempDir::new("deb");
     let o = Command::new("bash")
         .arg(repo().join("scripts/build-deb.sh"))
-        .args(["--bin", env!("CARGO_BIN_EXE_refract"), "--out"])
+        .args(["--bin", BIN, "--out"])
         .arg(&out.0)
         .output()
         .unwrap();
@@ -343,20 +321,12 @@ fn container_and_alpine_files_are_consistent() {
 /// behind: no namespace, process, set or rule.
 #[test]
 fn demo_shows_a_ban_and_cleans_up() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skip: the demo needs root");
+    if root_with(&["ip", "ipset", "iptables", "python3"]).is_none() {
         return;
-    }
-    for tool in ["ip", "ipset", "iptables", "python3"] {
-        if !have(tool) {
-            eprintln!("skip: {tool} not installed");
-            return;
-        }
     }
     let o = Command::new("bash")
         .arg(repo().join("scripts/demo.sh"))
-        .env("REFRACT_BIN", env!("CARGO_BIN_EXE_refract"))
+        .env("REFRACT_BIN", BIN)
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();

@@ -1,10 +1,13 @@
 //! Network namespace fixtures for kernel tests.
 //!
-//! [`Netns::new`] creates a namespace named `rf-<tag>-<pid>-<n>` (unique per
-//! test run, since several people run tests on one machine) with `lo` up,
-//! and deletes it on drop after killing whatever still runs inside. It
-//! returns `None`, after printing why, when the test cannot run (not root,
-//! no `ip`): the caller then returns early, which is the skip.
+//! [`Netns::with_tools`] creates a namespace named `rf-<tag>-<pid>-<n>`
+//! (unique per test run, since several people run tests on one machine)
+//! with `lo` up, and deletes it on drop after killing whatever still runs
+//! inside. It returns `None`, after showing why, when the test cannot run
+//! (not root, no `ip`, or one of the tools the test names missing): the
+//! caller then returns early, which is the skip. [`Netns::new`] is the same
+//! with no tools beyond `ip`; [`FIREWALL`] names what refract's kernel
+//! enforcer runs or is witnessed by.
 //!
 //! Everything that touches kernel state (ipset, iptables, conntrack, ss,
 //! servers, clients) runs inside a namespace: through [`Netns::exec`] /
@@ -18,43 +21,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::{skip, wait_until, PROMPT};
+
+/// The tools of a test that runs the kernel enforcer (or its parts) and
+/// checks the sets and DROP rules from outside.
+pub const FIREWALL: &[&str] = &["ipset", "iptables", "ip6tables"];
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether we run as root (effective uid 0), read from /proc so that the
-/// test crate needs no `unsafe`.
-pub fn is_root() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .is_some_and(|euid| euid == "0")
-}
-
-/// Whether `tool` runs at all (`tool --version`-like probe by spawning it).
-/// A namespace for a test that needs the firewall tools: `None`, after
-/// printing why, when ipset, iptables or ip6tables is missing (or, from
-/// [`Netns::new`], when not root).
-pub fn firewall_netns(tag: &str) -> Option<Netns> {
-    for tool in ["ipset", "iptables", "ip6tables"] {
-        if !have_tool(tool, &["--version"]) {
-            eprintln!("skip: `{tool}` not installed");
-            return None;
-        }
-    }
-    Netns::new(tag)
-}
-
-pub fn have_tool(tool: &str, probe: &[&str]) -> bool {
-    Command::new(tool)
-        .args(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 /// A network namespace that lives as long as this guard.
 #[derive(Debug)]
@@ -64,16 +37,16 @@ pub struct Netns {
 
 impl Netns {
     /// Creates `rf-<tag>-<pid>-<n>` with loopback up; `None` (with the
-    /// reason on stderr) when not root or `ip` is missing.
+    /// reason shown, see [`skip`]) when not root or `ip` is missing.
     pub fn new(tag: &str) -> Option<Netns> {
-        if !is_root() {
-            eprintln!("skip: kernel test needs root");
-            return None;
-        }
-        if !have_tool("ip", &["-V"]) {
-            eprintln!("skip: `ip` (iproute2) not installed");
-            return None;
-        }
+        Netns::with_tools(tag, &[])
+    }
+
+    /// Like [`Netns::new`], for a test that also runs `tools` (inside the
+    /// namespace, or as witnesses): `None`, with the reason shown, when one
+    /// of them is not installed.
+    pub fn with_tools(tag: &str, tools: &[&str]) -> Option<Netns> {
+        super::root_with(&[&["ip"], tools].concat())?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("rf-{tag}-{}-{n}", std::process::id());
         let out = Command::new("ip")
@@ -81,10 +54,10 @@ impl Netns {
             .output()
             .expect("spawn ip");
         if !out.status.success() {
-            eprintln!(
-                "skip: ip netns add {name}: {}",
+            skip(&format!(
+                "ip netns add {name}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            ));
             return None;
         }
         let ns = Netns { name };
@@ -221,12 +194,15 @@ pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
     }
     // Wait (bounded) for carrier on both ends and no tentative address.
     for (ns, ifname) in [(a, a_if), (b, b_if)] {
-        let ready = wait_until(std::time::Duration::from_secs(3), || {
-            let link = ns.ok(&["ip", "-o", "link", "show", "dev", ifname]);
-            let tentative = ns.ok(&["ip", "-o", "addr", "show", "dev", ifname, "tentative"]);
-            link.contains("LOWER_UP") && tentative.trim().is_empty()
-        });
-        assert!(ready, "{ifname} in {} did not come up", ns.name());
+        wait_until(
+            PROMPT,
+            &format!("{ifname} in {} to come up", ns.name()),
+            || {
+                let link = ns.ok(&["ip", "-o", "link", "show", "dev", ifname]);
+                let tentative = ns.ok(&["ip", "-o", "addr", "show", "dev", ifname, "tentative"]);
+                (link.contains("LOWER_UP") && tentative.trim().is_empty()).then_some(())
+            },
+        );
     }
 }
 
@@ -235,19 +211,4 @@ pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
 pub fn route(ns: &Netns, dst: &str, dev: &str) {
     let fam = if dst.contains(':') { "-6" } else { "-4" };
     ns.ok(&["ip", fam, "route", "add", dst, "dev", dev]);
-}
-
-/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns
-/// whether it held. Every wait in a kernel test is bounded.
-pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }

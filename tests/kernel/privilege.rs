@@ -7,15 +7,13 @@
 //! keeps `CAP_DAC_READ_SEARCH` and follows a rotation to a `0600` file of
 //! that user. Skips when not root or tools are missing.
 
-mod common;
-mod daemon_util;
-
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
 
-use common::netns::{firewall_netns, have_tool, is_root};
-use daemon_util::*;
+use crate::support::daemon::*;
+use crate::support::netns::{Netns, FIREWALL};
+use crate::support::rules;
+use crate::support::{root_with, wait_until, TempDir, PROMPT};
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_NET_ADMIN: u32 = 12;
@@ -53,7 +51,7 @@ fn assert_exactly(pid: u32, want: u64, log: &str) {
 
 #[test]
 fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
-    let Some(ns) = firewall_netns("privs") else {
+    let Some(ns) = Netns::with_tools("privs", FIREWALL) else {
         return;
     };
     let dir = TempDir::new("bounds-privs");
@@ -68,64 +66,36 @@ fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
         &["--dport=443", "--window=1h", "--timeout=1m"],
     );
     let pid = d.pid();
-    wait_until(Duration::from_secs(10), "the capabilities line", || {
-        d.log().contains("capabilities: kept").then_some(())
-    });
+    let kept = d.wait_log("capabilities: kept");
     // cap_net_raw: iptables' set match needs a raw socket, even iptables-nft.
     let want = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_RAW);
     assert_exactly(pid, want, &d.log());
-    eprintln!(
-        "{}",
-        d.log()
-            .lines()
-            .find(|l| l.contains("capabilities:"))
-            .unwrap()
-    );
+    eprintln!("{kept}");
 
     // A ban still works.
     append(&access, &access_line("alice@example.com", "198.51.100.7"));
     append(&access, &access_line("alice@example.com", "203.0.113.9"));
-    wait_until(Duration::from_secs(5), "the ban in the set", || {
+    wait_until(PROMPT, "the ban in the set", || {
         let out = ns.ok(&["ipset", "list", "refract_banned_users"]);
         out.contains("203.0.113.9 timeout").then_some(())
     });
 
     // A repair: rule and set gone behind our back. The next ban recreates
     // the set and runs iptables again, with the capabilities we kept.
-    let rule = [
-        "-p",
-        "tcp",
-        "--dport",
-        "443",
-        "-m",
-        "set",
-        "--match-set",
-        "refract_banned_users",
-        "src",
-        "-j",
-        "DROP",
-    ];
-    let mut del = vec!["iptables", "-D", "INPUT"];
-    del.extend(rule);
-    ns.ok(&del);
+    let rule = rules::tcp4(443, "refract_banned_users");
+    rules::delete(&ns, &rule);
     ns.ok(&["ipset", "destroy", "refract_banned_users"]);
     append(&access, &access_line("bob@example.com", "198.51.100.8"));
     append(&access, &access_line("bob@example.com", "203.0.113.10"));
-    wait_until(
-        Duration::from_secs(10),
-        "the set recreated with the ban",
-        || {
-            let out = ns.exec(&["ipset", "list", "refract_banned_users"]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains("203.0.113.10 timeout")
-                .then_some(())
-        },
-    );
-    let mut check = vec!["iptables", "-C", "INPUT"];
-    check.extend(rule);
-    let back =
-        common::netns::wait_until(Duration::from_secs(10), || ns.exec(&check).status.success());
-    assert!(back, "the DROP rule did not come back: {}", d.log());
+    wait_until(PROMPT, "the set recreated with the ban", || {
+        let out = ns.exec(&["ipset", "list", "refract_banned_users"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("203.0.113.10 timeout")
+            .then_some(())
+    });
+    wait_until(PROMPT, "the DROP rule back", || {
+        rules::present(&ns, &rule).then_some(())
+    });
     assert!(d.log().contains("has been recreated"), "{}", d.log());
     assert!(!d.log().contains("firewall:"), "{}", d.log());
     // Still exactly the kept set after the repair.
@@ -137,23 +107,19 @@ fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
 
 #[test]
 fn dry_run_keeps_nothing() {
-    if !is_root() {
-        eprintln!("skip: needs root");
+    if root_with(&[]).is_none() {
         return;
     }
     let dir = TempDir::new("bounds-privs-dry");
     append(&dir.path("access.log"), "");
     let d = Daemon::start(&dir, &[]);
-    wait_until(Duration::from_secs(5), "the capabilities line", || {
-        d.log().contains("capabilities: kept none").then_some(())
-    });
+    d.wait_log("capabilities: kept none");
     assert_exactly(d.pid(), 0, &d.log());
 }
 
 #[test]
 fn a_log_owned_by_the_proxy_user_keeps_dac_read_search() {
-    if !is_root() {
-        eprintln!("skip: needs root");
+    if root_with(&[]).is_none() {
         return;
     }
     let dir = TempDir::new("bounds-privs-nobody");
@@ -163,9 +129,7 @@ fn a_log_owned_by_the_proxy_user_keeps_dac_read_search() {
     std::os::unix::fs::chown(&access, Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::set_permissions(&access, std::fs::Permissions::from_mode(0o600)).unwrap();
     let d = Daemon::start(&dir, &["--window=1h"]);
-    wait_until(Duration::from_secs(5), "the capabilities line", || {
-        d.log().contains("capabilities: kept").then_some(())
-    });
+    d.wait_log("capabilities: kept");
     assert_exactly(d.pid(), 1 << CAP_DAC_READ_SEARCH, &d.log());
 
     // Rotation as Xray does it: a new 0600 file of the proxy's user.
@@ -178,7 +142,7 @@ fn a_log_owned_by_the_proxy_user_keeps_dac_read_search() {
     std::os::unix::fs::chown(&next, Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::rename(&next, &access).unwrap();
-    let audit = d.wait_audit(1, Duration::from_secs(5));
+    let audit = d.wait_audit(1, PROMPT);
     assert!(audit[0].contains("from 203.0.113.11"), "{audit:?}");
 }
 
@@ -198,7 +162,7 @@ fn created_files_have_restrictive_modes() {
     assert_eq!(mode(&audit), 0o640);
     std::fs::rename(&audit, audit_dir.join("block.log.1")).unwrap();
     d.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(5), "the reopened audit log", || {
+    wait_until(PROMPT, "the reopened audit log", || {
         audit.exists().then_some(())
     });
     assert_eq!(mode(&audit), 0o640);
@@ -210,8 +174,7 @@ fn created_files_have_restrictive_modes() {
 /// and still removed from every other set.
 #[test]
 fn without_setpcap_the_rest_still_goes() {
-    if !is_root() || !have_tool("setpriv", &["--version"]) {
-        eprintln!("skip: needs root and setpriv (util-linux)");
+    if root_with(&["setpriv"]).is_none() {
         return;
     }
     let dir = TempDir::new("bounds-privs-unit");
@@ -223,9 +186,7 @@ fn without_setpcap_the_rest_still_goes() {
         &["setpriv", "--bounding-set=-all,+net_admin,+net_raw"],
         &["--dry-run"],
     );
-    wait_until(Duration::from_secs(10), "the capabilities line", || {
-        d.log().contains("capabilities: kept").then_some(())
-    });
+    d.wait_log("capabilities: kept");
     let c = caps(d.pid());
     assert_eq!(c["CapEff"], 0, "{c:?}");
     assert_eq!(c["CapPrm"], 0, "{c:?}");

@@ -4,29 +4,34 @@
 //! `--set-size` (1024) so the set fills early.
 //!
 //! - The loop stays responsive: during the flood, SIGUSR1 is answered (the
-//!   `stats:` line is in stderr) within 100 ms, every time.
+//!   `stats:` line is in stderr) every time, within a bound far above what
+//!   it takes (tens of milliseconds here; the figures are printed).
 //! - The set stays within `maxelem`: the kernel refuses the rest with
 //!   `IPSET_ERR_HASH_FULL`; refract counts that (`set_full`), says it once,
 //!   and goes on: every line is read, every decision audited, and once
 //!   there is room again a ban lands in the set.
 //! - SIGTERM after the flood exits 0, promptly.
 //!
-//! Skips when not root or when `ip`, `ipset` or `iptables` are missing.
-
-mod common;
-mod daemon_util;
+//! How long the flood takes depends on the machine (tens of seconds to
+//! minutes): the test waits for as long as the daemon makes progress, and
+//! prints the time. Skips when not root or when `ip`, `ipset` or
+//! `iptables` are missing.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::netns::firewall_netns;
-use daemon_util::*;
+use crate::support::daemon::*;
+use crate::support::netns::{Netns, FIREWALL};
+use crate::support::{heavy, wait_progress, TempDir, PROMPT, STALL};
 
 const BANS: u64 = 100_000;
 const SET_SIZE: u64 = 1024;
-/// The promise: a signal is handled within this, even mid-flood.
-const SIGNAL_LATENCY: Duration = Duration::from_millis(100);
+/// The promise: a signal is handled within this, even mid-flood, on a
+/// busy machine. Far above the worst seen (see the printed figures): it
+/// catches a loop that stops answering while it works through a backlog,
+/// not a slow one.
+const SIGNAL_LATENCY: Duration = Duration::from_secs(2);
 
 /// Ban number `i`'s address: 10.x.y.z inside the namespace (never routed).
 fn addr(i: u64) -> String {
@@ -42,7 +47,8 @@ fn addr(i: u64) -> String {
 
 #[test]
 fn ban_flood_stays_responsive_and_within_maxelem() {
-    let Some(ns) = firewall_netns("banflood") else {
+    let _heavy = heavy();
+    let Some(ns) = Netns::with_tools("banflood", FIREWALL) else {
         return;
     };
     let dir = TempDir::new("bounds-bans");
@@ -84,10 +90,10 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let s = wait_until(Duration::from_secs(120), "the whole flood read", || {
-        if let Ok(Some(st)) = d.child.try_wait() {
-            panic!("refract exited during the flood ({st}): {}", d.log());
-        }
+    // As long as it takes, while anything moves: lines read, bans made,
+    // kernel answers counted, kills done.
+    let s = wait_progress(STALL, "the whole flood read", || {
+        d.assert_running();
         let s = d.stats();
         // enforcer_bans counts ban() calls; the kernel's answers to the last
         // ADDs may still wait in the socket: a full set refuses at least
@@ -96,10 +102,16 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
             && s["enforcer_bans"] == BANS
             && s["set_full"] >= BANS - SET_SIZE
         {
-            return Some(s);
+            return Ok(s);
         }
         std::thread::sleep(Duration::from_millis(100));
-        None
+        let moving = [
+            "parsed_lines",
+            "enforcer_bans",
+            "set_full",
+            "enforcer_errors",
+        ];
+        Err((moving.map(|k| s[k]), d.activity()))
     });
     let took = start.elapsed();
     let worst = latencies.iter().max().copied().unwrap_or_default();
@@ -136,18 +148,23 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
     // Not fatal: with room again, the next ban lands.
     ns.ok(&["ipset", "flush", "refract_banned_users"]);
     append(&access, &access_line("flood@example.com", "203.0.113.77"));
-    wait_until(
-        Duration::from_secs(5),
-        "a ban after the set had room",
-        || {
-            let out = ns.ok(&["ipset", "list", "refract_banned_users"]);
-            out.contains("203.0.113.77 timeout").then_some(())
-        },
-    );
+    // The kill work of the flood may still be going (each kill is
+    // reported in the log): the next ban may come after it, as long as it
+    // moves.
+    let start_room = Instant::now();
+    wait_progress(STALL, "a ban after the set had room", || {
+        let out = ns.ok(&["ipset", "list", "refract_banned_users"]);
+        if out.contains("203.0.113.77 timeout") {
+            return Ok(());
+        }
+        Err(d.activity())
+    });
+    eprintln!("the ban after the flood in {:?}", start_room.elapsed());
 
     let (st, exit) = d.terminate();
     eprintln!("SIGTERM to exit: {exit:?}");
     assert_eq!(st.code(), Some(0), "{}", d.log());
-    // Nothing left to flush after the flood: no reason to wait.
-    assert!(exit < Duration::from_millis(500), "exit took {exit:?}");
+    // Nothing left to flush after the flood: no reason to wait (the flush
+    // budget is 1 s; the bound is that and a wide margin).
+    assert!(exit < PROMPT, "exit took {exit:?}");
 }

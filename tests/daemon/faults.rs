@@ -1,23 +1,24 @@
 //! Fault injection against the real binary and real files (`--dry-run`:
 //! no kernel state): the log directory removed and recreated, the log made
 //! unreadable, the audit log on a full filesystem, binary garbage and a
-//! 100 MiB line in the log, a SIGHUP storm, and clock jumps in `replay`
-//! input. Each test drives the fault as an operator's machine would and
-//! asserts the outcome through the daemon's `stats:` line, its log and the
-//! audit log. Tests that need root or a tool skip with the reason.
-
-mod common;
-mod daemon_util;
+//! 100 MiB line in the log, and a SIGHUP storm (clock jumps in `replay`
+//! input are in the offline tests). Each test drives the fault as an
+//! operator's machine would and asserts the outcome through the daemon's
+//! `stats:` line, its log and the audit log. Tests that need root or a
+//! tool skip with the reason.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::netns::{have_tool, is_root};
-use daemon_util::*;
+use crate::support::daemon::*;
+use crate::support::{heavy, root_with, wait_until, TempDir, PROMPT};
+
+/// How long reading a few megabytes to a hundred of the log may take
+/// before a test calls it stuck (well under a second here).
+const READ_BOUND: Duration = Duration::from_secs(120);
 
 /// `user` online from `a`, then from `b`: with `--limit 1` (the default)
 /// and a long window, `b` is banned.
@@ -80,14 +81,16 @@ fn log_directory_removed_and_recreated() {
     std::fs::remove_dir_all(&xray).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::create_dir(&xray).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let back = format!("tail: directory {} is back", xray.display());
+    wait_until(PROMPT, "the directory seen back", || {
+        (count(&d.log(), &back) == said + 1).then_some(())
+    });
     // Said once while it was gone (not once per retry), and when it was
     // back.
     assert_eq!(count(&d.log(), &gone), said + 1, "{}", d.log());
-    let back = format!("tail: directory {} is back", xray.display());
     assert_eq!(count(&d.log(), &back), said + 1, "{}", d.log());
     violation(&access, "alice@example.com", "198.51.100.1", "203.0.113.1");
-    let audit = d.wait_audit(1, Duration::from_secs(10));
+    let audit = d.wait_audit(1, PROMPT);
     assert_eq!(banned(&audit), ["203.0.113.1"]);
     d.expect_lines(9);
     let (st, _) = d.terminate();
@@ -98,12 +101,8 @@ fn log_directory_removed_and_recreated() {
 
 #[test]
 fn unreadable_log_is_one_clear_error_and_recovers() {
-    if !is_root() {
-        eprintln!("skip: needs root to run refract as another user (root ignores file modes)");
-        return;
-    }
-    if !have_tool("setpriv", &["--version"]) {
-        eprintln!("skip: `setpriv` (util-linux) not installed");
+    // Root, to run refract as another user (root ignores file modes).
+    if root_with(&["setpriv"]).is_none() {
         return;
     }
     // refract runs as nobody; root (the test, like the proxy) owns the log.
@@ -146,9 +145,7 @@ fn unreadable_log_is_one_clear_error_and_recovers() {
         .unwrap();
     f.write_all(lines("unreadable", 2).as_bytes()).unwrap();
     let want = format!("error: tail: open {}: Permission denied", access.display());
-    wait_until(Duration::from_secs(5), "the permission error", || {
-        (count(&d.log(), &want) > 0).then_some(())
-    });
+    d.wait_log(&want);
     // The rotated file is still followed, and every write to it re-checks
     // the path: the error is not repeated per event.
     for i in 0..5 {
@@ -164,7 +161,7 @@ fn unreadable_log_is_one_clear_error_and_recovers() {
     let again = format!("refract: tail: {} can be read again", access.display());
     assert_eq!(count(&d.log(), &again), 1, "{}", d.log());
     violation(&access, "alice@example.com", "198.51.100.2", "203.0.113.2");
-    let audit = d.wait_audit(1, Duration::from_secs(5));
+    let audit = d.wait_audit(1, PROMPT);
     assert_eq!(banned(&audit), ["203.0.113.2"]);
     d.expect_lines(12);
     drop(f);
@@ -176,12 +173,8 @@ fn unreadable_log_is_one_clear_error_and_recovers() {
 
 #[test]
 fn full_audit_filesystem_keeps_enforcing_and_logs_once() {
-    if !is_root() {
-        eprintln!("skip: mounting a tmpfs needs root");
-        return;
-    }
-    if !have_tool("unshare", &["--version"]) {
-        eprintln!("skip: `unshare` (util-linux) not installed");
+    // Root, to mount a tmpfs.
+    if root_with(&["unshare"]).is_none() {
         return;
     }
     let dir = TempDir::new("fault-enospc");
@@ -286,6 +279,7 @@ fn split_counts(text: &[u8], max_line: usize) -> (u64, u64) {
 
 #[test]
 fn binary_garbage_is_counted_and_skipped() {
+    let _heavy = heavy();
     let dir = TempDir::new("fault-garbage");
     let mut d = Daemon::start(&dir, &["--window=1h"]);
     // 10 MB: random bytes (lines of a few hundred bytes), then runs
@@ -314,7 +308,9 @@ fn binary_garbage_is_counted_and_skipped() {
         "198.51.100.4",
         "203.0.113.4",
     );
-    let audit = d.wait_audit(1, Duration::from_secs(20));
+    let start = Instant::now();
+    let audit = d.wait_audit(1, READ_BOUND);
+    eprintln!("10 MB of garbage read in {:?}", start.elapsed());
     assert_eq!(banned(&audit), ["203.0.113.4"]);
     let s = d.expect_lines(ok + 2);
     assert_eq!(s["too_long"], long, "{s:?}");
@@ -328,6 +324,7 @@ fn binary_garbage_is_counted_and_skipped() {
 
 #[test]
 fn hundred_mib_line_keeps_memory_bounded() {
+    let _heavy = heavy();
     let dir = TempDir::new("fault-longline");
     let mut d = Daemon::start(&dir, &["--window=1h"]);
     let mut f = OpenOptions::new()
@@ -347,7 +344,9 @@ fn hundred_mib_line_keeps_memory_bounded() {
         "198.51.100.5",
         "203.0.113.5",
     );
-    let audit = d.wait_audit(1, Duration::from_secs(30));
+    let start = Instant::now();
+    let audit = d.wait_audit(1, READ_BOUND);
+    eprintln!("the 100 MiB line skipped in {:?}", start.elapsed());
     assert_eq!(banned(&audit), ["203.0.113.5"]);
     let s = d.expect_lines(2);
     let valid = access_line("alice@example.com", "198.51.100.5").len()
@@ -383,8 +382,11 @@ fn sighup_storm_then_sigterm() {
         }
     }
     let took = start.elapsed();
+    // A storm, not a drizzle: 1000 signals within seconds (0.9 s of it
+    // the pauses above). The bound is the test's own pace on a slow
+    // machine, far above what it takes.
     eprintln!("1000 SIGHUPs in {took:?}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < 3 * PROMPT, "{took:?}");
     assert!(d.child.try_wait().unwrap().is_none(), "{}", d.log());
     // Still reading and deciding, with the limits it reloaded.
     violation(
@@ -395,7 +397,7 @@ fn sighup_storm_then_sigterm() {
     );
     violation(&d.access, "bob@example.com", "198.51.100.7", "203.0.113.7");
     append(&d.access, &access_line("bob@example.com", "203.0.113.8"));
-    let audit = d.wait_audit(2, Duration::from_secs(10));
+    let audit = d.wait_audit(2, PROMPT);
     assert_eq!(banned(&audit), ["203.0.113.6", "203.0.113.8"]);
     d.expect_lines(5);
     let reloads = count(&d.log(), "reloaded: 1 per-user limits");
@@ -403,80 +405,7 @@ fn sighup_storm_then_sigterm() {
     assert!((1..=1000).contains(&reloads), "{}", d.log());
     assert!(!d.log().contains("error:"), "{}", d.log());
     let (st, took) = d.terminate();
+    eprintln!("SIGTERM after the storm: exited in {took:?}");
     assert_eq!(st.code(), Some(0), "{}", d.log());
-    assert!(took < Duration::from_secs(1), "{took:?}");
-}
-
-// ---- 7. Clock jumps in replay input ----
-
-#[test]
-fn replay_survives_clock_jumps() {
-    let line = |ts: &str, ip: &str, user: &str| {
-        format!(
-            "{ts} from {ip}:5000 accepted tcp:example.com:443 [vless-in >> direct] email: {user}\n"
-        )
-    };
-    let log: String = [
-        line("2026/11/21 10:00:00", "198.51.100.1", "alice"),
-        // The clock is set back an hour: treated as no time passing.
-        line("2026/11/21 09:00:01", "198.51.100.2", "bob"),
-        line("2026/11/21 09:00:03", "198.51.100.3", "bob"),
-        // Half an hour later (in log time after the jump): alice's first
-        // address, seen "in the future", has expired; a naive clock
-        // would still count it online and ban this one.
-        line("2026/11/21 09:30:00", "198.51.100.4", "alice"),
-        line("2026/11/21 09:30:02", "198.51.100.5", "alice"),
-        // Lines a few milliseconds out of order are not a jump.
-        line("2026/11/21 09:30:02.500000", "198.51.100.6", "carol"),
-        line("2026/11/21 09:30:02.400000", "198.51.100.6", "carol"),
-        // Forward by a day: everything expired, nobody banned for it.
-        line("2026/11/22 09:30:03", "198.51.100.4", "alice"),
-        line("2026/11/22 09:30:04", "198.51.100.2", "bob"),
-        line("2026/11/22 09:30:05", "198.51.100.7", "alice"),
-    ]
-    .concat();
-    let dir = TempDir::new("fault-clock");
-    let f = dir.path("access.log");
-    std::fs::write(&f, &log).unwrap();
-    let run = |args: &[&str]| {
-        let o = Command::new(BIN)
-            .arg("replay")
-            .args(args)
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        (
-            String::from_utf8(o.stdout).unwrap(),
-            String::from_utf8(o.stderr).unwrap(),
-        )
-    };
-    let (out, err) = run(&["--window=5s", "--timeout=1m"]);
-    assert_eq!(
-        out,
-        "2026/11/21 09:00:03 disallowed concurrent connection from 198.51.100.3 \
-         w/ origin 198.51.100.2 [vless-in] email: bob\n\
-         2026/11/21 09:30:02 disallowed concurrent connection from 198.51.100.5 \
-         w/ origin 198.51.100.4 [vless-in] email: alice\n\
-         2026/11/22 09:30:05 disallowed concurrent connection from 198.51.100.7 \
-         w/ origin 198.51.100.4 [vless-in] email: alice\n"
-    );
-    assert_eq!(
-        err,
-        "replay: 10 lines, 10 counted, 0 skipped, 3 users, 3 bans\n"
-    );
-    let (explain, _) = run(&["--window=5s", "--timeout=1m", "--explain"]);
-    assert_eq!(
-        explain,
-        "1 admitted 198.51.100.1 alice\n\
-         2 admitted 198.51.100.2 bob\n\
-         3 banned 198.51.100.3 bob origin=198.51.100.2\n\
-         4 admitted 198.51.100.4 alice\n\
-         5 banned 198.51.100.5 alice origin=198.51.100.4\n\
-         6 admitted 198.51.100.6 carol\n\
-         7 refreshed 198.51.100.6 carol\n\
-         8 admitted 198.51.100.4 alice\n\
-         9 admitted 198.51.100.2 bob\n\
-         10 banned 198.51.100.7 alice origin=198.51.100.4\n"
-    );
+    assert!(took < PROMPT, "{took:?}");
 }

@@ -2,11 +2,10 @@
 //! when nothing is pending. Measured with the kernel's context-switch
 //! counters of the process over 10 seconds (the one long test).
 
-mod daemon_util;
-
 use std::time::Duration;
 
-use daemon_util::*;
+use crate::support::daemon::*;
+use crate::support::{wait_until, TempDir, PROMPT};
 
 #[test]
 fn zero_wakeups_while_idle() {
@@ -18,10 +17,14 @@ fn zero_wakeups_while_idle() {
     append(&d.access, &access_line("idle@example.com", "198.51.100.2"));
     append(&d.access, &lines("noise", 3));
     d.expect_lines(5);
-    std::thread::sleep(Duration::from_secs(1));
-    // The timer did its work: the ban was decided and has expired.
-    let s = d.stats();
+    // The timer did its work: the ban was decided and has expired (the
+    // window's entries, 100 ms earlier, with it).
+    let s = wait_until(PROMPT, "the ban to expire", || {
+        let s = d.stats();
+        (s["expired"] >= 1).then_some(s)
+    });
     assert_eq!((s["bans"], s["expired"]), (1, 1), "{s:?}");
+    std::thread::sleep(Duration::from_millis(500));
     let (before, rss) = proc_status(d.pid());
     std::thread::sleep(Duration::from_secs(10));
     let (after, _) = proc_status(d.pid());

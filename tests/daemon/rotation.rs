@@ -4,13 +4,12 @@
 //! SIGUSR1 `stats:` line), then that the number stays put (nothing
 //! re-read).
 
-mod daemon_util;
-
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use daemon_util::*;
+use crate::support::daemon::*;
+use crate::support::{heavy, TempDir};
 
 #[test]
 fn starts_at_the_end_and_reads_appends() {
@@ -119,7 +118,7 @@ fn deletion_and_later_recreation() {
 fn file_missing_at_startup() {
     let dir = TempDir::new("rot-missing");
     let mut d = Daemon::start(&dir, &[]);
-    assert!(d.log().contains("not there yet"), "{}", d.log());
+    d.wait_log("not there yet");
     append(&d.access, &lines("first", 4));
     let s = d.expect_lines(4);
     assert_eq!(s["rotations"], 0, "{s:?}");
@@ -185,6 +184,7 @@ fn hundred_rotations_lose_no_line() {
 #[test]
 fn one_gib_sparse_file_and_truncation() {
     const GIB: u64 = 1 << 30;
+    let _heavy = heavy();
     let dir = TempDir::new("rot-gib");
     let access = dir.path("access.log");
     OpenOptions::new()

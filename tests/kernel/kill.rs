@@ -11,21 +11,24 @@
 //! node namespace. Skips (with the reason) when not root or a tool is
 //! missing.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::netns::{have_tool, veth, wait_until, Netns};
 use refract::key::Key;
 use refract::nl::consts::{NETLINK_NETFILTER, NETLINK_SOCK_DIAG};
 use refract::nl::socket::NlSocket;
 use refract::nl::{conntrack, diag};
 
-const T: Duration = Duration::from_secs(3);
-/// How long a killed connection may take to show it on the client side.
-const KILL_BOUND: Duration = Duration::from_secs(2);
+use crate::support::netns::{veth, Netns};
+use crate::support::{poll_until, wait_until, PROMPT};
+
+/// How long a request, a connect or an accept may take (microseconds on a
+/// veth; the bound catches a lost answer, not a slow one).
+const T: Duration = PROMPT;
+/// How long a killed connection may take to show it on the client side
+/// (the RST is sent before the kill's ack: it is there at once).
+const KILL_BOUND: Duration = PROMPT;
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
 const TCP: u8 = libc::IPPROTO_TCP as u8;
@@ -45,8 +48,9 @@ struct Net {
     b: Netns,
 }
 
-fn net(tag: &str) -> Option<Net> {
-    let node = Netns::new(&format!("{tag}-n"))?;
+/// The three namespaces; `tools` are what the test runs in the node.
+fn net(tag: &str, tools: &[&str]) -> Option<Net> {
+    let node = Netns::with_tools(&format!("{tag}-n"), tools)?;
     let a = Netns::new(&format!("{tag}-a"))?;
     let b = Netns::new(&format!("{tag}-b"))?;
     veth(
@@ -93,18 +97,16 @@ struct Conn {
 }
 
 fn accept(l: &TcpListener, from: SocketAddr) -> TcpStream {
-    let mut got = None;
-    let ok = wait_until(T, || match l.accept() {
-        Ok((s, peer)) => {
-            assert_eq!(peer, from, "accepted an unexpected peer");
-            got = Some(s);
-            true
+    let s = wait_until(T, &format!("a connection from {from}"), || {
+        match l.accept() {
+            Ok((s, peer)) => {
+                assert_eq!(peer, from, "accepted an unexpected peer");
+                Some(s)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("accept: {e}"),
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-        Err(e) => panic!("accept: {e}"),
     });
-    assert!(ok, "no connection from {from} within {T:?}");
-    let s = got.unwrap();
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(KILL_BOUND)).unwrap();
     s
@@ -196,20 +198,9 @@ fn peer_listed(peers: &[String], ip: &str) -> bool {
     })
 }
 
-fn have_ss() -> bool {
-    if !have_tool("ss", &["-V"]) {
-        eprintln!("skip: `ss` (iproute2) not installed");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn tcp_ipv4_only_listener() {
-    if !have_ss() {
-        return;
-    }
-    let Some(Net { node, a, b }) = net("kill4") else {
+    let Some(Net { node, a, b }) = net("kill4", &["ss"]) else {
         return;
     };
     let l443 = listen(&node, sa("0.0.0.0", 443));
@@ -266,10 +257,7 @@ fn tcp_ipv4_only_listener() {
 
 #[test]
 fn tcp_dual_stack_listener_ipv4_clients_and_ipv6_prefix() {
-    if !have_ss() {
-        return;
-    }
-    let Some(Net { node, a, b }) = net("kill6") else {
+    let Some(Net { node, a, b }) = net("kill6", &["ss"]) else {
         return;
     };
     // std leaves IPV6_V6ONLY alone: net.ipv6.bindv6only is 0 in a fresh
@@ -353,11 +341,8 @@ fn ct_flows(ns: &Netns, family: &str) -> Vec<(String, u16)> {
 
 #[test]
 fn udp_conntrack_entries_of_the_key_are_deleted() {
-    if !have_tool("conntrack", &["--version"]) || !have_tool("iptables", &["--version"]) {
-        eprintln!("skip: `conntrack` or `iptables` not installed");
-        return;
-    }
-    let Some(Net { node, a, b }) = net("killudp") else {
+    let tools = ["conntrack", "iptables", "ip6tables"];
+    let Some(Net { node, a, b }) = net("killudp", &tools) else {
         return;
     };
     // Conntrack only tracks a namespace once something there uses it: a
@@ -393,11 +378,11 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
     send(&b, sa(NODE_B4, 443));
     send(&a, sa(NODE_A6, 443));
     send(&b, sa(NODE_B6, 443));
-    let ok = wait_until(T, || {
-        ct_flows(&node, "ipv4").len() == 3 && ct_flows(&node, "ipv6").len() == 2
+    let ok = poll_until(T, || {
+        (ct_flows(&node, "ipv4").len() == 3 && ct_flows(&node, "ipv6").len() == 2).then_some(())
     });
     assert!(
-        ok,
+        ok.is_some(),
         "conntrack did not track the datagrams: {:?} {:?}",
         ct_flows(&node, "ipv4"),
         ct_flows(&node, "ipv6")

@@ -3,12 +3,9 @@
 //! `iptables` as independent witnesses. Skips when not root or when a tool
 //! is missing.
 
-mod common;
-
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::netns::{firewall_netns, have_tool, Netns};
 use refract::config::Protos;
 use refract::enforce::kernel::{KernelConfig, KernelEnforcer, StartError};
 use refract::enforce::Enforcer;
@@ -16,11 +13,25 @@ use refract::firewall::FirewallMode;
 use refract::key::Key;
 use refract::policy::Ban;
 
+use crate::support::netns::{Netns, FIREWALL};
+use crate::support::rules::{self, rule};
+use crate::support::{have_tool, skip, PROMPT, STALL};
+
 const S4: &str = "refract_banned_users";
 const S6: &str = "refract_banned_users6";
 
+/// What `flush` may take: it returns as soon as the kernel answered
+/// everything (milliseconds), and counts what is left as errors.
+const FLUSH: Duration = PROMPT;
+
 fn ns(tag: &str) -> Option<Netns> {
-    firewall_netns(tag)
+    Netns::with_tools(tag, FIREWALL)
+}
+
+/// The libtest name of `f`, a test of this module (for `--exact`).
+fn test_name(f: &str) -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{f}")
 }
 
 fn cfg(timeout_secs: u64, firewall: FirewallMode) -> KernelConfig {
@@ -61,11 +72,13 @@ fn member_timeout(n: &Netns, set: &str, member: &str) -> Option<u32> {
     })
 }
 
+/// How many of refract's IPv4 DROP rules for port 443 (tcp and udp) are
+/// in `n`.
 fn drop_rules(n: &Netns) -> usize {
-    n.ok(&["iptables", "-S", "INPUT"])
-        .lines()
-        .filter(|l| l.contains("--match-set refract_banned_users src -j DROP"))
-        .count()
+    ["tcp", "udp"]
+        .iter()
+        .map(|p| rules::count(n, &rule(false, p, &[443], S4)))
+        .sum()
 }
 
 #[test]
@@ -81,7 +94,7 @@ fn bans_v4_and_v6_then_restart_reads_them_back() {
         e.unban(v4("198.51.100.9"), 2);
         // Unbanning something not there is not an error.
         e.unban(v4("203.0.113.1"), 2);
-        e.flush(Duration::from_secs(2));
+        e.flush(FLUSH);
         assert_eq!(e.pending(), 0);
         e.stats()
     });
@@ -92,11 +105,8 @@ fn bans_v4_and_v6_then_restart_reads_them_back() {
     let t = member_timeout(&n, S6, "2001:db8:5:6::/64").expect("v6 /64 in the set");
     assert!((195..=200).contains(&t), "{t}");
     assert_eq!(drop_rules(&n), 1);
-    let v6rules = n.ok(&["ip6tables", "-S", "INPUT"]);
-    assert!(
-        v6rules.contains("--match-set refract_banned_users6 src -j DROP"),
-        "{v6rules}"
-    );
+    let v6rule = rule(true, "tcp", &[443], S6);
+    assert_eq!(rules::count(&n, &v6rule), 1, "{v6rule}");
 
     // Restart: bans come back with their remaining time; no second rule;
     // the set was verified, not recreated.
@@ -119,7 +129,7 @@ fn changed_timeout_applies_to_the_next_ban_without_recreating_the_set() {
     n.in_netns(|| {
         let mut e = KernelEnforcer::new(cfg(60, FirewallMode::None)).unwrap();
         e.ban(&ban(v4("192.0.2.7")), Duration::from_secs(60), 1);
-        e.flush(Duration::from_secs(2));
+        e.flush(FLUSH);
     });
     // Restart with --timeout 1h: the set (default 60) is kept as it is, and
     // a re-ban of the same address gets the new timeout.
@@ -128,7 +138,7 @@ fn changed_timeout_applies_to_the_next_ban_without_recreating_the_set() {
         assert_eq!(e.existing_bans().unwrap().len(), 1);
         e.ban(&ban(v4("192.0.2.7")), Duration::from_secs(3600), 1);
         e.ban(&ban(v4("192.0.2.8")), Duration::from_secs(3600), 1);
-        e.flush(Duration::from_secs(2));
+        e.flush(FLUSH);
         assert_eq!(e.stats().errors, 0);
     });
     let out = n.ok(&["ipset", "list", S4]);
@@ -149,22 +159,7 @@ fn set_destroyed_behind_its_back_is_recreated_with_its_rule() {
     assert_eq!(drop_rules(&n), 1);
     // An operator removes the rule (the set is busy while it exists) and
     // the set.
-    n.ok(&[
-        "iptables",
-        "-D",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "443",
-        "-m",
-        "set",
-        "--match-set",
-        S4,
-        "src",
-        "-j",
-        "DROP",
-    ]);
+    rules::delete(&n, &rules::tcp4(443, S4));
     n.ok(&["ipset", "destroy", S4]);
     let stats = n.in_netns(move || {
         e.ban(&ban(v4("192.0.2.7")), Duration::from_secs(120), 1);
@@ -172,7 +167,7 @@ fn set_destroyed_behind_its_back_is_recreated_with_its_rule() {
         // The replies (ENOENT ×2) are already queued: one ready() call
         // recreates the set and retries both adds; flush waits for those.
         e.ready(0, 2);
-        e.flush(Duration::from_secs(3));
+        e.flush(FLUSH);
         e.stats()
     });
     assert_eq!((stats.repairs, stats.errors), (1, 0), "{stats:?}");
@@ -222,7 +217,7 @@ fn wrong_type_set_fails_with_the_fix_command() {
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 
-use common::netns::veth;
+use crate::support::netns::veth;
 use refract::enforce::KillReport;
 
 /// node ⇄ a (the client to ban) and node ⇄ b (a client that must keep
@@ -256,17 +251,21 @@ fn topo(tag: &str) -> Option<Topo> {
     Some(Topo { node, a, b })
 }
 
-fn connect(from: &Netns, to: &str) -> std::io::Result<TcpStream> {
+/// A connect that must fail (the SYN is dropped): 700 ms without an
+/// answer is enough, a handshake on a veth takes microseconds.
+const DROPPED: Duration = Duration::from_millis(700);
+
+fn connect(from: &Netns, to: &str, timeout: Duration) -> std::io::Result<TcpStream> {
     let to: SocketAddr = to.parse().unwrap();
-    from.in_netns(|| TcpStream::connect_timeout(&to, Duration::from_millis(700)))
+    from.in_netns(|| TcpStream::connect_timeout(&to, timeout))
 }
 
 /// A connected pair: (client end, server end).
 fn pair(from: &Netns, l: &TcpListener, to: &str) -> (TcpStream, TcpStream) {
-    let c = connect(from, to).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    let c = connect(from, to, PROMPT).unwrap_or_else(|e| panic!("connect {to}: {e}"));
     let (s, _) = l.accept().unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    c.set_read_timeout(Some(PROMPT)).unwrap();
+    s.set_read_timeout(Some(PROMPT)).unwrap();
     (c, s)
 }
 
@@ -310,7 +309,7 @@ fn ban_resets_tcp_connections_on_dual_stack_and_v4_listeners() {
 
     let key_a = v4("10.201.1.2");
     e.ban(&ban(key_a), Duration::from_secs(60), 1);
-    e.flush(Duration::from_secs(2));
+    e.flush(FLUSH);
     assert_eq!(
         e.take_reports(),
         vec![KillReport {
@@ -331,14 +330,14 @@ fn ban_resets_tcp_connections_on_dual_stack_and_v4_listeners() {
     assert!(works(&mut a6, &mut s6));
     assert!(works(&mut b443, &mut sb));
     // New connections from the banned address are dropped; b still connects.
-    assert!(connect(&t.a, "10.201.1.1:443").is_err());
+    assert!(connect(&t.a, "10.201.1.1:443", DROPPED).is_err());
     let (mut b2, mut sb2) = pair(&t.b, &dual, "10.201.2.1:443");
     assert!(works(&mut b2, &mut sb2));
 
     // Now a's /64.
     let key6 = Key::new("2001:db8:201:1::2".parse().unwrap(), 64);
     e.ban(&ban(key6), Duration::from_secs(60), 2);
-    e.flush(Duration::from_secs(2));
+    e.flush(FLUSH);
     assert_eq!(
         e.take_reports(),
         vec![KillReport {
@@ -353,15 +352,15 @@ fn ban_resets_tcp_connections_on_dual_stack_and_v4_listeners() {
     assert_eq!((st.tcp_killed, st.errors), (3, 0), "{st:?}");
     // A ban with nothing open reports zero kills.
     e.ban(&ban(v4("203.0.113.5")), Duration::from_secs(60), 3);
-    e.flush(Duration::from_secs(2));
+    e.flush(FLUSH);
     let r = e.take_reports();
     assert_eq!((r.len(), r[0].tcp), (1, 0), "{r:?}");
 }
 
 #[test]
 fn ban_deletes_udp_conntrack_entries() {
-    if !have_tool("conntrack", &["--version"]) {
-        eprintln!("skip: `conntrack` not installed");
+    if !have_tool("conntrack") {
+        skip("`conntrack` not installed");
         return;
     }
     let Some(t) = topo("ku") else { return };
@@ -383,9 +382,7 @@ fn ban_deletes_udp_conntrack_entries() {
     // Dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d, but conntrack
     // tracks their packets as IPv4.
     let server = t.node.in_netns(|| UdpSocket::bind("[::]:443").unwrap());
-    server
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    server.set_read_timeout(Some(PROMPT)).unwrap();
     let sends = [
         (&t.a, "10.201.1.2", "10.201.1.1:443"),
         (&t.b, "10.201.2.2", "10.201.2.1:443"),
@@ -431,7 +428,7 @@ fn ban_deletes_udp_conntrack_entries() {
     let key6 = Key::new("2001:db8:201:1::99".parse().unwrap(), 64);
     e.ban(&ban(key), Duration::from_secs(60), 1);
     e.ban(&ban(key6), Duration::from_secs(60), 1);
-    e.flush(Duration::from_secs(2));
+    e.flush(FLUSH);
     let mut r = e.take_reports();
     r.sort_by_key(|r| r.key);
     assert_eq!(
@@ -454,19 +451,15 @@ fn ban_deletes_udp_conntrack_entries() {
     assert_eq!(flows("10.201.2.2"), 1);
     assert_eq!(flows("2001:db8:201:2::2"), 1);
     assert_eq!((e.stats().udp_killed, e.stats().errors), (2, 0));
-    let rules = t.node.ok(&["iptables", "-S", "INPUT"]);
-    assert!(
-        rules.contains(
-            "-p udp -m udp --dport 443 -m set --match-set refract_banned_users src -j DROP"
-        ),
-        "{rules}"
-    );
+    let udp = rule(false, "udp", &[443], S4);
+    assert_eq!(rules::count(&t.node, &udp), 1, "{udp}");
 }
 
 // ---- Driven like the daemon drives it ----
 
 /// Registers with a mio Poll, bans `keys` all at once, then polls and calls
-/// `ready` for every event until nothing is outstanding (at most 20 s).
+/// `ready` for every event until nothing is outstanding (for as long as
+/// the stats move: at most [`STALL`] without progress).
 fn drive(e: &mut KernelEnforcer, keys: &[Key]) -> Vec<KillReport> {
     let mut poll = mio::Poll::new().unwrap();
     let mut events = mio::Events::with_capacity(16);
@@ -477,9 +470,10 @@ fn drive(e: &mut KernelEnforcer, keys: &[Key]) -> Vec<KillReport> {
     for (i, &k) in keys.iter().enumerate() {
         e.ban(&ban(k), Duration::from_secs(600), i as u64);
     }
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut reports = Vec::new();
-    while e.busy() && start.elapsed() < Duration::from_secs(20) {
+    let mut last = (format!("{:?}", e.stats()), 0, Instant::now());
+    while e.busy() && last.2.elapsed() < STALL {
         poll.poll(&mut events, Some(Duration::from_millis(200)))
             .unwrap();
         for ev in events.iter() {
@@ -488,8 +482,17 @@ fn drive(e: &mut KernelEnforcer, keys: &[Key]) -> Vec<KillReport> {
             e.ready(t, 10_000);
         }
         reports.extend(e.take_reports());
+        let now = (format!("{:?}", e.stats()), reports.len());
+        if (&now.0, now.1) != (&last.0, last.1) {
+            last = (now.0, now.1, Instant::now());
+        }
     }
-    assert!(!e.busy(), "still busy after 20 s: {:?}", e.stats());
+    assert!(
+        !e.busy(),
+        "still busy, nothing moved for {STALL:?}: {:?}",
+        e.stats()
+    );
+    eprintln!("{} bans driven in {:?}", keys.len(), start.elapsed());
     reports
 }
 
@@ -551,11 +554,9 @@ fn child_without_cap_net_admin() {
 
 #[test]
 fn missing_cap_net_admin_is_one_clear_line() {
-    if !have_tool("setpriv", &["--version"]) {
-        eprintln!("skip: `setpriv` not installed");
+    let Some(n) = Netns::with_tools("enfp", &[FIREWALL, &["setpriv"]].concat()) else {
         return;
-    }
-    let Some(n) = ns("enfp") else { return };
+    };
     let exe = std::env::current_exe().unwrap();
     let exe = exe.to_str().unwrap();
     // Root without CAP_NET_ADMIN in its bounding set: exec cannot regain it.
@@ -565,7 +566,7 @@ fn missing_cap_net_admin_is_one_clear_line() {
         "--inh-caps=-net_admin",
         exe,
         "--exact",
-        "child_without_cap_net_admin",
+        &test_name("child_without_cap_net_admin"),
         "--ignored",
         "--nocapture",
         "--test-threads=1",
@@ -597,7 +598,7 @@ fn cleanup_removes_rules_and_sets_and_is_idempotent() {
     n.in_netns(move || {
         let mut e = KernelEnforcer::new(c2).unwrap();
         e.ban(&ban(v4("192.0.2.7")), Duration::from_secs(60), 1);
-        e.flush(Duration::from_secs(2));
+        e.flush(FLUSH);
     });
     assert_eq!(drop_rules(&n), 2); // tcp and udp
     let (first, second) = n.in_netns(|| {
@@ -620,22 +621,7 @@ fn cleanup_of_a_set_still_in_use_names_the_cause() {
     let Some(n) = ns("enfcb") else { return };
     n.ok(&["ipset", "create", S4, "hash:ip", "timeout", "60"]);
     // Someone else's rule on our set, on a port refract does not manage.
-    n.ok(&[
-        "iptables",
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "22",
-        "-m",
-        "set",
-        "--match-set",
-        S4,
-        "src",
-        "-j",
-        "DROP",
-    ]);
+    rules::append(&n, &rules::tcp4(22, S4));
     let c = cfg(60, FirewallMode::Iptables);
     let e = n
         .in_netns(|| refract::enforce::kernel::cleanup(&c))
@@ -667,7 +653,7 @@ fn missing_iptables_is_one_clear_line() {
         "PATH=/nonexistent",
         exe.to_str().unwrap(),
         "--exact",
-        "child_without_iptables",
+        &test_name("child_without_iptables"),
         "--ignored",
         "--nocapture",
         "--test-threads=1",
@@ -679,14 +665,12 @@ fn missing_iptables_is_one_clear_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("1 passed"), "{stdout}");
-    assert!(
-        stdout.contains(
-            "startup error: firewall: iptables not found in PATH: install iptables, or run \
-             with --firewall none and add the rule yourself: iptables -I INPUT 1 -p tcp \
-             --dport 443 -m set --match-set refract_banned_users src -j DROP"
-        ),
-        "{stdout}"
+    let want = format!(
+        "startup error: firewall: iptables not found in PATH: install iptables, or run \
+         with --firewall none and add the rule yourself: {}",
+        rules::tcp4(443, S4)
     );
+    assert!(stdout.contains(&want), "{stdout}");
 }
 
 /// With the logged connection's client address and port, the enforcer ends
@@ -707,13 +691,13 @@ fn logged_connection_is_ended_by_exact_lookup_at_once() {
     // enforcer the local address 10.201.1.1).
     let first = a1.local_addr().unwrap();
     e.ban_conn(&ban(key_a), Duration::from_secs(60), 1, Some(first));
-    e.flush(Duration::from_secs(2));
+    e.flush(FLUSH);
     assert!(was_reset(&mut a1));
     assert_eq!(e.take_reports()[0].tcp, 1);
 
     // Let a back in; two new connections, one of them in the log line.
     e.unban(key_a, 2);
-    e.flush(Duration::from_secs(2));
+    e.flush(FLUSH);
     let (mut logged, _s2) = pair(&t.a, &dual, "10.201.1.1:443");
     let (mut other, _s3) = pair(&t.a, &dual, "10.201.1.1:443");
     let conn = logged.local_addr().unwrap();
@@ -730,10 +714,8 @@ fn logged_connection_is_ended_by_exact_lookup_at_once() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     assert!(!was_reset(&mut other), "the dump's kills wait for the loop");
-    other
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    e.flush(Duration::from_secs(2));
+    other.set_read_timeout(Some(PROMPT)).unwrap();
+    e.flush(FLUSH);
     assert!(was_reset(&mut other));
     assert_eq!(
         e.take_reports(),

@@ -4,8 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+use crate::support::daemon::BIN;
+use crate::support::TempDir;
+
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_refract"))
+    Command::new(BIN)
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -158,9 +161,8 @@ fn errors_are_one_line_with_exit_codes() {
 
 #[test]
 fn garbage_and_long_lines_are_counted_not_fatal() {
-    let dir = std::env::temp_dir().join(format!("refract-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("garbage.log");
+    let dir = TempDir::new("replay");
+    let path = dir.path("garbage.log");
     let mut data = Vec::new();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for _ in 0..200_000 {
@@ -176,7 +178,6 @@ fn garbage_and_long_lines_are_counted_not_fatal() {
     );
     std::fs::write(&path, &data).unwrap();
     let o = run(&["replay", "--explain", path.to_str().unwrap()]);
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(
@@ -189,5 +190,79 @@ fn garbage_and_long_lines_are_counted_not_fatal() {
             .unwrap()
             .ends_with("admitted 198.51.100.1 u"),
         "{out}"
+    );
+}
+
+/// Clock jumps in the input (a fault of the log, not of the daemon): set
+/// back, forward by a day, lines a few milliseconds out of order.
+#[test]
+fn replay_survives_clock_jumps() {
+    let line = |ts: &str, ip: &str, user: &str| {
+        format!(
+            "{ts} from {ip}:5000 accepted tcp:example.com:443 [vless-in >> direct] email: {user}\n"
+        )
+    };
+    let log: String = [
+        line("2026/11/21 10:00:00", "198.51.100.1", "alice"),
+        // The clock is set back an hour: treated as no time passing.
+        line("2026/11/21 09:00:01", "198.51.100.2", "bob"),
+        line("2026/11/21 09:00:03", "198.51.100.3", "bob"),
+        // Half an hour later (in log time after the jump): alice's first
+        // address, seen "in the future", has expired; a naive clock
+        // would still count it online and ban this one.
+        line("2026/11/21 09:30:00", "198.51.100.4", "alice"),
+        line("2026/11/21 09:30:02", "198.51.100.5", "alice"),
+        // Lines a few milliseconds out of order are not a jump.
+        line("2026/11/21 09:30:02.500000", "198.51.100.6", "carol"),
+        line("2026/11/21 09:30:02.400000", "198.51.100.6", "carol"),
+        // Forward by a day: everything expired, nobody banned for it.
+        line("2026/11/22 09:30:03", "198.51.100.4", "alice"),
+        line("2026/11/22 09:30:04", "198.51.100.2", "bob"),
+        line("2026/11/22 09:30:05", "198.51.100.7", "alice"),
+    ]
+    .concat();
+    let dir = TempDir::new("fault-clock");
+    let f = dir.path("access.log");
+    std::fs::write(&f, &log).unwrap();
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("replay")
+            .args(args)
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8(o.stderr).unwrap(),
+        )
+    };
+    let (out, err) = run(&["--window=5s", "--timeout=1m"]);
+    assert_eq!(
+        out,
+        "2026/11/21 09:00:03 disallowed concurrent connection from 198.51.100.3 \
+         w/ origin 198.51.100.2 [vless-in] email: bob\n\
+         2026/11/21 09:30:02 disallowed concurrent connection from 198.51.100.5 \
+         w/ origin 198.51.100.4 [vless-in] email: alice\n\
+         2026/11/22 09:30:05 disallowed concurrent connection from 198.51.100.7 \
+         w/ origin 198.51.100.4 [vless-in] email: alice\n"
+    );
+    assert_eq!(
+        err,
+        "replay: 10 lines, 10 counted, 0 skipped, 3 users, 3 bans\n"
+    );
+    let (explain, _) = run(&["--window=5s", "--timeout=1m", "--explain"]);
+    assert_eq!(
+        explain,
+        "1 admitted 198.51.100.1 alice\n\
+         2 admitted 198.51.100.2 bob\n\
+         3 banned 198.51.100.3 bob origin=198.51.100.2\n\
+         4 admitted 198.51.100.4 alice\n\
+         5 banned 198.51.100.5 alice origin=198.51.100.4\n\
+         6 admitted 198.51.100.6 carol\n\
+         7 refreshed 198.51.100.6 carol\n\
+         8 admitted 198.51.100.4 alice\n\
+         9 admitted 198.51.100.2 bob\n\
+         10 banned 198.51.100.7 alice origin=198.51.100.4\n"
     );
 }

@@ -1,17 +1,16 @@
 //! The real daemon's signals and audit log: SIGTERM/SIGINT exit 0 at once,
 //! SIGHUP reloads `--limits` (a bad file keeps the old limits) and reopens
-//! the audit log, and a violating line shows up in the audit log within
-//! milliseconds.
-
-mod daemon_util;
+//! the audit log, and a violating line shows up in the audit log at once
+//! (milliseconds here; the bound is [`PROMPT`], the times are printed).
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use daemon_util::*;
+use crate::support::daemon::*;
+use crate::support::{wait_until, TempDir, PROMPT};
 
 #[test]
-fn sigterm_and_sigint_exit_zero_within_a_second() {
+fn sigterm_and_sigint_exit_zero_promptly() {
     for (tag, sig) in [("term", libc::SIGTERM), ("int", libc::SIGINT)] {
         let dir = TempDir::new(&format!("sig-{tag}"));
         let mut d = Daemon::start(&dir, &[]);
@@ -19,13 +18,10 @@ fn sigterm_and_sigint_exit_zero_within_a_second() {
         d.expect_lines(3);
         let start = Instant::now();
         d.signal(sig);
-        let st = wait_until(Duration::from_secs(5), "exit", || {
-            d.child.try_wait().unwrap()
-        });
+        let st = wait_until(PROMPT, "exit", || d.child.try_wait().unwrap());
         let took = start.elapsed();
         eprintln!("{tag}: exited {st} in {took:?}");
         assert_eq!(st.code(), Some(0), "{}", d.log());
-        assert!(took < Duration::from_secs(1), "{took:?}");
         assert!(d.log().contains("exiting: stats: lines=3 "), "{}", d.log());
     }
 }
@@ -38,10 +34,10 @@ fn sighup_reopens_the_audit_log() {
     assert_eq!(mode & 0o777, 0o640, "audit log created 0640");
     std::fs::rename(&d.block, dir.path("block.log.1")).unwrap();
     d.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(5), "reopened audit log", || {
+    wait_until(PROMPT, "reopened audit log", || {
         d.block.exists().then_some(())
     });
-    assert!(d.log().contains("reloaded"), "{}", d.log());
+    d.wait_log("reloaded");
 }
 
 /// The line that makes `user` go over a limit of 1: first `a`, then `b`.
@@ -51,7 +47,7 @@ fn violation(d: &Daemon, user: &str, a: &str, b: &str) {
 }
 
 #[test]
-fn audit_line_appears_within_milliseconds() {
+fn audit_line_appears_promptly() {
     let dir = TempDir::new("sig-latency");
     let d = Daemon::start(&dir, &["--window=1h"]);
     let mut worst = Duration::ZERO;
@@ -61,7 +57,7 @@ fn audit_line_appears_within_milliseconds() {
         append(&d.access, &access_line(&user, "198.51.100.1"));
         let start = Instant::now();
         append(&d.access, &access_line(&user, &format!("203.0.113.{i}")));
-        let audit = d.wait_audit(i, Duration::from_secs(5));
+        let audit = d.wait_audit(i, PROMPT);
         let took = start.elapsed();
         worst = worst.max(took);
         all.push(took);
@@ -74,15 +70,15 @@ fn audit_line_appears_within_milliseconds() {
         );
     }
     all.sort();
+    // Each one within PROMPT (the wait above); how fast is printed.
     eprintln!(
         "audit latency: median {:?}, worst {worst:?}",
         all[all.len() / 2]
     );
-    assert!(worst < Duration::from_millis(500), "{worst:?}");
     // The audit log rotated away is reopened at the next ban.
     std::fs::rename(&d.block, dir.path("block.log.1")).unwrap();
     violation(&d, "late@example.com", "198.51.100.2", "192.0.2.99");
-    let audit = d.wait_audit(1, Duration::from_secs(5));
+    let audit = d.wait_audit(1, PROMPT);
     assert!(audit[0].contains("from 192.0.2.99 "), "{audit:?}");
 }
 
@@ -91,22 +87,18 @@ fn sighup_reloads_limits_and_keeps_them_on_a_bad_file() {
     let dir = TempDir::new("sig-limits");
     let limits = dir.path("limits");
     std::fs::write(&limits, "# test\nalice@example.com 1\n").unwrap();
-    let d = Daemon::start(
+    let mut d = Daemon::start(
         &dir,
         &["--window=1h", &format!("--limits={}", limits.display())],
     );
     // Limit 1: A admitted, B banned.
     violation(&d, "alice@example.com", "198.51.100.10", "198.51.100.11");
-    d.wait_audit(1, Duration::from_secs(5));
+    d.wait_audit(1, PROMPT);
 
     // Limit 3: C admitted (A and C online).
     std::fs::write(&limits, "alice@example.com 3\n").unwrap();
     d.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(5), "reload", || {
-        d.log()
-            .contains("reloaded: 1 per-user limits")
-            .then_some(())
-    });
+    d.wait_log("reloaded: 1 per-user limits");
     append(
         &d.access,
         &access_line("alice@example.com", "198.51.100.12"),
@@ -115,12 +107,7 @@ fn sighup_reloads_limits_and_keeps_them_on_a_bad_file() {
     // A bad file: one error naming file and line, the limit stays 3.
     std::fs::write(&limits, "alice@example.com 3\nbob many\n").unwrap();
     d.signal(libc::SIGHUP);
-    let err = wait_until(Duration::from_secs(5), "reload error", || {
-        d.log()
-            .lines()
-            .find(|l| l.contains("keeping the previous limits"))
-            .map(str::to_string)
-    });
+    let err = d.wait_log("keeping the previous limits");
     assert!(
         err.contains(&format!("{}:2", limits.display())),
         "names file and line: {err}"
@@ -135,8 +122,10 @@ fn sighup_reloads_limits_and_keeps_them_on_a_bad_file() {
         &d.access,
         &access_line("alice@example.com", "198.51.100.14"),
     );
-    let audit = d.wait_audit(2, Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(200));
+    let audit = d.wait_audit(2, PROMPT);
+    // Every line decided (not a pause that a slow machine could outlast):
+    // none of them made a further ban.
+    d.expect_lines(5);
     let audit2 = d.audit();
     assert_eq!(audit, audit2, "no further bans");
     let banned: Vec<&str> = audit

@@ -2,28 +2,20 @@
 //! namespace, with the `ipset` CLI as the independent witness. Skips (with
 //! the reason printed) when not root or when `ip`/`ipset` are missing.
 
-mod common;
-
 use std::io;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::netns::{have_tool, Netns};
+use crate::support::netns::Netns;
+use crate::support::PROMPT;
 use refract::key::Key;
 use refract::nl::buf::NlBuf;
 use refract::nl::consts::*;
 use refract::nl::ipset::*;
 use refract::nl::socket::NlSocket;
 
-const T: Duration = Duration::from_secs(3);
-
-fn ns(tag: &str) -> Option<Netns> {
-    if !have_tool("ipset", &["--version"]) {
-        eprintln!("skip: `ipset` not installed");
-        return None;
-    }
-    Netns::new(tag)
-}
+/// How long one request may wait for the kernel's answer (microseconds).
+const T: Duration = PROMPT;
 
 /// Sends one request built by `f` and waits for the answer.
 fn req(
@@ -63,7 +55,9 @@ fn v4(s: &str) -> Key {
 
 #[test]
 fn v4_create_add_test_del_list_flush_destroy() {
-    let Some(n) = ns("ipset4") else { return };
+    let Some(n) = Netns::with_tools("ipset4", &["ipset"]) else {
+        return;
+    };
     let set = DEFAULT_SET_V4;
     n.in_netns(|| {
         let mut s = NlSocket::open(NETLINK_NETFILTER, 0).unwrap();
@@ -169,7 +163,9 @@ fn v4_create_add_test_del_list_flush_destroy() {
 
 #[test]
 fn v6_prefix_entries_and_timeout_update_on_readd() {
-    let Some(n) = ns("ipset6") else { return };
+    let Some(n) = Netns::with_tools("ipset6", &["ipset"]) else {
+        return;
+    };
     let set = DEFAULT_SET_V6;
     let key = Key::new("2001:db8:5:6::abcd".parse().unwrap(), 64);
     n.in_netns(|| {
@@ -229,7 +225,9 @@ fn v6_prefix_entries_and_timeout_update_on_readd() {
 
 #[test]
 fn header_list_reports_wrong_type_and_missing_timeout() {
-    let Some(n) = ns("ipsetw") else { return };
+    let Some(n) = Netns::with_tools("ipsetw", &["ipset"]) else {
+        return;
+    };
     n.ok(&["ipset", "create", DEFAULT_SET_V4, "hash:net"]);
     n.ok(&["ipset", "create", "plain", "hash:ip"]);
     n.in_netns(|| {

@@ -1,12 +1,10 @@
 //! Self-test of the namespace fixture: creation, exec, in_netns, veth,
 //! and cleanup on drop.
 
-mod common;
-
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
 
-use common::netns::{veth, Netns};
+use crate::support::netns::{veth, Netns};
+use crate::support::PROMPT;
 
 #[test]
 fn netns_lifecycle_veth_and_in_netns() {
@@ -27,8 +25,7 @@ fn netns_lifecycle_veth_and_in_netns() {
         ("[2001:db8:99::2]:4000", "[2001:db8:99::2]:4000"),
     ] {
         let l = b.in_netns(|| TcpListener::bind(bind).unwrap());
-        let c = a
-            .in_netns(|| TcpStream::connect_timeout(&dst.parse().unwrap(), Duration::from_secs(2)));
+        let c = a.in_netns(|| TcpStream::connect_timeout(&dst.parse().unwrap(), PROMPT));
         c.unwrap_or_else(|e| panic!("connect {dst}: {e}"));
         let (_, peer) = l.accept().unwrap();
         assert!(peer.ip().to_string().starts_with(if bind.starts_with('[') {

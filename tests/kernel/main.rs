@@ -1,0 +1,53 @@
+//! Tests against the real kernel, each inside network namespaces it
+//! creates and always removes (never the host's firewall, sets or
+//! sockets): netlink ipset, the DROP rules, connection kills, the kernel
+//! enforcer driven directly, and the real daemon enforcing in a namespace.
+//! Independent witnesses (`ipset`, `iptables`, `ss`, `conntrack`, the
+//! clients' own sockets) check what the kernel holds. Every test needs
+//! root and the tools it names (`Netns::with_tools`); without them it
+//! skips with the reason.
+//!
+//! Tests that load the machine (floods of bans or connections) take
+//! `support::heavy()`: they run one at a time. In-process namespace work
+//! runs on threads of its own (`Netns::in_netns`): no test changes the
+//! process's namespace, cwd or environment.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+/// The namespace fixture itself: creation, exec, `in_netns`, veth,
+/// cleanup on drop.
+mod fixture;
+
+/// ipset over netlink (`refract::nl::ipset`): create, add, test, del,
+/// list, flush, destroy, v4 and v6, error codes; the `ipset` CLI witnesses.
+mod ipset;
+
+/// The DROP rules against real iptables/ip6tables (`refract::firewall`):
+/// idempotent install, removal, clear errors.
+mod firewall;
+
+/// Ending a banned key's connections: SOCK_DESTROY through sock_diag
+/// (TCP, IPv4 and dual-stack listeners) and conntrack deletes (UDP).
+mod kill;
+
+/// The kernel enforcer driven directly (no daemon): bans, restart
+/// read-back, repair, startup errors, kills, a mio loop, cleanup.
+mod enforcer;
+
+/// The real daemon with the kernel enforcer: a violation lands in the
+/// set; `check`, run, restart and `cleanup` as an operator runs them.
+mod daemon;
+
+/// Faults against the running daemon in a namespace: the set destroyed,
+/// the rule deleted, thousands of connections of one key, SIGTERM during
+/// a burst of bans.
+mod faults;
+
+/// A flood of 100,000 bans into a small set: responsive to signals,
+/// nothing lost, the set within maxelem (heavy).
+mod bans;
+
+/// Least privilege: the capabilities the daemon keeps, and that they are
+/// enough for a ban and a repair.
+mod privilege;

@@ -1,0 +1,11 @@
+//! Tests of what ships besides the binary, as CI can check it on this
+//! machine: the systemd unit, the shell scripts, the installer, the Debian
+//! package, the container and Alpine files, and the README's demo.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+/// `systemd-analyze verify`, `sh -n`/`bash -n` and shellcheck,
+/// `scripts/install.sh` in a DESTDIR, `scripts/build-deb.sh`, static
+/// checks of the Dockerfile and APKBUILD, and `scripts/demo.sh` (root).
+mod checks;
