@@ -2,6 +2,13 @@
 //! `$NOTIFY_SOCKET` (sd_notify(3): a path, or an abstract socket when it
 //! starts with `@`). Outside systemd the variable is unset and nothing
 //! happens.
+//!
+//! The send never blocks the loop: a datagram socket whose receiver does
+//! not read fills its queue (`net.unix.max_dgram_qlen`, 10 by default), and
+//! a blocking `sendto` would then wait in `unix_wait_for_peer()` for as long
+//! as the manager does not read, with SIGHUPs and bans piling up behind it.
+//! Non-blocking, a full queue is `WouldBlock`: the caller logs it and the
+//! state is lost, which a manager that does not read could not use anyway.
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -26,10 +33,11 @@ pub fn send_to(path: &str, state: &str) -> io::Result<()> {
     } else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "notify: NOTIFY_SOCKET is not a socket path",
+            "NOTIFY_SOCKET is not a socket path",
         ));
     };
     let sock = UnixDatagram::unbound()?;
+    sock.set_nonblocking(true)?;
     sock.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
 }
@@ -57,5 +65,29 @@ mod tests {
         let n = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STOPPING=1");
         assert!(send_to("relative", "READY=1").is_err());
+    }
+
+    #[test]
+    fn a_receiver_that_does_not_read_never_blocks_the_sender() {
+        let path = std::env::temp_dir().join(format!("refract-notify-full-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let _rx = UnixDatagram::bind(&path).unwrap();
+        let target = path.to_str().unwrap().to_string();
+        // On a thread, so a regression fails the test instead of hanging it.
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let results: Vec<_> = (0..1000).map(|_| send_to(&target, "RELOADING=1")).collect();
+            tx.send(results).unwrap();
+        });
+        let results = done
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("send_to blocked on a full notification queue");
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        let full = results.iter().filter(|r| r.is_err()).count();
+        assert!(full > 0, "a queue that nobody reads never filled");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(r.kind(), io::ErrorKind::WouldBlock, "{r}");
+        }
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -301,7 +301,7 @@ impl Daemon {
 
     fn notify(&self, state: &str) {
         if let Err(e) = crate::notify::notify(state) {
-            logger::warning(format_args!("{e}"));
+            logger::warning(format_args!("notify: {state}: {e}"));
         }
     }
 
