@@ -11,6 +11,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+/// Readiness: `READY=1` and the one `ready:` line come only once the log
+/// is followed; a line appended right after is decided.
+mod ready;
+
 /// The follower: every kind of rotation, truncation, deletion and
 /// replacement of the log, a 1 GiB sparse file; exact line counts.
 mod rotation;

@@ -1,0 +1,122 @@
+//! Readiness means ready: once refract has sent `READY=1` to
+//! `$NOTIFY_SOCKET` (a path socket, as systemd's `/run/systemd/notify`),
+//! which is what [`Daemon::start`] returns on, a line appended to the
+//! access log is decided at once, for a log that exists and for one created
+//! later. One `ready:` line, after the privilege drop, and no second
+//! `READY=1` before `STOPPING=1`. `--dry-run`: no root needed.
+
+use std::time::Instant;
+
+use crate::support::daemon::{append, Daemon};
+use crate::support::{wait_until, TempDir, PROMPT};
+
+/// Two devices of one user, the second one a violation at `--limit 1`.
+fn violation() -> String {
+    ["192.0.2.11:51000", "198.51.100.12:40000"]
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            format!(
+                "2026/12/01 09:00:0{i}.000000 from {src} accepted tcp:example.com:443 \
+                 [vless-in >> direct] email: alice@example.com\n"
+            )
+        })
+        .collect()
+}
+
+/// Appends the violation at once (no sleep after `READY=1`) and waits,
+/// bounded, for its audit line.
+fn violation_is_decided(d: &Daemon) {
+    let appended = Instant::now();
+    append(&d.access, &violation());
+    wait_until(
+        PROMPT,
+        "the audit line of lines appended after READY=1",
+        || {
+            d.audit()
+                .iter()
+                .any(|l| {
+                    l.contains(
+                        "disallowed concurrent connection from 198.51.100.12 w/ origin 192.0.2.11 \
+                     [vless-in] email: alice@example.com",
+                    )
+                })
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "READY=1 {:?} after spawn; audit line {:?} after the append",
+        d.ready_in,
+        appended.elapsed()
+    );
+}
+
+/// The one `ready:` line, after every other startup line; `state` is what
+/// it says of the log after "from its end".
+fn check_ready_line(d: &Daemon, state: &str) {
+    let text = d.log();
+    let ready: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("refract: ready: "))
+        .collect();
+    assert_eq!(ready.len(), 1, "one ready line expected:\n{text}");
+    let want = format!(
+        "refract: ready: following {} from its end{state}, ",
+        d.access.display()
+    );
+    assert!(
+        ready[0].starts_with(&want),
+        "{:?} does not start {want:?}",
+        ready[0]
+    );
+    assert!(ready[0].contains("enforcer dry-run"), "{}", ready[0]);
+    // Started as root the capabilities line comes first: dropping them is
+    // part of getting ready.
+    let first = text.lines().position(|l| l.starts_with("refract: ready: "));
+    if let Some(caps) = text.lines().position(|l| l.contains("capabilit")) {
+        assert!(
+            caps < first.unwrap(),
+            "ready before the privilege drop:\n{text}"
+        );
+    }
+}
+
+/// Stops the daemon: exit 0, `STOPPING=1` said, and `READY=1` said once.
+fn stop(mut d: Daemon) {
+    let (st, _) = d.terminate();
+    assert!(st.success(), "exit {st}:\n{}", d.log());
+    wait_until(PROMPT, "STOPPING=1", || {
+        (d.notify.count("STOPPING=1") == 1).then_some(())
+    });
+    assert_eq!(d.notify.count("READY=1"), 1, "{:?}", d.notify.messages());
+}
+
+#[test]
+fn line_appended_right_after_ready_is_decided() {
+    let dir = TempDir::new("ready-existing");
+    // An old line that must not count: the daemon starts at the end.
+    append(
+        &dir.path("access.log"),
+        "2026/12/01 08:00:00.000000 from 203.0.113.9:1000 accepted tcp:example.com:443 \
+         [vless-in >> direct] email: alice@example.com\n",
+    );
+    let d = Daemon::start(&dir, &["--window=30s", "--timeout=1m"]);
+    violation_is_decided(&d);
+    check_ready_line(&d, "");
+    assert_eq!(
+        d.audit().len(),
+        1,
+        "the line before start counted: {:?}",
+        d.audit()
+    );
+    stop(d);
+}
+
+#[test]
+fn log_created_after_ready_is_read_from_its_start() {
+    let dir = TempDir::new("ready-absent");
+    let d = Daemon::start(&dir, &["--window=30s", "--timeout=1m"]);
+    violation_is_decided(&d);
+    check_ready_line(&d, " (not there yet)");
+    stop(d);
+}
