@@ -66,6 +66,16 @@ impl Key {
     }
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how a dual-stack socket
+/// holds an IPv4 peer) as the IPv4 address it stands for; any other
+/// address unchanged.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// IPv4 and a full-length IPv6 key print as a plain address; a shorter IPv6
 /// prefix prints in CIDR form (`2001:db8:5:6::/64`), as the audit line wants.
 impl fmt::Display for Key {
@@ -107,6 +117,15 @@ mod tests {
         assert!(k.contains(ip("192.0.2.7")));
         assert!(k.contains(ip("::ffff:192.0.2.7")));
         assert_eq!(k.net().to_string(), "192.0.2.7/32");
+    }
+
+    #[test]
+    fn canonical_unmaps_v4_only() {
+        assert_eq!(canonical(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(canonical(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(canonical(ip("2001:db8::1")), ip("2001:db8::1"));
+        // IPv4-compatible (deprecated, `::a.b.c.d`) is not mapped.
+        assert_eq!(canonical(ip("::c000:207")), ip("::c000:207"));
     }
 
     #[test]
