@@ -9,10 +9,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::netns::{firewall_netns, have_tool, Netns};
+use refract::config::FirewallMode;
 use refract::config::Protos;
-use refract::enforce::kernel::{KernelConfig, KernelEnforcer, StartError};
 use refract::enforce::Enforcer;
-use refract::firewall::FirewallMode;
+use refract::enforce::{KernelConfig, KernelEnforcer, StartError};
 use refract::key::Key;
 use refract::policy::Ban;
 
@@ -484,7 +484,7 @@ fn drive(e: &mut KernelEnforcer, keys: &[Key]) -> Vec<KillReport> {
             .unwrap();
         for ev in events.iter() {
             let t = ev.token().0;
-            assert!((FIRST..FIRST + refract::enforce::kernel::TOKENS).contains(&t));
+            assert!((FIRST..FIRST + refract::enforce::TOKENS).contains(&t));
             e.ready(t, 10_000);
         }
         reports.extend(e.take_reports());
@@ -602,8 +602,8 @@ fn cleanup_removes_rules_and_sets_and_is_idempotent() {
     assert_eq!(drop_rules(&n), 2); // tcp and udp
     let (first, second) = n.in_netns(|| {
         (
-            refract::enforce::kernel::cleanup(&c).unwrap(),
-            refract::enforce::kernel::cleanup(&c).unwrap(),
+            refract::enforce::cleanup(&c).unwrap(),
+            refract::enforce::cleanup(&c).unwrap(),
         )
     });
     assert_eq!(first.rules_removed, 4); // tcp+udp × v4+v6
@@ -638,7 +638,7 @@ fn cleanup_of_a_set_still_in_use_names_the_cause() {
     ]);
     let c = cfg(60, FirewallMode::Iptables);
     let e = n
-        .in_netns(|| refract::enforce::kernel::cleanup(&c))
+        .in_netns(|| refract::enforce::cleanup(&c))
         .unwrap_err()
         .to_string();
     assert!(

@@ -5,8 +5,9 @@
 mod common;
 
 use common::netns::{firewall_netns, Netns};
+use refract::config::FirewallMode;
 use refract::config::Protos;
-use refract::firewall::{Firewall, FirewallMode};
+use refract::enforce::Firewall;
 
 fn ns(tag: &str) -> Option<Netns> {
     firewall_netns(tag)

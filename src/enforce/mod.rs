@@ -23,6 +23,11 @@ use crate::policy::Ban;
 
 pub mod kernel;
 
+pub use crate::firewall::Firewall;
+pub use kernel::{
+    cleanup, probe, Cleanup, KernelConfig, KernelEnforcer, Probe, StartError, TOKENS,
+};
+
 /// Counters every enforcer keeps (plain data: summary, metrics later).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnforceStats {
