@@ -1427,11 +1427,7 @@ impl KernelEnforcer {
                 Ok(n) => {
                     for m in Messages::new(&self.rx[..n]).flatten() {
                         if let Reply::Data(m) = m {
-                            changed |= m.ty >> 8 == NFNL_SUBSYS_NFTABLES
-                                && matches!(
-                                    m.ty & 0xff,
-                                    NFT_MSG_DELTABLE | NFT_MSG_DELCHAIN | NFT_MSG_DELRULE
-                                );
+                            changed |= crate::nl::nftables::is_deletion(&m);
                         }
                     }
                 }

@@ -54,12 +54,6 @@ pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `enum nfnetlink_groups`: nf_tables ruleset change notifications.
 pub const NFNLGRP_NFTABLES: u32 = 7;
 
-// ---- /usr/include/linux/netfilter/nf_tables.h (`enum nf_tables_msg_types`) ----
-
-pub const NFT_MSG_DELTABLE: u16 = 2;
-pub const NFT_MSG_DELCHAIN: u16 = 5;
-pub const NFT_MSG_DELRULE: u16 = 8;
-
 // ---- /usr/include/linux/netfilter.h ----
 
 pub const NFPROTO_UNSPEC: u8 = 0;
