@@ -477,7 +477,7 @@ impl Killer {
                     family,
                     protocol: TCP,
                     ports: cx.ports,
-                    key,
+                    remote: diag::Remote::In(std::slice::from_ref(&key)),
                 }
                 .emit(&mut self.buf, seq),
                 Dump::Udp {
