@@ -488,8 +488,8 @@ impl Killer {
                     conntrack::DumpRequest {
                         family: conntrack::family(key),
                         protocol: UDP,
-                        port,
-                        key,
+                        port: Some(port),
+                        key: Some(key),
                         kernel_filter,
                     }
                     .emit(&mut self.buf, seq);
