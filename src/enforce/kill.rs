@@ -82,8 +82,11 @@ const _: () =
     assert!(ADDR_FILTER_MAX * (4 + diag::HOSTCOND_LEN + 16 + 4) + 1024 * 12 <= diag::MAX_BYTECODE);
 
 /// Finished kill reports kept for [`Killer::take_reports`]; older ones are
-/// dropped when the daemon does not collect them.
-const MAX_REPORTS: usize = 1024;
+/// dropped when the daemon does not collect them. The daemon collects
+/// every turn, but one dump's end finishes every key of its batch at once
+/// (thousands in a flood), so this is far above a turn's keys; a report
+/// is 28 bytes.
+const MAX_REPORTS: usize = 1 << 16;
 
 /// Receive buffer of the kill sockets (dumps are flow-controlled by the
 /// kernel; this is for the destroy/delete acks).
@@ -246,7 +249,9 @@ struct State {
     locals: Vec<IpAddr>,
     /// The kernel refused `CTA_FILTER` once: plain dumps from now on.
     no_ct_filter: bool,
-    /// Keys banned this turn whose dumps have not started.
+    /// Keys banned this turn whose dumps have not started, once per ban;
+    /// each holds one tally unit until its dumps are queued, so an exact
+    /// kill answered first does not finish the key's report early.
     batch: Vec<Key>,
 }
 
@@ -605,6 +610,7 @@ impl Killer {
                 queue(&mut chan.pipe, "sock_diag", req, &mut self.st, stats);
             }
         }
+        self.st.tallies.open(key, 1);
         self.st.batch.push(key);
         with_channel!(self, tcp, "sock_diag", stats, |c, h| c.pump(now, &mut h));
     }
@@ -620,7 +626,8 @@ impl Killer {
         if self.st.batch.is_empty() {
             return;
         }
-        let mut keys = std::mem::take(&mut self.st.batch);
+        let banned = std::mem::take(&mut self.st.batch);
+        let mut keys = banned.clone();
         keys.sort_unstable();
         keys.dedup();
         let mut dumps: Vec<(bool, Dump)> = Vec::new();
@@ -664,6 +671,10 @@ impl Killer {
             };
             let chan = chan.expect("dumps only for open channels");
             queue(&mut chan.pipe, what, Req::Dump(d), &mut self.st, stats);
+        }
+        // The dumps hold the keys' reports open now.
+        for k in banned {
+            self.st.tallies.close(k, 0, 0);
         }
         with_channel!(self, tcp, "sock_diag", stats, |c, h| c.pump(now, &mut h));
         with_channel!(self, udp, "conntrack", stats, |c, h| c.pump(now, &mut h));
