@@ -344,6 +344,20 @@ pub struct SockId {
 }
 
 impl SockId {
+    /// No address, no port, any cookie: what a dump request carries.
+    pub fn any(family: u8) -> SockId {
+        SockId {
+            family,
+            state: 0,
+            sport: 0,
+            dport: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 0,
+            cookie: [INET_DIAG_NOCOOKIE; 2],
+        }
+    }
+
     fn addr(&self, raw: [u8; 16], port: u16) -> SocketAddr {
         let ip = if self.family == AF_INET {
             IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -399,16 +413,7 @@ impl DumpRequest<'_> {
     /// ports or a program past [`MAX_BYTECODE`].
     pub fn emit(&self, buf: &mut NlBuf, seq: u32) -> io::Result<()> {
         let bc = filter(self.family, self.ports, self.remote)?;
-        let any = SockId {
-            family: self.family,
-            state: 0,
-            sport: 0,
-            dport: 0,
-            src: [0; 16],
-            dst: [0; 16],
-            ifindex: 0,
-            cookie: [INET_DIAG_NOCOOKIE; 2],
-        };
+        let any = SockId::any(self.family);
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
         buf.message(SOCK_DIAG_BY_FAMILY, flags, seq, |b| {
             put_req_v2(b, self.family, self.protocol, KILL_STATES, &any);

@@ -82,6 +82,17 @@ impl KernelConfig {
         }
     }
 
+    /// The DROP rules for these sets, ports and protocols.
+    pub fn firewall(&self) -> Firewall {
+        Firewall::new(
+            self.firewall,
+            self.protos,
+            &self.ports,
+            &self.set_v4,
+            &self.set_v6,
+        )
+    }
+
     fn set(&self, f: Family) -> &str {
         match f {
             Family::V4 => &self.set_v4,

@@ -25,7 +25,7 @@ use crate::nl::ipset::{self, Family};
 use crate::nl::socket::NlSocket;
 
 use super::ops::Ops;
-use super::rules::{Firewall, Watch};
+use super::rules::Watch;
 use super::{fidx, log, timeout_secs, KernelConfig, KernelEnforcer};
 
 /// Timeout for the blocking startup exchanges.
@@ -260,13 +260,7 @@ impl KernelEnforcer {
                  but open TCP connections stay up until they close"
             ));
         }
-        let firewall = Firewall::new(
-            cfg.firewall,
-            cfg.protos,
-            &cfg.ports,
-            &cfg.set_v4,
-            &cfg.set_v6,
-        );
+        let firewall = cfg.firewall();
         let Probe {
             mut ipset,
             revision,
@@ -355,13 +349,7 @@ pub struct Cleanup {
 /// then destroys both sets with everything in them. Idempotent: missing
 /// rules and sets are not errors. Runs synchronously; not for the loop.
 pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
-    let firewall = Firewall::new(
-        cfg.firewall,
-        cfg.protos,
-        &cfg.ports,
-        &cfg.set_v4,
-        &cfg.set_v6,
-    );
+    let firewall = cfg.firewall();
     // Rules first: a set referenced by a rule cannot be destroyed.
     let rules_removed = firewall.remove()?;
     let mut sock = NlSocket::open(NETLINK_NETFILTER, 0)
@@ -405,14 +393,8 @@ pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
 fn probe_destroy(sock: &mut NlSocket) -> Result<bool, StartError> {
     let mut buf = NlBuf::new();
     let id = SockId {
-        family: libc::AF_INET as u8,
-        state: 0,
-        sport: 0,
-        dport: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        ifindex: 0,
         cookie: [0; 2],
+        ..SockId::any(libc::AF_INET as u8)
     };
     let seq = sock.next_seq();
     diag::DestroyRequest { protocol: TCP, id }.emit(&mut buf, seq);
