@@ -25,11 +25,12 @@
 //!    original tuple plus `CTA_ID`, so an entry that expired and was
 //!    recreated meanwhile is left alone (`ENOENT`).
 //!
-//! From the loop: the same requests as [`find`]/[`kill_udp`], without
-//! blocking: one dump per configured port (one dump at a time per socket),
-//! [`parse_flow`] + [`matches()`] on its entries, deletes after its `Done`;
-//! on `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter`
-//! off.
+//! From the loop (`crate::enforce::kill`): the same kind of requests as
+//! [`find`]/[`kill_udp`], without blocking, for all keys of a turn at
+//! once: one dump per family (no source and, with several ports, no port
+//! in the filter: `key` and `port` are optional), [`parse_flow`] and an
+//! in-process match on its entries, deletes after its `Done`; on
+//! `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter` off.
 //!
 //! Layouts: `/usr/include/linux/netfilter/nfnetlink_conntrack.h` and
 //! `nfnetlink.h` (`struct nfgenmsg` after the netlink header). Addresses,

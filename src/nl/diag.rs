@@ -54,16 +54,23 @@
 //! the bytecode says what it means. An IPv6 key in an `AF_INET` dump gets
 //! an `AF_INET6` cond and thus matches nothing (callers skip that dump).
 //!
+//! Many keys ([`filter`], [`Remote::In`]) are an OR chain of such address
+//! tests in front of the ports; [`Remote::Any`] leaves only the ports
+//! (the caller matches addresses). A program is at most [`MAX_BYTECODE`]
+//! bytes (its attribute's `nla_len` is a u16).
+//!
 //! # Driving it from the loop
 //!
-//! [`find`] and [`kill_tcp`] are the blocking reference sequence; the loop
-//! sends the same requests without blocking: one [`DumpRequest`] per
-//! family in [`families`] (one dump at a time per socket: a second dump
-//! while one runs gets `EBUSY`), every `Reply::Data` of its sequence number
-//! through [`parse_socket`], and only after its `Done` one
-//! [`DestroyRequest`] per socket. Destroying while the dump still runs
-//! would unlink sockets from the hash chain the kernel is walking and can
-//! make its resume position skip one. Acks map `ENOENT` to "already gone".
+//! [`find`] and [`kill_tcp`] are the blocking reference sequence for one
+//! key; the loop (`crate::enforce::kill`) sends the same kind of requests
+//! through its pipeline without blocking, for all keys of a turn at once:
+//! one [`DumpRequest`] per family in [`families`] (one dump at a time per
+//! socket: a second dump while one runs gets `EBUSY`), every `Reply::Data`
+//! of its sequence number through [`parse_socket`], and only after its
+//! `Done` one [`DestroyRequest`] per socket. Destroying while the dump
+//! still runs would unlink sockets from the hash chain the kernel is
+//! walking and can make its resume position skip one. Acks map `ENOENT` to
+//! "already gone".
 //!
 //! All structs are read and written through byte offsets, never casts.
 //! Ports and addresses in `struct inet_diag_sockid` are network order;
