@@ -28,7 +28,10 @@
 //! - UDP: one ctnetlink dump per family (IPv4 keys in `AF_INET`, IPv6 in
 //!   `AF_INET6`: conntrack has no mapped addresses), filtered in the kernel
 //!   by protocol (and port and source when there is only one), matched in
-//!   process, then one DELETE per flow.
+//!   process, then one DELETE per flow. Not one `AF_UNSPEC` dump for both:
+//!   ctnetlink refuses `CTA_FILTER` without a family (`EINVAL`, seen on
+//!   Linux 6.18), and unfiltered it would send every flow of every
+//!   protocol.
 //!
 //! The old way, one dump per ban per family and per port, walked the whole
 //! socket hash once per ban: a flood of bans cost the kernel bans × table
