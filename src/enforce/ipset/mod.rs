@@ -106,14 +106,6 @@ fn log(msg: std::fmt::Arguments<'_>) {
     crate::logger::warning(msg);
 }
 
-/// The index of a family in per-family arrays: v4 first, v6 second.
-fn fidx(f: Family) -> usize {
-    match f {
-        Family::V4 => 0,
-        Family::V6 => 1,
-    }
-}
-
 /// Seconds for an ipset timeout: rounded up (a ban never ends early), at
 /// least 1 (0 would make the entry permanent), at most the kernel's limit.
 pub fn timeout_secs(ttl: Duration) -> u32 {

@@ -42,7 +42,7 @@ use crate::nl::pipeline::{Completion, Kind, Outcome, Pipeline};
 use crate::nl::socket::NlSocket;
 
 use super::startup::create_request;
-use super::{fidx, log, KernelConfig};
+use super::{log, KernelConfig};
 
 /// A full set (`IPSET_ERR_HASH_FULL`) is reported once per this period:
 /// during a ban flood every ADD fails the same way.
@@ -91,7 +91,7 @@ fn describe(op: &Op, cfg: &KernelConfig) -> String {
 struct State {
     /// Type revisions to create sets with (from `IPSET_CMD_TYPE`).
     revision: [u8; 2],
-    /// A repair CREATE is in flight for this family (index: [`fidx`]).
+    /// A repair CREATE is in flight for this family (index: [`Family::index`]).
     repairing: [bool; 2],
     /// One "set is full" message per [`FULL_WARN_PERIOD`].
     full_warn: RateLimit<1>,
@@ -114,7 +114,7 @@ impl H<'_> {
 
     fn refused(&mut self, op: Op, limit: usize) {
         if let Op::Create { family } = op {
-            self.st.repairing[fidx(family)] = false;
+            self.st.repairing[family.index()] = false;
         }
         self.stats.errors += 1;
         log(format_args!(
@@ -125,7 +125,7 @@ impl H<'_> {
 
     fn failed(&mut self, op: Op, why: fmt::Arguments<'_>) {
         if let Op::Create { family } = op {
-            self.st.repairing[fidx(family)] = false;
+            self.st.repairing[family.index()] = false;
         }
         self.stats.errors += 1;
         log(format_args!("ipset: {}: {why}", describe(&op, self.cfg)));
@@ -169,7 +169,7 @@ impl Handler<Op> for H<'_> {
         };
         match (done.tag, errno) {
             (Op::Create { family }, 0) => {
-                self.st.repairing[fidx(family)] = false;
+                self.st.repairing[family.index()] = false;
                 self.stats.repairs += 1;
                 log(format_args!(
                     "ipset: set {} was missing and has been recreated",
@@ -213,8 +213,8 @@ impl Handler<Op> for H<'_> {
                 libc::ENOENT,
             ) => {
                 let family = Family::of(key);
-                if !self.st.repairing[fidx(family)] {
-                    self.st.repairing[fidx(family)] = true;
+                if !self.st.repairing[family.index()] {
+                    self.st.repairing[family.index()] = true;
                     self.queue(pipe, Op::Create { family });
                 }
                 // The kernel runs requests in order: this ADD follows the

@@ -26,7 +26,7 @@ use crate::nl::socket::NlSocket;
 
 use super::ops::Ops;
 use super::rules::Watch;
-use super::{fidx, log, timeout_secs, KernelConfig, KernelEnforcer};
+use super::{log, timeout_secs, KernelConfig, KernelEnforcer};
 
 /// Timeout for the blocking startup exchanges.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,14 +147,14 @@ pub fn probe(cfg: &KernelConfig) -> Result<Probe, StartError> {
             .ok_or_else(|| {
                 StartError::Other(format!("ipset: type {typename}: no revision in reply"))
             })?;
-        revision[fidx(family)] = max;
+        revision[family.index()] = max;
     }
 
     let mut sets = [None, None];
     for family in [Family::V4, Family::V6] {
         if let Some(set) = list_set(&mut ipset, cfg.set(family))? {
             verify_set(cfg, revision, family, &set)?;
-            sets[fidx(family)] = Some(set);
+            sets[family.index()] = Some(set);
         }
     }
 
@@ -416,7 +416,7 @@ pub(super) fn create_request(
     family: Family,
 ) -> ipset::Create<'_> {
     let name = cfg.set(family);
-    let rev = revision[fidx(family)];
+    let rev = revision[family.index()];
     let t = timeout_secs(cfg.default_timeout);
     match family {
         Family::V4 => ipset::Create::v4(name, rev, t, cfg.maxelem),
