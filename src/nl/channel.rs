@@ -134,13 +134,16 @@ impl<T> Channel<T> {
     }
 
     /// Sends what waits. While the window stays full, reads the answers the
-    /// kernel already queued and sends on; stops when nothing waits or the
-    /// kernel has not answered yet (the loop's readiness continues).
+    /// kernel already queued and sends on; stops when nothing waits, when
+    /// only a dump waits behind the running one, or when the kernel has not
+    /// answered yet: the socket's readiness brings the rest
+    /// ([`Channel::drain`]), so a dump's answers do not hold up the loop
+    /// turn that started it.
     pub fn pump(&mut self, now: Micros, h: &mut impl Handler<T>) {
         for _ in 0..MAX_ROUNDS {
             self.send(now, h);
             let progressed = self.complete(h);
-            if !self.pipe.blocked() {
+            if !self.pipe.window_full() {
                 if progressed {
                     continue; // completions may have queued more
                 }

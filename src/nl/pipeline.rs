@@ -197,12 +197,10 @@ impl<T> Pipeline<T> {
         self.in_flight.iter().any(|p| p.kind == Kind::Dump)
     }
 
-    /// Whether [`Pipeline::fill`] would hand out nothing although requests
-    /// wait: the window is full, or only dumps wait behind a running one.
-    pub fn blocked(&self) -> bool {
-        self.queued() > 0
-            && (self.in_flight.len() >= self.limits.window
-                || (self.acks.is_empty() && self.dumping()))
+    /// Whether requests wait because [`Limits::window`] are in flight
+    /// (not merely because a dump waits behind the running one).
+    pub fn window_full(&self) -> bool {
+        self.queued() > 0 && self.in_flight.len() >= self.limits.window
     }
 
     /// Queues a request at the back of the outbox; refused (and counted in
@@ -493,7 +491,7 @@ mod tests {
         let mut buf = NlBuf::new();
         assert_eq!(p.fill(0, &mut buf, emit), 4);
         assert_eq!(sent(&buf), [(1, 101), (2, 102), (3, 103), (4, 104)]);
-        assert!(p.blocked());
+        assert!(p.window_full());
         assert_eq!(p.fill(0, &mut buf, emit), 0, "window full");
         // Answers out of order, one an errno.
         let mut r = NlBuf::new();
@@ -596,14 +594,13 @@ mod tests {
         let mut buf = NlBuf::new();
         assert_eq!(p.fill(0, &mut buf, emit), 1);
         assert_eq!(sent(&buf), [(50, 1)]);
-        assert!(p.dumping() && p.blocked());
+        assert!(p.dumping() && !p.window_full());
         assert_eq!(
             p.fill(0, &mut buf, emit),
             0,
             "a second dump would get EBUSY"
         );
         p.push(1, Kind::Ack).unwrap();
-        assert!(!p.blocked());
         assert_eq!(p.fill(0, &mut buf, emit), 1);
         assert_eq!(sent(&buf), [(1, 2)]);
         let mut r = NlBuf::new();

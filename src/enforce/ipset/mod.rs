@@ -263,8 +263,9 @@ impl Enforcer for KernelEnforcer {
     fn tick(&mut self, now: Micros) {
         self.now = self.now.max(now);
         // The ADDs of the turn first (answered inside sendmsg), then the
-        // turn's kill batch.
-        self.drain_all();
+        // turn's kill batch; its answers come with the sockets' readiness.
+        self.drain_ipset();
+        self.kill.start_batch(self.now, &mut self.stats);
         self.ops.expire(self.now, &self.cfg, &mut self.stats);
         self.effects();
         self.kill.expire(self.now, &mut self.stats);
