@@ -18,10 +18,22 @@
       per path: `refract|shell n=.. p50_us=.. p99_us=.. max_us=.. lost=..`,
       then `idle_alive=K` (idle connections still open at the end: none of
       them may be hit).
+
+  ban-latency.py flood LOG PID STDERR N FIRST_SRC
+      The ban flood, against the daemon PID already following LOG (its
+      stderr is STDERR): one user first online from FIRST_SRC, then N lines
+      from N distinct addresses (10.1.0.0 + i), each a ban, appended in
+      1 MiB writes as fast as they go. Then SIGUSR1 every 20 ms until the
+      daemon's counters say every ban reached the enforcer and every ban's
+      kill is finished (one `ban KEY: ended …` line each). Prints
+      `flood bans=N secs=S bans_per_s=R kill_reports=K`, timed from the
+      first write to the first stats line showing it all done.
 """
 
 import os
+import re
 import select
+import signal
 import socket
 import sys
 import time
@@ -131,11 +143,76 @@ def client(node, port, log, fifo, idle, n, idle_src, ban_net, shell_net):
     print(f"idle_alive={idle - hit}", flush=True)
 
 
+FLOOD_WAIT_S = 900.0
+
+
+def flood(log, pid, stderr, n, first_src):
+    pid, n = int(pid), int(n)
+    stats_pat = re.compile(rb"stats: .*\benforcer_bans=(\d+)")
+    ended_pat = re.compile(rb"ban [^ ]+: ended ")
+    user = "flood@example.com"
+    with open(stderr, "rb") as f:
+        old = f.read()
+    pos = len(old)
+    reports0 = len(ended_pat.findall(old))
+    bans0 = [int(b) for b in stats_pat.findall(old)]
+    bans0 = bans0[-1] if bans0 else 0
+    if not bans0:
+        # No stats line yet: ask for one, so the base count is known.
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.2)
+        with open(stderr, "rb") as f:
+            old = f.read()
+        pos = len(old)
+        reports0 = len(ended_pat.findall(old))
+        got = stats_pat.findall(old)
+        bans0 = int(got[-1]) if got else 0
+    first = LINE.format(addr=first_src, port=40000, user=user)
+    logfd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.write(logfd, first.encode())
+    time.sleep(0.5)
+    text = "".join(LINE.format(addr=f"10.{1 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}",
+                               port=40000 + i % 20000, user=user)
+                   for i in range(n)).encode()
+    t0 = time.monotonic()
+    for at in range(0, len(text), 1 << 20):
+        os.write(logfd, text[at:at + (1 << 20)])
+    os.close(logfd)
+    reports = reports0
+    bans = bans0
+    tail = b""
+    while time.monotonic() - t0 < FLOOD_WAIT_S:
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(0.02)
+        with open(stderr, "rb") as f:
+            f.seek(pos)
+            chunk = f.read()
+        pos += len(chunk)
+        # Only whole lines count; a partial last line waits for the next read.
+        data = tail + chunk
+        cut = data.rfind(b"\n") + 1
+        whole, tail = data[:cut], data[cut:]
+        reports += len(ended_pat.findall(whole))
+        got = stats_pat.findall(whole)
+        if got:
+            bans = int(got[-1])
+        if bans - bans0 >= n and reports - reports0 >= n:
+            secs = time.monotonic() - t0
+            print(f"flood bans={n} secs={secs:.3f} bans_per_s={n / secs:.0f} "
+                  f"kill_reports={reports - reports0}", flush=True)
+            return
+    print(f"flood bans={n} secs=-1 bans_per_s=-1 enforcer_bans={bans - bans0} "
+          f"kill_reports={reports - reports0} (not done in {FLOOD_WAIT_S:.0f} s)", flush=True)
+    sys.exit(1)
+
+
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "server" and len(sys.argv) == 5:
         server(*sys.argv[2:])
     elif len(sys.argv) >= 2 and sys.argv[1] == "client" and len(sys.argv) == 11:
         client(*sys.argv[2:])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "flood" and len(sys.argv) == 7:
+        flood(*sys.argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

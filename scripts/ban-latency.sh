@@ -2,7 +2,8 @@
 # Ban latency of the real daemon in kernel mode, against the shell path, in
 # network namespaces this script creates and always removes.
 #
-#   sudo scripts/ban-latency.sh [N [IDLE [EHASH]]]  (defaults: 240 bans, 10000 idle, 16384)
+#   sudo scripts/ban-latency.sh [N [IDLE [EHASH [FLOOD]]]]
+#       (defaults: 240 bans, 10000 idle, 16384 buckets, no flood)
 #   REFRACT=path/to/refract sudo scripts/ban-latency.sh
 #
 # EHASH: buckets of the node namespace's own TCP established hash
@@ -34,11 +35,20 @@
 #            the reset.
 # Trials alternate refract/shell so machine noise hits both alike.
 # Output: `ban-latency refract p50_us=… p99_us=…` and `… shell …` lines.
+#
+# FLOOD > 0: after the trials, the same daemon with the same IDLE idle
+# connections gets a flood of FLOOD violating lines (one user, FLOOD
+# distinct addresses 10.1.0.0 + i, written as fast as they go); timed until
+# every ban reached the enforcer and every ban's kill is finished (its
+# `ended …` report). Output: `ban-latency flood bans=… secs=… bans_per_s=…`
+# and `ban-latency flood_in_set=… set_full=…`: each flood ban must be in
+# the set or counted as refused by a full set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-240}
 idle=${2:-10000}
 ehash=${3:-16384}
+flood=${4:-0}
 bin=${REFRACT:-target/release/refract}
 ((n >= 1 && n <= 250)) || { echo "ban-latency: N must be 1..250 (one /24 of trial addresses)" >&2; exit 2; }
 if [[ $(id -u) -ne 0 ]]; then
@@ -119,7 +129,8 @@ ip netns exec "$node" python3 "$helper" server 0.0.0.0 443 "$dir/ready" &
 pids+=($!)
 log=$dir/access.log
 : >"$log"
-REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window=1h --timeout=10m \
+# --set-size: room for the flood's bans beside the trials' (hash:ip grows).
+REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window=1h --timeout=10m --set-size=262144 \
     --access.log="$log" --block.log="$dir/block.log" 2>"$dir/refract.err" &
 daemon=$!
 pids+=("$daemon")
@@ -146,6 +157,16 @@ out=$(ip netns exec "$cli" python3 "$helper" client 192.0.2.1 443 "$log" "$dir/f
     "$idle" "$n" 192.0.2.2 198.51.100 203.0.113 2>"$dir/client.err") ||
     { cat "$dir/client.err" >&2; exit 1; }
 in_set=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^198\.51\.100\.' || true)
+if ((flood > 0)); then
+    fl=$(python3 "$helper" flood "$log" "$daemon" "$dir/refract.err" "$flood" 192.0.2.2) ||
+        { echo "ban-latency: $fl" >&2; tail -5 "$dir/refract.err" >&2; exit 1; }
+    echo "ban-latency $fl"
+    flood_in=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^10\.' || true)
+    kill -USR1 "$daemon" 2>/dev/null || true
+    sleep 0.2
+    full=$(grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed -n 's/.*\bset_full=\([0-9]*\).*/\1/p')
+    echo "ban-latency flood_in_set=$flood_in set_full=${full:-0} of $flood"
+fi
 kill -USR1 "$daemon" 2>/dev/null || true
 sleep 0.2
 while read -r path rest; do

@@ -14,7 +14,10 @@
 #   latency     scripts/ban-latency.sh: the daemon in kernel mode in network
 #               namespaces, 10,000 idle connections, line appended → key in
 #               set and RST at the client, vs `ipset add` + `ss -K` processes
-#               (needs root; skipped otherwise)
+#               (needs root; skipped otherwise). The first run then also
+#               floods the same daemon with 100,000 violating lines (--quick:
+#               20,000) and times them until every ban is in the set (or
+#               counted as set_full) and every ban's kill is reported: bans/s
 #   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s)
 #   scale       1,000,000 lines cycling over N = 10k, 100k, 1M distinct users
 #               (all tracked, --window=1h): `refract replay` wall ns/line
@@ -107,10 +110,12 @@ bans=240
 # buckets; the realistic case), then the host's shared table (0).
 # Then with no idle connections: what the sock_diag dump over 10k sockets
 # costs is the difference.
-for run in "16384 10000" "0 10000" "16384 0"; do
-    read -r ehash idle <<<"$run"
+flood=100000
+((quick)) && flood=20000
+for run in "16384 10000 $flood" "0 10000 0" "16384 0 0"; do
+    read -r ehash idle nflood <<<"$run"
     if ((ehash)); then where="own TCP hash of $ehash buckets"; else where="host's shared TCP hash"; fi
-    if lat=$(scripts/ban-latency.sh "$bans" "$idle" "$ehash") && [[ -n $lat ]]; then
+    if lat=$(scripts/ban-latency.sh "$bans" "$idle" "$ehash" "$nflood") && [[ -n $lat ]]; then
         get() { sed -n "s/^ban-latency $1 .*$2=\([0-9-]*\).*/\1/p" <<<"$lat" | head -1; }
         rp50=$(get refract p50_us) rp99=$(get refract p99_us) rlost=$(get refract lost)
         sp50=$(get shell p50_us) sp99=$(get shell p99_us) slost=$(get shell lost)
@@ -120,6 +125,13 @@ for run in "16384 10000" "0 10000" "16384 0"; do
             "p50 $rp50 µs, p99 $rp99 µs (lost $rlost; $inset/$bans in set; $alive/$idle idle untouched)" "" "p99 < 2 ms" "$(yes_no "$rp99 >= 0 && $rp99 < 2000")"
         row latency "shell: ipset add + ss -K as processes, same run" "p50 $sp50 µs, p99 $sp99 µs (lost $slost)" \
             "shell / refract: p50 $(ratio "$sp50" "$rp50")x, p99 $(ratio "$sp99" "$rp99")x" "≥ 5x" "$(yes_no "$sp99 >= 5 * $rp99")"
+        if ((nflood)); then
+            fget() { sed -n "/^ban-latency flood/s/.* $1=\([0-9.-]*\).*/\1/p" <<<"$lat" | head -1; }
+            fps=$(fget bans_per_s) fsecs=$(fget secs) fin=$(fget flood_in_set) ffull=$(fget set_full)
+            row latency "ban flood: $nflood violating lines, each a ban, with $idle idle conns, $where (same daemon as the row above)" \
+                "$fps bans/s ($nflood in ${fsecs:-?} s; $fin in set + ${ffull:-0} set_full; every kill reported)" "" "≥ 10,000 bans/s" \
+                "$(yes_no "${fps:--1} >= 10000 && ${fin:-0} + ${ffull:-0} == $nflood")"
+        fi
     else
         say "ban-latency skipped or failed"
         row latency "ban latency, $where" "not measured (needs root, ip, ipset, iptables, ss)" "" "p99 < 2 ms" "-"

@@ -9,8 +9,7 @@ use std::io;
 use std::path::Path;
 
 use crate::config::{Config, FirewallMode};
-use crate::enforce::kernel::{self, KernelConfig};
-use crate::firewall::Firewall;
+use crate::enforce::{self, Firewall, KernelConfig};
 use crate::nl::ipset::Family;
 
 /// One finding: `ok` lines describe, problem lines explain what to do.
@@ -114,7 +113,7 @@ fn audit_log(r: &mut Report, path: &Path) {
 
 fn kernel(r: &mut Report, cfg: &Config) {
     let kcfg = KernelConfig::from_config(cfg);
-    let probe = match kernel::probe(&kcfg) {
+    let probe = match enforce::probe(&kcfg) {
         Ok(p) => p,
         Err(e) => {
             r.fail("kernel", e.to_string());

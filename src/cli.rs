@@ -22,7 +22,7 @@ use argh::FromArgs;
 use ipnet::IpNet;
 
 use crate::config::{Config, FirewallMode, Protos};
-use crate::firewall::MULTIPORT_MAX;
+use crate::enforce::ipset::rules::MULTIPORT_MAX;
 use crate::nl::consts::IPSET_MAXNAMELEN;
 use crate::policy::limits::{load_limits, Limits};
 use crate::policy::PolicyConfig;
@@ -759,7 +759,7 @@ pub fn main() -> i32 {
         Command::Cleanup => cleanup(&cfg),
         // daemon branch: the live daemon with the enforcer --dry-run picks.
         Command::Daemon => {
-            use crate::enforce::kernel::{KernelConfig, KernelEnforcer};
+            use crate::enforce::{KernelConfig, KernelEnforcer};
             let enforcer: Box<dyn crate::enforce::Enforcer> = if cfg.dry_run {
                 Box::new(crate::enforce::DryRun::default())
             } else {
@@ -778,7 +778,7 @@ pub fn main() -> i32 {
 
 /// `refract cleanup`: the DROP rules and both sets go; returns the exit code.
 fn cleanup(cfg: &Config) -> i32 {
-    match crate::enforce::kernel::cleanup(&crate::enforce::kernel::KernelConfig::from_config(cfg)) {
+    match crate::enforce::cleanup(&crate::enforce::KernelConfig::from_config(cfg)) {
         Ok(c) => {
             let sets = if c.sets_destroyed.is_empty() {
                 "no sets".to_string()

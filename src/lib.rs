@@ -72,7 +72,6 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod enforce;
-pub mod firewall;
 pub mod hash;
 pub mod key;
 pub mod lines;

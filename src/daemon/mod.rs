@@ -85,7 +85,7 @@ pub const SIGNAL: Token = Token(2);
 /// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
 pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
-const _: () = assert!(crate::enforce::kernel::TOKENS <= ENFORCER_TOKENS);
+const _: () = assert!(crate::enforce::TOKENS <= ENFORCER_TOKENS);
 
 /// How long shutdown waits for the enforcer's queued work.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(1);

@@ -1,27 +1,64 @@
 //! The boundary between decisions and their effect: the [`Enforcer`].
 //!
-//! The daemon talks to one enforcer. [`DryRun`] only logs; the kernel
-//! enforcer (ipset + SOCK_DESTROY + conntrack over netlink) is
-//! [`kernel`], behind the same trait; later backends (nftables, a
-//! fleet-wide store) slot in the same way.
+//! The daemon talks to one enforcer. [`DryRun`] ([`dry_run`]) only counts;
+//! the kernel enforcer ([`ipset`]: ipsets, DROP rules, and [`kill`] for
+//! open connections over sock_diag and conntrack) is behind the same
+//! trait; later backends (nftables, a fleet-wide store) slot in the same
+//! way, beside `ipset/`, sharing `kill`.
 //!
 //! Contract: `ban`/`unban` never block. An enforcer that talks to the kernel
 //! queues the request, registers its sockets with the loop in [`register`],
-//! and finishes the work in [`ready`] when a socket is readable. Errors are
-//! logged and counted by the enforcer, never returned to the loop.
+//! and finishes the work in [`ready`] when a socket is readable and in
+//! [`tick`] when [`next_deadline`] is due. Errors are logged and counted by
+//! the enforcer, never returned to the loop. Every netlink exchange goes
+//! through [`crate::nl::pipeline`] with the bounds below.
 //!
 //! [`register`]: Enforcer::register
 //! [`ready`]: Enforcer::ready
+//! [`tick`]: Enforcer::tick
+//! [`next_deadline`]: Enforcer::next_deadline
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::clock::Micros;
+use crate::clock::{Micros, SECOND};
 use crate::key::Key;
+use crate::nl::pipeline::Limits;
 use crate::policy::Ban;
 
-pub mod kernel;
+pub mod dry_run;
+pub mod ipset;
+pub mod kill;
+
+pub use dry_run::DryRun;
+pub use ipset::rules::Firewall;
+pub use ipset::{cleanup, probe, Cleanup, KernelConfig, KernelEnforcer, Probe, StartError, TOKENS};
+
+/// Most requests sent and not yet answered, per socket. Each answer holds
+/// about 1 KiB of the receive buffer until read; staying far below the
+/// buffer's size keeps the kernel from dropping answers (`ENOBUFS`).
+pub const WINDOW: usize = 128;
+
+/// How long a request may stay unanswered before it is counted as failed.
+pub const REPLY_TIMEOUT: Micros = 5 * SECOND;
+
+/// Most requests queued for sending per socket; beyond that a request is
+/// counted as an error rather than queued (memory stays bounded if the
+/// kernel stops answering).
+pub const MAX_QUEUED: usize = 65536;
+
+/// The pipeline bounds every kernel socket of the enforcer runs with.
+pub fn limits() -> Limits {
+    Limits {
+        window: WINDOW,
+        max_queued: MAX_QUEUED,
+        timeout: REPLY_TIMEOUT,
+        // 128 requests of ipset (about 80 bytes) or sock_diag (72) fit;
+        // a dump's bytecode may take the datagram past it alone.
+        max_batch_bytes: 32 << 10,
+    }
+}
 
 /// Counters every enforcer keeps (plain data: summary, metrics later).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,28 +145,4 @@ pub trait Enforcer {
     }
 
     fn stats(&self) -> EnforceStats;
-}
-
-/// `--dry-run`: decides and audits, touches nothing.
-#[derive(Debug, Default)]
-pub struct DryRun {
-    stats: EnforceStats,
-}
-
-impl Enforcer for DryRun {
-    fn name(&self) -> &'static str {
-        "dry-run"
-    }
-
-    fn ban(&mut self, _ban: &Ban, _ttl: Duration, _now: Micros) {
-        self.stats.bans += 1;
-    }
-
-    fn unban(&mut self, _key: Key, _now: Micros) {
-        self.stats.unbans += 1;
-    }
-
-    fn stats(&self) -> EnforceStats {
-        self.stats.clone()
-    }
 }

@@ -25,11 +25,12 @@
 //!    original tuple plus `CTA_ID`, so an entry that expired and was
 //!    recreated meanwhile is left alone (`ENOENT`).
 //!
-//! From the loop: the same requests as [`find`]/[`kill_udp`], without
-//! blocking: one dump per configured port (one dump at a time per socket),
-//! [`parse_flow`] + [`matches()`] on its entries, deletes after its `Done`;
-//! on `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter`
-//! off.
+//! From the loop (`crate::enforce::kill`): the same kind of requests as
+//! [`find`]/[`kill_udp`], without blocking, for all keys of a turn at
+//! once: one dump per family (no source and, with several ports, no port
+//! in the filter: `key` and `port` are optional), [`parse_flow`] and an
+//! in-process match on its entries, deletes after its `Done`; on
+//! `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter` off.
 //!
 //! Layouts: `/usr/include/linux/netfilter/nfnetlink_conntrack.h` and
 //! `nfnetlink.h` (`struct nfgenmsg` after the netlink header). Addresses,
@@ -147,15 +148,20 @@ fn put_ip(b: &mut NlBuf, src_ty: u16, dst_ty: u16, src: IpAddr, dst: Option<IpAd
     });
 }
 
-/// A filtered dump of one family's `protocol` flows to `port`.
+/// A filtered dump of one family's `protocol` flows (to `port`, from
+/// `key`, when given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DumpRequest {
     /// `AF_INET` or `AF_INET6` (see [`family`]).
     pub family: u8,
     /// `IPPROTO_UDP`.
     pub protocol: u8,
-    pub port: u16,
-    pub key: Key,
+    /// The destination port; `None` for flows to any port (a dump that
+    /// serves several ports, matched in process).
+    pub port: Option<u16>,
+    /// The source; `None` for flows from anywhere (a dump that serves
+    /// several keys, matched in process).
+    pub key: Option<Key>,
     /// Send the `CTA_FILTER` (and its tuple). Off only to retry on a kernel
     /// that refuses the filter (`EINVAL`/`EOPNOTSUPP`): the plain dump of
     /// the family is then filtered in process alone.
@@ -173,11 +179,14 @@ impl DumpRequest {
         }
         // An exact address can be filtered in the kernel; a prefix cannot.
         let exact_src = match self.key {
-            Key::V4(a) if self.family == AF_INET => Some(IpAddr::V4(a)),
-            Key::V6(a, 128) if self.family == AF_INET6 => Some(IpAddr::V6(a)),
+            Some(Key::V4(a)) if self.family == AF_INET => Some(IpAddr::V4(a)),
+            Some(Key::V6(a, 128)) if self.family == AF_INET6 => Some(IpAddr::V6(a)),
             _ => None,
         };
-        let mut flags = CTA_FILTER_F_CTA_PROTO_NUM | CTA_FILTER_F_CTA_PROTO_DST_PORT;
+        let mut flags = CTA_FILTER_F_CTA_PROTO_NUM;
+        if self.port.is_some() {
+            flags |= CTA_FILTER_F_CTA_PROTO_DST_PORT;
+        }
         if exact_src.is_some() {
             flags |= CTA_FILTER_F_CTA_IP_SRC;
         }
@@ -190,7 +199,9 @@ impl DumpRequest {
                 }
                 b.nested(CTA_TUPLE_PROTO, |b| {
                     b.attr_u8(CTA_PROTO_NUM, self.protocol);
-                    b.attr_u16_be(CTA_PROTO_DST_PORT, self.port);
+                    if let Some(port) = self.port {
+                        b.attr_u16_be(CTA_PROTO_DST_PORT, port);
+                    }
                 });
             });
             b.nested(CTA_FILTER, |b| b.attr_u32(CTA_FILTER_ORIG_FLAGS, flags));
@@ -328,8 +339,8 @@ pub fn find(
         let mut req = DumpRequest {
             family: family(key),
             protocol,
-            port,
-            key,
+            port: Some(port),
+            key: Some(key),
             kernel_filter: true,
         };
         let replies = loop {
@@ -420,8 +431,8 @@ mod tests {
         DumpRequest {
             family: AF_INET,
             protocol: UDP,
-            port: 443,
-            key: Key::V4("192.0.2.7".parse().unwrap()),
+            port: Some(443),
+            key: Some(Key::V4("192.0.2.7".parse().unwrap())),
             kernel_filter: true,
         }
         .emit(&mut b, 5);
@@ -449,8 +460,8 @@ mod tests {
         DumpRequest {
             family: AF_INET6,
             protocol: UDP,
-            port: 8443,
-            key: Key::new("2001:db8:1::10".parse().unwrap(), 64),
+            port: Some(8443),
+            key: Some(Key::new("2001:db8:1::10".parse().unwrap(), 64)),
             kernel_filter: true,
         }
         .emit(&mut b, 6);
@@ -469,14 +480,41 @@ mod tests {
         assert_eq!(b.as_bytes(), &want[..]);
     }
 
+    /// The form a turn's batch sends: UDP flows of the family, any source,
+    /// any port (several of each are matched in process).
+    #[test]
+    fn dump_request_for_a_batch_filters_the_protocol_only() {
+        let mut b = NlBuf::new();
+        DumpRequest {
+            family: AF_INET6,
+            protocol: UDP,
+            port: None,
+            key: None,
+            kernel_filter: true,
+        }
+        .emit(&mut b, 5);
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &ne32(16 + 4 + 16 + 12)[..], &ne16(0x0101), &ne16(0x0301), &ne32(5), &ne32(0),
+            &[10, 0, 0, 0],
+            &nla(16, CTA_TUPLE_ORIG | NESTED),
+            &nla(12, CTA_TUPLE_PROTO | NESTED),
+            &nla(5, CTA_PROTO_NUM), &[17, 0, 0, 0],
+            &nla(12, CTA_FILTER | NESTED),
+            &nla(8, CTA_FILTER_ORIG_FLAGS), &ne32(CTA_FILTER_F_CTA_PROTO_NUM),
+        ]
+        .concat();
+        assert_eq!(b.as_bytes(), &want[..]);
+    }
+
     #[test]
     fn dump_request_without_kernel_filter_is_the_bare_family() {
         let mut b = NlBuf::new();
         DumpRequest {
             family: AF_INET,
             protocol: UDP,
-            port: 443,
-            key: Key::V4("192.0.2.7".parse().unwrap()),
+            port: Some(443),
+            key: Some(Key::V4("192.0.2.7".parse().unwrap())),
             kernel_filter: false,
         }
         .emit(&mut b, 7);

@@ -32,13 +32,12 @@ pub const NLMSG_OVERRUN: u16 = 0x4;
 pub const NLA_F_NESTED: u16 = 1 << 15;
 pub const NLA_F_NET_BYTEORDER: u16 = 1 << 14;
 
-/// `setsockopt` level (`/usr/include/linux/socket.h`).
-pub const SOL_NETLINK: i32 = 270;
-/// Joins a multicast group (`/usr/include/linux/netlink.h`).
-pub const NETLINK_ADD_MEMBERSHIP: i32 = 1;
-pub const NETLINK_CAP_ACK: i32 = 10;
-pub const NETLINK_EXT_ACK: i32 = 11;
-pub const NETLINK_GET_STRICT_CHK: i32 = 12;
+/// The socket options live with the syscalls that set them (`sys` imports
+/// nothing from above it); named here too so every netlink constant is in
+/// one list.
+pub use crate::sys::netlink::{
+    NETLINK_ADD_MEMBERSHIP, NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, SOL_NETLINK,
+};
 
 /// `enum nlmsgerr_attrs`: TLVs after an extended ack.
 pub const NLMSGERR_ATTR_MSG: u16 = 1;
@@ -54,12 +53,6 @@ pub const NFNL_SUBSYS_IPSET: u16 = 6;
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `enum nfnetlink_groups`: nf_tables ruleset change notifications.
 pub const NFNLGRP_NFTABLES: u32 = 7;
-
-// ---- /usr/include/linux/netfilter/nf_tables.h (`enum nf_tables_msg_types`) ----
-
-pub const NFT_MSG_DELTABLE: u16 = 2;
-pub const NFT_MSG_DELCHAIN: u16 = 5;
-pub const NFT_MSG_DELRULE: u16 = 8;
 
 // ---- /usr/include/linux/netfilter.h ----
 

@@ -54,16 +54,23 @@
 //! the bytecode says what it means. An IPv6 key in an `AF_INET` dump gets
 //! an `AF_INET6` cond and thus matches nothing (callers skip that dump).
 //!
+//! Many keys ([`filter`], [`Remote::In`]) are an OR chain of such address
+//! tests in front of the ports; [`Remote::Any`] leaves only the ports
+//! (the caller matches addresses). A program is at most [`MAX_BYTECODE`]
+//! bytes (its attribute's `nla_len` is a u16).
+//!
 //! # Driving it from the loop
 //!
-//! [`find`] and [`kill_tcp`] are the blocking reference sequence; the loop
-//! sends the same requests without blocking: one [`DumpRequest`] per
-//! family in [`families`] (one dump at a time per socket: a second dump
-//! while one runs gets `EBUSY`), every `Reply::Data` of its sequence number
-//! through [`parse_socket`], and only after its `Done` one
-//! [`DestroyRequest`] per socket. Destroying while the dump still runs
-//! would unlink sockets from the hash chain the kernel is walking and can
-//! make its resume position skip one. Acks map `ENOENT` to "already gone".
+//! [`find`] and [`kill_tcp`] are the blocking reference sequence for one
+//! key; the loop (`crate::enforce::kill`) sends the same kind of requests
+//! through its pipeline without blocking, for all keys of a turn at once:
+//! one [`DumpRequest`] per family in [`families`] (one dump at a time per
+//! socket: a second dump while one runs gets `EBUSY`), every `Reply::Data`
+//! of its sequence number through [`parse_socket`], and only after its
+//! `Done` one [`DestroyRequest`] per socket. Destroying while the dump
+//! still runs would unlink sockets from the hash chain the kernel is
+//! walking and can make its resume position skip one. Acks map `ENOENT` to
+//! "already gone".
 //!
 //! All structs are read and written through byte offsets, never casts.
 //! Ports and addresses in `struct inet_diag_sockid` are network order;
@@ -159,26 +166,93 @@ pub fn families(key: Key) -> &'static [u8] {
     }
 }
 
-/// A filter that cannot be expressed (too many ports).
+/// A filter that cannot be expressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TooManyPorts(pub usize);
+pub enum FilterError {
+    /// More than [`MAX_PORTS`] distinct ports.
+    TooManyPorts(usize),
+    /// The program would be longer than [`MAX_BYTECODE`] bytes (this many):
+    /// split the keys over several dumps ([`cond_len`] sizes them).
+    TooLong(usize),
+}
 
-impl From<TooManyPorts> for io::Error {
-    fn from(e: TooManyPorts) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "sock_diag: {} ports exceed the filter limit of {MAX_PORTS}",
-                e.0
-            ),
-        )
+impl From<FilterError> for io::Error {
+    fn from(e: FilterError) -> io::Error {
+        let msg = match e {
+            FilterError::TooManyPorts(n) => {
+                format!("sock_diag: {n} ports exceed the filter limit of {MAX_PORTS}")
+            }
+            FilterError::TooLong(n) => {
+                format!("sock_diag: a {n}-byte filter exceeds the limit of {MAX_BYTECODE}")
+            }
+        };
+        io::Error::new(io::ErrorKind::InvalidInput, msg)
     }
 }
 
-/// Builds the filter program: remote address inside `key` (as seen in a
+/// Longest program: `INET_DIAG_REQ_BYTECODE` is an attribute, whose
+/// `nla_len` (u16) counts its 4-byte header too; ops are 4-byte aligned.
+pub const MAX_BYTECODE: usize = 65528;
+
+/// Which remote addresses a dump selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remote<'a> {
+    /// Inside any of these keys (an empty list selects nothing).
+    In(&'a [Key]),
+    /// Any address: only the ports filter, the caller matches addresses.
+    Any,
+}
+
+/// The hostcond of `key` as seen in a socket of `family`: its family,
+/// prefix length and address bytes (module docs: an IPv4 key in an
+/// `AF_INET6` dump is its mapped /128).
+fn hostcond(family: u8, key: Key) -> (u8, u8, Vec<u8>) {
+    match (key, family) {
+        (Key::V4(a), AF_INET) => (AF_INET, 32, a.octets().to_vec()),
+        (Key::V4(a), _) => (AF_INET6, 128, a.to_ipv6_mapped().octets().to_vec()),
+        (Key::V6(a, p), _) => (AF_INET6, p, a.octets().to_vec()),
+    }
+}
+
+/// Bytes one key adds to a program for a dump of `family`: its `D_COND`
+/// op with the hostcond, and the `JMP` that follows all but the last.
+pub fn cond_len(family: u8, key: Key) -> usize {
+    4 + HOSTCOND_LEN + hostcond(family, key).2.len() + 4
+}
+
+/// Bytes the ports part of a program takes for `n` distinct ports.
+pub fn ports_len(n: usize) -> usize {
+    if n == 0 {
+        4 // one JMP that rejects
+    } else {
+        n * 12 - 4 // (S_EQ + operand + JMP) per port, no JMP after the last
+    }
+}
+
+/// Builds the filter program for one key: remote address inside `key`
+/// and local port in `ports` (see [`filter`]).
+pub fn bytecode(family: u8, ports: &[u16], key: Key) -> Result<Vec<u8>, FilterError> {
+    filter(family, ports, Remote::In(std::slice::from_ref(&key)))
+}
+
+/// Builds the filter program: remote address in `remote` (as seen in a
 /// socket of `family`) and local port in `ports`. Duplicate ports are
-/// dropped; an empty `ports` yields a program that matches nothing.
-pub fn bytecode(family: u8, ports: &[u16], key: Key) -> Result<Vec<u8>, TooManyPorts> {
+/// dropped; an empty `ports` or an empty key list yields a program that
+/// matches nothing.
+///
+/// Many keys are an OR chain, branching on `no` only (module docs):
+///
+/// ```text
+/// D_COND  key[0]     yes: next    no: skip the JMP (to key[1])
+/// JMP                (always)     no: to the ports
+/// …
+/// D_COND  key[n-1]   yes: ports   no: reject
+/// S_EQ    port[0] …  (as for one key)
+/// ```
+///
+/// A socket fails one `D_COND` per key before the one it matches, so the
+/// kernel's work is sockets × keys: callers bound the keys per program.
+pub fn filter(family: u8, ports: &[u16], remote: Remote<'_>) -> Result<Vec<u8>, FilterError> {
     let mut uniq: Vec<u16> = Vec::with_capacity(ports.len());
     for &p in ports {
         if !uniq.contains(&p) {
@@ -186,33 +260,52 @@ pub fn bytecode(family: u8, ports: &[u16], key: Key) -> Result<Vec<u8>, TooManyP
         }
     }
     if uniq.len() > MAX_PORTS {
-        return Err(TooManyPorts(uniq.len()));
+        return Err(FilterError::TooManyPorts(uniq.len()));
     }
-
-    // The hostcond for the remote address.
-    let (cond_family, prefix, addr): (u8, u8, Vec<u8>) = match (key, family) {
-        (Key::V4(a), AF_INET) => (AF_INET, 32, a.octets().to_vec()),
-        (Key::V4(a), _) => (AF_INET6, 128, a.to_ipv6_mapped().octets().to_vec()),
-        (Key::V6(a, p), _) => (AF_INET6, p, a.octets().to_vec()),
+    let conds: Vec<(u8, u8, Vec<u8>)> = match remote {
+        Remote::In(keys) => keys.iter().map(|&k| hostcond(family, k)).collect(),
+        Remote::Any => Vec::new(),
     };
-    let cond_len = 4 + HOSTCOND_LEN + addr.len();
-    let ports_len = if uniq.is_empty() {
+    let nothing = matches!(remote, Remote::In([]));
+    let addr_len = if nothing {
         4 // one JMP that rejects
     } else {
-        uniq.len() * 12 - 4 // (S_EQ + operand + JMP) per port, no JMP after the last
+        conds
+            .iter()
+            .map(|c| 4 + HOSTCOND_LEN + c.2.len() + 4)
+            .sum::<usize>()
+            - if conds.is_empty() { 0 } else { 4 }
     };
-    let total = cond_len + ports_len;
+    let total = addr_len + ports_len(uniq.len());
+    if total > MAX_BYTECODE {
+        return Err(FilterError::TooLong(total));
+    }
     let mut bc = Vec::with_capacity(total);
     // Offsets from the op at `at`: to the end (accept) and past it (reject).
     let accept = |at: usize| (total - at) as u16;
     let reject = |at: usize| (total - at + 4) as u16;
 
-    op(&mut bc, INET_DIAG_BC_D_COND, cond_len as u8, reject(0));
-    bc.push(cond_family);
-    bc.push(prefix);
-    bc.extend_from_slice(&[0, 0]); // padding before `int port`
-    bc.extend_from_slice(&(-1i32).to_ne_bytes()); // any remote port
-    bc.extend_from_slice(&addr);
+    if nothing {
+        op(&mut bc, INET_DIAG_BC_JMP, 4, reject(0));
+    }
+    for (i, (cond_family, prefix, addr)) in conds.iter().enumerate() {
+        let at = bc.len();
+        let len = 4 + HOSTCOND_LEN + addr.len();
+        let last = i + 1 == conds.len();
+        // Failure tries the next key (past this one's JMP), or rejects.
+        let no = if last { reject(at) } else { (len + 4) as u16 };
+        op(&mut bc, INET_DIAG_BC_D_COND, len as u8, no);
+        bc.push(*cond_family);
+        bc.push(*prefix);
+        bc.extend_from_slice(&[0, 0]); // padding before `int port`
+        bc.extend_from_slice(&(-1i32).to_ne_bytes()); // any remote port
+        bc.extend_from_slice(addr);
+        if !last {
+            let at = bc.len();
+            op(&mut bc, INET_DIAG_BC_JMP, 4, (addr_len - at) as u16);
+        }
+    }
+    debug_assert_eq!(bc.len(), addr_len);
 
     if uniq.is_empty() {
         let at = bc.len();
@@ -258,6 +351,20 @@ pub struct SockId {
 }
 
 impl SockId {
+    /// No address, no port, any cookie: what a dump request carries.
+    pub fn any(family: u8) -> SockId {
+        SockId {
+            family,
+            state: 0,
+            sport: 0,
+            dport: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 0,
+            cookie: [INET_DIAG_NOCOOKIE; 2],
+        }
+    }
+
     fn addr(&self, raw: [u8; 16], port: u16) -> SocketAddr {
         let ip = if self.family == AF_INET {
             IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -297,7 +404,7 @@ fn put_req_v2(b: &mut NlBuf, family: u8, protocol: u8, states: u32, id: &SockId)
     id.put(b);
 }
 
-/// `SOCK_DIAG_BY_FAMILY` dump of the sockets of `key` on local `ports`.
+/// `SOCK_DIAG_BY_FAMILY` dump of the sockets of `remote` on local `ports`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DumpRequest<'a> {
     /// `AF_INET` or `AF_INET6` (see [`families`]).
@@ -305,24 +412,15 @@ pub struct DumpRequest<'a> {
     /// `IPPROTO_TCP`.
     pub protocol: u8,
     pub ports: &'a [u16],
-    pub key: Key,
+    pub remote: Remote<'a>,
 }
 
 impl DumpRequest<'_> {
-    /// Appends the request to `buf`. Fails only for more than
-    /// [`MAX_PORTS`] ports.
+    /// Appends the request to `buf`. Fails for more than [`MAX_PORTS`]
+    /// ports or a program past [`MAX_BYTECODE`].
     pub fn emit(&self, buf: &mut NlBuf, seq: u32) -> io::Result<()> {
-        let bc = bytecode(self.family, self.ports, self.key)?;
-        let any = SockId {
-            family: self.family,
-            state: 0,
-            sport: 0,
-            dport: 0,
-            src: [0; 16],
-            dst: [0; 16],
-            ifindex: 0,
-            cookie: [INET_DIAG_NOCOOKIE; 2],
-        };
+        let bc = filter(self.family, self.ports, self.remote)?;
+        let any = SockId::any(self.family);
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
         buf.message(SOCK_DIAG_BY_FAMILY, flags, seq, |b| {
             put_req_v2(b, self.family, self.protocol, KILL_STATES, &any);
@@ -408,7 +506,7 @@ pub fn find(
         family,
         protocol,
         ports,
-        key,
+        remote: Remote::In(std::slice::from_ref(&key)),
     }
     .emit(&mut buf, seq)?;
     let replies = sock
@@ -674,8 +772,79 @@ mod tests {
         let ports: Vec<u16> = (1..=MAX_PORTS as u16 + 1).collect();
         assert_eq!(
             bytecode(AF_INET, &ports, v4("192.0.2.7")),
-            Err(TooManyPorts(MAX_PORTS + 1))
+            Err(FilterError::TooManyPorts(MAX_PORTS + 1))
         );
+    }
+
+    #[test]
+    fn many_keys_are_an_or_chain_the_kernel_accepts() {
+        let keys = [
+            v4("192.0.2.7"),
+            v6("2001:db8:5:6::", 64),
+            v4("198.51.100.9"),
+            v6("2001:db8::1", 128),
+        ];
+        let bc = filter(AF_INET6, &[443, 8443], Remote::In(&keys)).unwrap();
+        audit(&bc).unwrap();
+        let want: usize = keys.iter().map(|&k| cond_len(AF_INET6, k)).sum::<usize>() - 4;
+        assert_eq!(bc.len(), want + ports_len(2));
+        for (port, ip, hit) in [
+            (443, "192.0.2.7", true),
+            (8443, "198.51.100.9", true),
+            (443, "2001:db8:5:6::a", true),
+            (8443, "2001:db8::1", true),
+            (443, "2001:db8::2", false),
+            (443, "192.0.2.8", false),
+            (80, "192.0.2.7", false),
+            (80, "2001:db8:5:6::a", false),
+        ] {
+            assert_eq!(matches(&bc, AF_INET6, port, ip), hit, "{port} {ip}");
+        }
+        // In an AF_INET dump only the IPv4 keys can match.
+        let bc = filter(AF_INET, &[443], Remote::In(&keys)).unwrap();
+        audit(&bc).unwrap();
+        assert!(matches(&bc, AF_INET, 443, "198.51.100.9"));
+        assert!(!matches(&bc, AF_INET, 443, "198.51.100.10"));
+    }
+
+    #[test]
+    fn any_remote_filters_ports_only_and_an_empty_key_list_nothing() {
+        let bc = filter(AF_INET, &[443], Remote::Any).unwrap();
+        audit(&bc).unwrap();
+        assert!(matches(&bc, AF_INET, 443, "203.0.113.1"));
+        assert!(!matches(&bc, AF_INET, 444, "203.0.113.1"));
+        let bc = filter(AF_INET, &[443], Remote::In(&[])).unwrap();
+        audit(&bc).unwrap();
+        assert!(!matches(&bc, AF_INET, 443, "203.0.113.1"));
+    }
+
+    #[test]
+    fn the_longest_program_fits_the_attribute_and_one_more_key_does_not() {
+        let per = cond_len(AF_INET6, v4("10.0.0.1"));
+        let n = (MAX_BYTECODE - ports_len(1) + 4) / per;
+        let keys: Vec<Key> = (0..n as u32 + 1)
+            .map(|i| Key::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let bc = filter(AF_INET6, &[443], Remote::In(&keys[..n])).unwrap();
+        audit(&bc).unwrap();
+        assert!(bc.len() <= MAX_BYTECODE);
+        assert!(matches(&bc, AF_INET6, 443, "10.0.0.0"));
+        assert!(matches(
+            &bc,
+            AF_INET6,
+            443,
+            &Ipv4Addr::from(0x0a00_0000 + n as u32 - 1).to_string()
+        ));
+        assert!(!matches(
+            &bc,
+            AF_INET6,
+            443,
+            &Ipv4Addr::from(0x0a00_0000 + n as u32).to_string()
+        ));
+        assert!(matches!(
+            filter(AF_INET6, &[443], Remote::In(&keys)),
+            Err(FilterError::TooLong(_))
+        ));
     }
 
     #[test]
@@ -699,7 +868,7 @@ mod tests {
             family: AF_INET6,
             protocol: TCP,
             ports: &[443, 8443],
-            key: v4("192.0.2.7"),
+            remote: Remote::In(&[v4("192.0.2.7")]),
         }
         .emit(&mut b, 42)
         .unwrap();
@@ -741,7 +910,7 @@ mod tests {
             family: AF_INET,
             protocol: TCP,
             ports: &[443],
-            key: v4("198.51.100.9"),
+            remote: Remote::In(&[v4("198.51.100.9")]),
         }
         .emit(&mut b, 1)
         .unwrap();

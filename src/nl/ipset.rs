@@ -73,6 +73,14 @@ impl Family {
         }
     }
 
+    /// The index of the family in per-family arrays: v4 first, v6 second.
+    pub fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+
     pub fn of(key: Key) -> Family {
         if key.is_v4() {
             Family::V4

@@ -1,9 +1,10 @@
 //! [`NlSocket`]: one non-blocking, bound netlink socket with its own
 //! sequence numbers, usable as a mio event source.
 //!
-//! In the loop the owner sends requests, remembers their sequence numbers,
-//! and on readiness calls [`NlSocket::recv`] until `WouldBlock`, matching
-//! each reply by `nlmsg_seq`. Outside the loop (startup, shutdown, tests)
+//! In the loop a [`crate::nl::channel::Channel`] sends the requests its
+//! [`crate::nl::pipeline::Pipeline`] hands out and, on readiness, calls
+//! [`NlSocket::recv`] until `WouldBlock`; the pipeline matches each reply
+//! by `nlmsg_seq`. Outside the loop (startup, shutdown, tests)
 //! [`NlSocket::request`] sends one request and waits, with a deadline, for
 //! everything the kernel answers to it.
 //!

@@ -10,9 +10,16 @@ use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::nl::consts::{
-    NETLINK_ADD_MEMBERSHIP, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK, SOL_NETLINK,
-};
+/// `setsockopt` level (`/usr/include/linux/socket.h`).
+pub const SOL_NETLINK: i32 = 270;
+
+// ---- socket options, /usr/include/linux/netlink.h ----
+
+/// Joins a multicast group.
+pub const NETLINK_ADD_MEMBERSHIP: i32 = 1;
+pub const NETLINK_CAP_ACK: i32 = 10;
+pub const NETLINK_EXT_ACK: i32 = 11;
+pub const NETLINK_GET_STRICT_CHK: i32 = 12;
 
 /// Opens an `AF_NETLINK` raw socket for `protocol` (`NETLINK_NETFILTER`,
 /// `NETLINK_SOCK_DIAG`, …) and binds it with `nl_pid = 0`, so the kernel

@@ -6,16 +6,16 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use refract::config::FirewallMode;
 use refract::config::Protos;
-use refract::enforce::kernel::{KernelConfig, KernelEnforcer, StartError};
 use refract::enforce::Enforcer;
-use refract::firewall::FirewallMode;
+use refract::enforce::{KernelConfig, KernelEnforcer, StartError};
 use refract::key::Key;
 use refract::policy::Ban;
 
 use crate::support::netns::{Netns, FIREWALL};
 use crate::support::rules::{self, rule};
-use crate::support::{have_tool, skip, PROMPT, STALL};
+use crate::support::{have_tool, root_with, skip, PROMPT, STALL};
 
 const S4: &str = "refract_banned_users";
 const S6: &str = "refract_banned_users6";
@@ -478,7 +478,7 @@ fn drive(e: &mut KernelEnforcer, keys: &[Key]) -> Vec<KillReport> {
             .unwrap();
         for ev in events.iter() {
             let t = ev.token().0;
-            assert!((FIRST..FIRST + refract::enforce::kernel::TOKENS).contains(&t));
+            assert!((FIRST..FIRST + refract::enforce::TOKENS).contains(&t));
             e.ready(t, 10_000);
         }
         reports.extend(e.take_reports());
@@ -603,8 +603,8 @@ fn cleanup_removes_rules_and_sets_and_is_idempotent() {
     assert_eq!(drop_rules(&n), 2); // tcp and udp
     let (first, second) = n.in_netns(|| {
         (
-            refract::enforce::kernel::cleanup(&c).unwrap(),
-            refract::enforce::kernel::cleanup(&c).unwrap(),
+            refract::enforce::cleanup(&c).unwrap(),
+            refract::enforce::cleanup(&c).unwrap(),
         )
     });
     assert_eq!(first.rules_removed, 4); // tcp+udp × v4+v6
@@ -624,7 +624,7 @@ fn cleanup_of_a_set_still_in_use_names_the_cause() {
     rules::append(&n, &rules::tcp4(22, S4));
     let c = cfg(60, FirewallMode::Iptables);
     let e = n
-        .in_netns(|| refract::enforce::kernel::cleanup(&c))
+        .in_netns(|| refract::enforce::cleanup(&c))
         .unwrap_err()
         .to_string();
     assert!(
@@ -726,4 +726,243 @@ fn logged_connection_is_ended_by_exact_lookup_at_once() {
         }]
     );
     assert_eq!(e.stats().errors, 0);
+}
+
+// ---- Many bans in one loop turn ----
+
+/// Holds TCP connections and sends one UDP datagram from each source
+/// address given, then waits to be killed: the clients of the batch test.
+const CLIENTS_PY: &str = r#"
+import socket, sys, time
+node4, node6 = sys.argv[1], sys.argv[2]
+held = []
+for src in sys.argv[3].split(","):
+    v6 = ":" in src
+    fam = socket.AF_INET6 if v6 else socket.AF_INET
+    node = node6 if v6 else node4
+    for port in ([443] if v6 else [443, 8443]):
+        c = socket.socket(fam, socket.SOCK_STREAM)
+        c.bind((src, 0))
+        c.settimeout(3)
+        c.connect((node, port))
+        held.append(c)
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.bind((src, 0))
+    u.sendto(b"x", (node, 443))
+    held.append(u)
+print("ready", flush=True)
+time.sleep(120)
+"#;
+
+/// Established TCP peers of the node per peer address (`ss -tn` is the
+/// witness; IPv4 peers of the dual-stack listener print as ::ffff:a.b.c.d).
+fn tcp_peers(node: &Netns) -> std::collections::HashMap<String, usize> {
+    let out = node.ok(&["ss", "-tnH", "state", "established"]);
+    let mut per = std::collections::HashMap::new();
+    for l in out.lines() {
+        // Recv-Q Send-Q Local:Port Peer:Port
+        let Some(peer) = l.split_whitespace().nth(3) else {
+            continue;
+        };
+        let addr = peer.rsplit_once(':').map_or(peer, |(a, _)| a);
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr = addr.strip_prefix("::ffff:").unwrap_or(addr);
+        *per.entry(addr.to_string()).or_insert(0) += 1;
+    }
+    per
+}
+
+/// UDP conntrack entries to port 443 per original source (`conntrack -L`
+/// is the witness).
+fn udp_flows(node: &Netns) -> std::collections::HashMap<String, usize> {
+    let mut per = std::collections::HashMap::new();
+    for fam in ["ipv4", "ipv6"] {
+        let out = node.exec(&["conntrack", "-L", "-f", fam, "-p", "udp"]);
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if !l.contains("dport=443") {
+                continue;
+            }
+            if let Some(src) = l.split_whitespace().find_map(|w| w.strip_prefix("src=")) {
+                *per.entry(src.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    per
+}
+
+/// Two turns like the daemon's: 40 IPv4 and 10 IPv6 keys banned in one
+/// (more than `ADDR_FILTER_MAX`: the dumps filter ports in the kernel and
+/// addresses in refract), then 2 + 2 (the OR chain of addresses), each
+/// followed by `tick` at the deadline it asked for. Every banned key's TCP
+/// connections (dual-stack 443, IPv4-only 8443) and UDP flows end; those
+/// of the addresses not banned, on the same client and on another, stay.
+#[test]
+fn a_turn_of_many_bans_kills_every_banned_key_and_no_other() {
+    if root_with(&["conntrack", "ss", "python3"]).is_none() {
+        return;
+    }
+    let Some(t) = topo("kb") else { return };
+    for bin in ["iptables", "ip6tables"] {
+        // Turns connection tracking on in the node (see the UDP test).
+        t.node.ok(&[
+            bin,
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+    let v4s: Vec<String> = (10..70).map(|i| format!("10.201.1.{i}")).collect();
+    let v6s: Vec<String> = (0x10..0x24)
+        .map(|i| format!("2001:db8:201:1::{i:x}"))
+        .collect();
+    for a in &v4s {
+        t.a.ok(&["ip", "addr", "add", &format!("{a}/32"), "dev", "a0"]);
+    }
+    for a in &v6s {
+        t.a.ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{a}/128"),
+            "dev",
+            "a0",
+            "nodad",
+        ]);
+    }
+    let (dual, v4only, udp) = t.node.in_netns(|| {
+        let d = TcpListener::bind("[::]:443").unwrap();
+        let v = TcpListener::bind("0.0.0.0:8443").unwrap();
+        let u = UdpSocket::bind("[::]:443").unwrap();
+        (d, v, u)
+    });
+    // a: 60 IPv4 sources x (443, 8443) + 20 IPv6 x 443; b: one of each.
+    let acceptor = |l: TcpListener, want: usize| {
+        std::thread::spawn(move || {
+            l.set_nonblocking(true).unwrap();
+            let mut held = Vec::new();
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < end && held.len() < want {
+                match l.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            held
+        })
+    };
+    let (h_dual, h_v4) = (acceptor(dual, 60 + 20 + 2), acceptor(v4only, 60 + 1));
+    let start_clients = |n: &Netns, node4: &str, node6: &str, srcs: &str| {
+        let mut c = n.spawn(&["python3", "-c", CLIENTS_PY, node4, node6, srcs]);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "clients in {} did not start",
+            n.name()
+        );
+        c
+    };
+    let srcs = [v4s.clone(), v6s.clone()].concat().join(",");
+    let mut ca = start_clients(&t.a, "10.201.1.1", "2001:db8:201:1::1", &srcs);
+    let mut cb = start_clients(
+        &t.b,
+        "10.201.2.1",
+        "2001:db8:201:2::1",
+        "10.201.2.2,2001:db8:201:2::2",
+    );
+    let held = (h_dual.join().unwrap(), h_v4.join().unwrap());
+    assert_eq!((held.0.len(), held.1.len()), (82, 61));
+    let others = ["10.201.2.2", "2001:db8:201:2::2"];
+    let (tcp0, udp0) = (tcp_peers(&t.node), udp_flows(&t.node));
+    for a in v4s.iter().chain(&v6s).map(String::as_str).chain(others) {
+        let want = if a.contains(':') { 1 } else { 2 };
+        assert_eq!(tcp0.get(a), Some(&want), "tcp from {a}: {tcp0:?}");
+        assert_eq!(udp0.get(a), Some(&1), "udp from {a}: {udp0:?}");
+    }
+
+    let mut c = cfg(60, FirewallMode::Iptables);
+    c.protos = Protos {
+        tcp: true,
+        udp: true,
+    };
+    c.ports = vec![443, 8443];
+    let mut e = t.node.in_netns(|| KernelEnforcer::new(c).unwrap());
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(16);
+    e.register(poll.registry(), 10).unwrap();
+    let key = |a: &String| Key::new(a.parse().unwrap(), 128);
+    let turns: [Vec<Key>; 2] = [
+        v4s[..40].iter().chain(&v6s[..10]).map(key).collect(),
+        v4s[40..42].iter().chain(&v6s[10..12]).map(key).collect(),
+    ];
+    let mut reports = Vec::new();
+    for (i, keys) in turns.iter().enumerate() {
+        let now = 1_000_000 * (i as u64 + 1);
+        for &k in keys {
+            e.ban_conn(&ban(k), Duration::from_secs(60), now, None);
+        }
+        // The turn ends: the enforcer asked for a tick now.
+        assert_eq!(e.next_deadline(), Some(now));
+        e.tick(now);
+        let start = std::time::Instant::now();
+        while e.busy() && start.elapsed() < Duration::from_secs(20) {
+            poll.poll(&mut events, Some(Duration::from_millis(200)))
+                .unwrap();
+            for ev in events.iter() {
+                e.ready(ev.token().0, now);
+            }
+            reports.extend(e.take_reports());
+        }
+        assert!(!e.busy(), "turn {i} still busy after 20 s: {:?}", e.stats());
+        reports.extend(e.take_reports());
+    }
+
+    // Each banned key: one report with all its connections and its flow.
+    let banned: Vec<Key> = turns.concat();
+    reports.sort_by_key(|r| r.key);
+    let mut want: Vec<KillReport> = banned
+        .iter()
+        .map(|&k| KillReport {
+            key: k,
+            tcp: if k.is_v4() { 2 } else { 1 },
+            udp: 1,
+        })
+        .collect();
+    want.sort_by_key(|r| r.key);
+    assert_eq!(reports, want);
+    let s = e.stats();
+    assert_eq!(
+        (s.tcp_killed, s.udp_killed, s.errors),
+        (42 * 2 + 12, 54, 0),
+        "{s:?}"
+    );
+
+    // The witnesses: nothing of the banned keys left, everything else is.
+    let (tcp1, udp1) = (tcp_peers(&t.node), udp_flows(&t.node));
+    let is_banned = |a: &str| banned.contains(&Key::new(a.parse().unwrap(), 128));
+    for a in v4s.iter().chain(&v6s).map(String::as_str).chain(others) {
+        if is_banned(a) {
+            assert_eq!(tcp1.get(a), None, "tcp from banned {a} survived");
+            assert_eq!(udp1.get(a), None, "udp from banned {a} survived");
+        } else {
+            assert_eq!(tcp1.get(a), tcp0.get(a), "tcp from {a} was hit");
+            assert_eq!(udp1.get(a), Some(&1), "udp from {a} was hit");
+        }
+    }
+    for child in [&mut ca, &mut cb] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop((udp, held));
 }

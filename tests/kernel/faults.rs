@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use refract::firewall::Rule;
+use refract::enforce::ipset::rules::Rule;
 
 use crate::support::daemon::*;
 use crate::support::netns::{veth, Netns, FIREWALL};
@@ -51,7 +51,7 @@ fn in_set(n: &Netns, ip: &str) -> bool {
 }
 
 /// Runs `script` (deleting the rule, then the set) in `n`. The daemon puts
-/// a deleted rule back after `kernel::RULE_SETTLE`; on a loaded machine the
+/// a deleted rule back after `enforce::ipset::rules::RULE_SETTLE`; on a loaded machine the
 /// rule can be back before `ipset destroy` runs ("in use"): an operator
 /// would run it again, and so does this (bounded).
 fn remove_rule_and_set(n: &Netns, script: &str) {
@@ -186,13 +186,14 @@ fn deleted_drop_rule_is_restored() {
 // socket dump. It cannot be provoked from outside the daemon: a sock_diag
 // dump is flow-controlled by the kernel (`netlink_dump()` queues the next
 // part only when the reader's queue has room, so a dump never overflows),
-// and the SOCK_DESTROY acks are windowed (at most `kernel::WINDOW`, 128,
+// and the SOCK_DESTROY acks are windowed (at most `enforce::WINDOW`, 128,
 // unanswered per socket, each well under 1 KiB of a 512 KiB buffer set with
 // SO_RCVBUFFORCE, which a test cannot shrink in another process). So this
 // test drives the dump and kill path at scale (2000 connections from one
 // key: all killed, no error, no crash), and the recovery from ENOBUFS is
-// tested on the kill socket itself in `src/enforce/kernel.rs`
-// (`kill_socket_overrun_repeats_the_dump_and_resends_the_kills`).
+// tested with made-up replies in `src/nl/pipeline.rs`
+// (`overrun_mid_dump_requeues_the_acked_requests_and_marks_the_dump`) and
+// `src/enforce/kill.rs` (`a_batch_dump_kills_what_it_found_and_repeats_after_a_loss`).
 
 const CONNS: usize = 2000;
 

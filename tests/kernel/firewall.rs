@@ -2,8 +2,9 @@
 //! network namespace (never the host's firewall). Skips when not root or
 //! when `ip`, `ipset`, `iptables` or `ip6tables` are missing.
 
+use refract::config::FirewallMode;
 use refract::config::Protos;
-use refract::firewall::{Firewall, FirewallMode};
+use refract::enforce::Firewall;
 
 use crate::support::netns::{Netns, FIREWALL};
 use crate::support::rules::{self, rule};

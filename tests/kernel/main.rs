@@ -23,7 +23,7 @@ mod fixture;
 /// list, flush, destroy, v4 and v6, error codes; the `ipset` CLI witnesses.
 mod ipset;
 
-/// The DROP rules against real iptables/ip6tables (`refract::firewall`):
+/// The DROP rules against real iptables/ip6tables (`refract::enforce::ipset::rules`):
 /// idempotent install, removal, clear errors.
 mod firewall;
 

@@ -7,7 +7,7 @@
 //! - [`daemon`]: the real `refract` binary on real files, ready when it
 //!   says so (`READY=1` on `$NOTIFY_SOCKET`), its `stats:` line on SIGUSR1;
 //! - [`rules`]: the DROP rules as the code spells them
-//!   (`refract::firewall::rules`), as argv for `-C`/`-D`/`-A` and counted in
+//!   (`refract::enforce::ipset::rules::rules`), as argv for `-C`/`-D`/`-A` and counted in
 //!   `iptables -S`.
 //!
 //! And here, what every subject shares: skipping with a reason that shows,

@@ -1,5 +1,5 @@
 //! The DROP rules as refract itself spells them: built with the code's own
-//! rule spec (`refract::firewall::rules`, [`Rule::binary`] and
+//! rule spec (`refract::enforce::ipset::rules::rules`, [`Rule::binary`] and
 //! [`Rule::spec`]), never typed by hand in a test, so a test checks the
 //! rule the daemon installs and not a copy that could drift from it.
 //!
@@ -10,11 +10,11 @@
 //! iptables-extensions(8): the protocol match is loaded by `-p`).
 
 use refract::config::Protos;
-use refract::firewall::{self, Rule};
+use refract::enforce::ipset::rules::{self as firewall, Rule};
 
 use super::netns::Netns;
 
-/// The chain refract's rules live in (`-I INPUT 1`, see `refract::firewall`).
+/// The chain refract's rules live in (`-I INPUT 1`, see `refract::enforce::ipset::rules`).
 pub const CHAIN: &str = "INPUT";
 
 /// The one rule for `proto` (`"tcp"` or `"udp"`) and `ports` (up to the

@@ -11,19 +11,49 @@
 //!
 //! Rules are managed by running the firewall binaries: at startup, for
 //! `refract cleanup`, and after the ruleset lost something (a set recreated,
-//! or an nf_tables deletion notification: see [`crate::enforce::kernel`]);
-//! nothing per ban spawns a process. Installation is
+//! or an nf_tables deletion notification: [`Watch`]); nothing per ban
+//! spawns a process. Installation is
 //! idempotent: `-C` first, `-I INPUT 1` only when the rule is missing.
 //! Rules stay in place on exit (bans persist across restarts); [`Firewall::remove`]
 //! deletes them (`-D` until `-C` says none is left). Child processes inherit
 //! the calling thread's network namespace, which is what the tests use.
 
+//!
+//! # The ruleset watch
+//!
+//! The DROP rule deleted while running (`iptables -D`, `iptables -F`, an
+//! `iptables-restore` or `nft flush ruleset` that drops it) is restored:
+//! refract joins the nf_tables notification group (`NFNLGRP_NFTABLES`) on
+//! its own netlink socket, and a `DELRULE`, `DELCHAIN` or `DELTABLE`
+//! notification ([`crate::nl::nftables::is_deletion`]), or `ENOBUFS` on
+//! that socket (notifications lost), schedules one [`Firewall::install`]
+//! [`RULE_SETTLE`] later (a burst of changes is one check). Why this and
+//! not the alternatives: a periodic `iptables -C` would wake an idle
+//! daemon; a rate-limited `-C` on each ban would spawn processes on the ban
+//! path and leave the node open until the next ban; parsing the rules
+//! themselves over nfnetlink means decoding iptables-nft's xt-compat
+//! expressions. The notification costs nothing while nobody touches the
+//! ruleset, and the processes run only when somebody deleted something.
+//! Limit: legacy (non-nf_tables) iptables sends no notifications; there the
+//! rule is re-checked only after a set repair.
+
 use std::fmt;
 use std::io;
 use std::process::{Command, Stdio};
 
+use crate::clock::{Micros, SECOND};
 pub use crate::config::FirewallMode;
 use crate::config::Protos;
+use crate::enforce::EnforceStats;
+use crate::nl::consts::{NETLINK_NETFILTER, NFNLGRP_NFTABLES};
+use crate::nl::msg::{Messages, Reply};
+use crate::nl::socket::NlSocket;
+
+/// How long after a ruleset deletion the DROP rules are checked: coalesces
+/// the notifications of one `iptables-restore`, and lets an operator's
+/// `iptables -D …; ipset destroy …` finish before the rule comes back (the
+/// set is recreated by the next ban).
+pub const RULE_SETTLE: Micros = SECOND / 2;
 
 /// `xt_multiport` takes at most 15 ports (`XT_MULTI_PORTS`,
 /// `/usr/include/linux/netfilter/xt_multiport.h`).
@@ -259,6 +289,90 @@ impl Firewall {
     pub fn describe(&self) -> String {
         let lines: Vec<String> = self.rules.iter().map(Rule::to_string).collect();
         lines.join("\n")
+    }
+}
+
+/// The nf_tables notification socket and the rule check it schedules
+/// (module docs).
+#[derive(Debug, Default)]
+pub struct Watch {
+    sock: Option<NlSocket>,
+    /// A ruleset deletion was seen: check the DROP rules at this time.
+    check_at: Option<Micros>,
+    rx: Vec<u8>,
+}
+
+impl Watch {
+    /// Joins `NFNLGRP_NFTABLES`. Call before installing the rules, so a
+    /// deletion right after is seen.
+    pub fn open() -> io::Result<Watch> {
+        let sock = NlSocket::open(NETLINK_NETFILTER, 0)?;
+        sock.join_group(NFNLGRP_NFTABLES)?;
+        Ok(Watch {
+            sock: Some(sock),
+            check_at: None,
+            rx: Vec::new(),
+        })
+    }
+
+    pub fn socket(&mut self) -> Option<&mut NlSocket> {
+        self.sock.as_mut()
+    }
+
+    /// Drains the socket; a deletion schedules a rule check.
+    pub fn drain(&mut self, now: Micros, stats: &mut EnforceStats) {
+        let Some(sock) = &self.sock else { return };
+        let mut changed = false;
+        // Bounded: each datagram is consumed; the cap only guards against
+        // a ruleset that changes faster than we read.
+        for _ in 0..100_000 {
+            match sock.recv(&mut self.rx) {
+                Ok(n) => {
+                    for m in Messages::new(&self.rx[..n]).flatten() {
+                        if let Reply::Data(m) = m {
+                            changed |= crate::nl::nftables::is_deletion(&m);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Notifications were lost: one of them may have been ours.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => changed = true,
+                Err(e) => {
+                    stats.errors += 1;
+                    crate::logger::warning(format_args!("firewall: ruleset watch: {e}"));
+                    break;
+                }
+            }
+        }
+        if changed && self.check_at.is_none() {
+            self.check_at = Some(now + RULE_SETTLE);
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Micros> {
+        self.check_at
+    }
+
+    /// At the deadline: puts back DROP rules deleted behind our back (runs
+    /// iptables: only after a ruleset deletion, never per ban).
+    pub fn check(&mut self, now: Micros, firewall: &Firewall, stats: &mut EnforceStats) {
+        if !self.check_at.is_some_and(|t| t <= now) {
+            return;
+        }
+        self.check_at = None;
+        match firewall.install() {
+            Ok(0) => {}
+            Ok(n) => {
+                stats.repairs += 1;
+                crate::logger::warning(format_args!(
+                    "firewall: {n} DROP rule(s) were deleted and have been restored"
+                ));
+            }
+            Err(e) => {
+                stats.errors += 1;
+                crate::logger::warning(format_args!("{e}"));
+            }
+        }
     }
 }
 
