@@ -25,21 +25,19 @@
 //!    original tuple plus `CTA_ID`, so an entry that expired and was
 //!    recreated meanwhile is left alone (`ENOENT`).
 //!
-//! From the loop (`crate::enforce::kill`): the same kind of requests as
-//! [`find`]/[`kill_udp`], without blocking, for all keys of a turn at
-//! once: one dump per family (no source and, with several ports, no port
-//! in the filter: `key` and `port` are optional), [`parse_flow`] and an
-//! in-process match on its entries, deletes after its `Done`; on
-//! `EINVAL`/`EOPNOTSUPP` for the dump, resend it with `kernel_filter` off.
+//! From the loop (`crate::enforce::kill`): these requests without
+//! blocking, for all keys of a turn at once: one dump per family (no
+//! source and, with several ports, no port in the filter: `key` and
+//! `port` are optional), [`parse_flow`] and an in-process match on its
+//! entries, deletes after its `Done`; on `EINVAL`/`EOPNOTSUPP` for the
+//! dump, resend it with `kernel_filter` off.
 //!
 //! Layouts: `/usr/include/linux/netfilter/nfnetlink_conntrack.h` and
 //! `nfnetlink.h` (`struct nfgenmsg` after the netlink header). Addresses,
 //! ports, `CTA_ID` and `CTA_ZONE` are network order; `CTA_FILTER` flags are
 //! host order (`NLA_U32`).
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
 use crate::key::Key;
 use crate::nl::buf::NlBuf;
@@ -47,7 +45,6 @@ use crate::nl::consts::{
     NFNETLINK_V0, NFNL_SUBSYS_CTNETLINK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use crate::nl::msg::{Attrs, Msg};
-use crate::nl::socket::NlSocket;
 
 // ---- /usr/include/linux/netfilter/nfnetlink_conntrack.h ----
 
@@ -318,89 +315,6 @@ pub fn parse_flow(msg: &Msg<'_>) -> Option<Flow> {
         id,
         zone,
     })
-}
-
-/// Blocking: the `protocol` flows from inside `key` to one of `ports`
-/// (one dump per port, every entry checked in process). For startup,
-/// tests and as the reference sequence for the loop.
-pub fn find(
-    sock: &mut NlSocket,
-    protocol: u8,
-    key: Key,
-    ports: &[u16],
-    timeout: Duration,
-) -> io::Result<Vec<Flow>> {
-    let mut flows = Vec::new();
-    let mut buf = NlBuf::new();
-    for (i, &port) in ports.iter().enumerate() {
-        if ports[..i].contains(&port) {
-            continue;
-        }
-        let mut req = DumpRequest {
-            family: family(key),
-            protocol,
-            port: Some(port),
-            key: Some(key),
-            kernel_filter: true,
-        };
-        let replies = loop {
-            buf.clear();
-            req.emit(&mut buf, sock.next_seq());
-            match sock.request(&buf, timeout) {
-                Err(e)
-                    if req.kernel_filter
-                        && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
-                {
-                    req.kernel_filter = false;
-                }
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("conntrack: dump for {key} port {port}: {e}"),
-                    ))
-                }
-                Ok(r) => break r,
-            }
-        };
-        flows.extend(
-            replies
-                .iter()
-                .filter_map(|m| parse_flow(&m.as_msg()))
-                .filter(|f| f.family == req.family && matches(f, key, protocol, &[port])),
-        );
-    }
-    Ok(flows)
-}
-
-/// Blocking: deletes the UDP conntrack entries from inside `key` to one of
-/// `ports` and returns how many the kernel removed. An entry gone between
-/// dump and delete (`ENOENT`) is not counted and not an error.
-pub fn kill_udp(
-    sock: &mut NlSocket,
-    key: Key,
-    ports: &[u16],
-    timeout: Duration,
-) -> io::Result<usize> {
-    let mut deleted = 0;
-    let mut buf = NlBuf::new();
-    for flow in find(sock, libc::IPPROTO_UDP as u8, key, ports, timeout)? {
-        buf.clear();
-        DeleteRequest { flow }.emit(&mut buf, sock.next_seq());
-        match sock.request(&buf, timeout) {
-            Ok(_) => deleted += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "conntrack: delete {}:{} -> {}:{}: {e}",
-                        flow.orig.src, flow.orig.sport, flow.orig.dst, flow.orig.dport
-                    ),
-                ))
-            }
-        }
-    }
-    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -61,10 +61,9 @@
 //!
 //! # Driving it from the loop
 //!
-//! [`find`] and [`kill_tcp`] are the blocking reference sequence for one
-//! key; the loop (`crate::enforce::kill`) sends the same kind of requests
-//! through its pipeline without blocking, for all keys of a turn at once:
-//! one [`DumpRequest`] per family in [`families`] (one dump at a time per
+//! The loop (`crate::enforce::kill`) sends these requests through its
+//! pipeline without blocking, for all keys of a turn at once: one
+//! [`DumpRequest`] per family in [`families`] (one dump at a time per
 //! socket: a second dump while one runs gets `EBUSY`), every `Reply::Data`
 //! of its sequence number through [`parse_socket`], and only after its
 //! `Done` one [`DestroyRequest`] per socket. Destroying while the dump
@@ -79,13 +78,11 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
 use crate::key::Key;
 use crate::nl::buf::NlBuf;
 use crate::nl::consts::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::nl::msg::Msg;
-use crate::nl::socket::NlSocket;
 
 // ---- /usr/include/linux/sock_diag.h ----
 
@@ -485,73 +482,6 @@ pub fn parse_socket(msg: &Msg<'_>) -> Option<SockId> {
         ifindex: ne32(p, 40),
         cookie: [ne32(p, 44), ne32(p, 48)],
     })
-}
-
-/// Blocking: the sockets of `key` on local `ports` in one `family`, as
-/// the kernel's filter selects them (nothing re-checked here, so tests see
-/// exactly what the bytecode matched). For startup, tests and as the
-/// reference sequence for the loop, which sends the same requests
-/// without blocking. `protocol` is `IPPROTO_TCP`.
-pub fn find(
-    sock: &mut NlSocket,
-    family: u8,
-    protocol: u8,
-    key: Key,
-    ports: &[u16],
-    timeout: Duration,
-) -> io::Result<Vec<SockId>> {
-    let mut buf = NlBuf::new();
-    let seq = sock.next_seq();
-    DumpRequest {
-        family,
-        protocol,
-        ports,
-        remote: Remote::In(std::slice::from_ref(&key)),
-    }
-    .emit(&mut buf, seq)?;
-    let replies = sock
-        .request(&buf, timeout)
-        .map_err(|e| io::Error::new(e.kind(), format!("sock_diag: dump for {key}: {e}")))?;
-    Ok(replies
-        .iter()
-        .filter_map(|m| parse_socket(&m.as_msg()))
-        .collect())
-}
-
-/// Blocking: destroys every TCP socket of `key` on local `ports` in
-/// `family` and returns how many the kernel aborted. A socket that closed
-/// between dump and destroy (`ENOENT`) is not counted and not an error.
-/// Each socket is checked again in process before it is destroyed, so a
-/// filter bug could only ever spare a socket, never kill a wrong one.
-pub fn kill_tcp(
-    sock: &mut NlSocket,
-    family: u8,
-    key: Key,
-    ports: &[u16],
-    timeout: Duration,
-) -> io::Result<usize> {
-    let protocol = libc::IPPROTO_TCP as u8;
-    let mut killed = 0;
-    let mut buf = NlBuf::new();
-    for id in find(sock, family, protocol, key, ports, timeout)? {
-        if !ports.contains(&id.sport) || !key.contains(id.remote().ip()) {
-            continue;
-        }
-        buf.clear();
-        let seq = sock.next_seq();
-        DestroyRequest { protocol, id }.emit(&mut buf, seq);
-        match sock.request(&buf, timeout) {
-            Ok(_) => killed += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("sock_diag: destroy {} -> {}: {e}", id.remote(), id.local()),
-                ))
-            }
-        }
-    }
-    Ok(killed)
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use refract::key::Key;
 use refract::nl::consts::{NETLINK_NETFILTER, NETLINK_SOCK_DIAG};
+use refract::nl::diag;
 use refract::nl::socket::NlSocket;
-use refract::nl::{conntrack, diag};
 
 use crate::support::netns::{veth, Netns};
+use crate::support::nl::{find_flows, find_sockets, kill_tcp, kill_udp};
 use crate::support::{poll_until, wait_until, PROMPT};
 
 /// How long a request, a connect or an accept may take (microseconds on a
@@ -215,17 +216,17 @@ fn tcp_ipv4_only_listener() {
     let ka = key(A4, 64);
 
     // The kernel filter alone selects exactly A's connection to 443.
-    let found = diag::find(&mut s, AF_INET, TCP, ka, &[443], T).unwrap();
+    let found = find_sockets(&mut s, AF_INET, TCP, ka, &[443], T).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].remote(), a443.client.local_addr().unwrap());
     assert_eq!(found[0].local(), sa(NODE_A4, 443));
     assert_eq!(found[0].state, diag::TCP_ESTABLISHED);
-    assert!(diag::find(&mut s, AF_INET6, TCP, ka, &[443], T)
+    assert!(find_sockets(&mut s, AF_INET6, TCP, ka, &[443], T)
         .unwrap()
         .is_empty());
 
-    assert_eq!(diag::kill_tcp(&mut s, AF_INET, ka, &[443], T).unwrap(), 1);
-    assert_eq!(diag::kill_tcp(&mut s, AF_INET6, ka, &[443], T).unwrap(), 0);
+    assert_eq!(kill_tcp(&mut s, AF_INET, ka, &[443], T).unwrap(), 1);
+    assert_eq!(kill_tcp(&mut s, AF_INET6, ka, &[443], T).unwrap(), 0);
     a443.assert_killed();
 
     let peers = ss_peers(&node, 443);
@@ -239,18 +240,18 @@ fn tcp_ipv4_only_listener() {
     b_new.assert_alive();
     a_new.assert_alive();
     // A second kill finds only the new connection from A.
-    assert_eq!(diag::kill_tcp(&mut s, AF_INET, ka, &[443], T).unwrap(), 1);
+    assert_eq!(kill_tcp(&mut s, AF_INET, ka, &[443], T).unwrap(), 1);
     a_new.assert_killed();
     b_new.assert_alive();
     b443.assert_alive();
     // Several ports: the kernel runs the JMP branches of the filter (8443
     // matches a port in the middle of the list).
     let ports = [80, 8443, 443];
-    assert_eq!(diag::kill_tcp(&mut s, AF_INET, ka, &ports, T).unwrap(), 1);
+    assert_eq!(kill_tcp(&mut s, AF_INET, ka, &ports, T).unwrap(), 1);
     a8443.assert_killed();
     b443.assert_alive();
     let kb = key(B4, 64);
-    assert_eq!(diag::kill_tcp(&mut s, AF_INET, kb, &ports, T).unwrap(), 2);
+    assert_eq!(kill_tcp(&mut s, AF_INET, kb, &ports, T).unwrap(), 2);
     b443.assert_killed();
     b_new.assert_killed();
 }
@@ -276,10 +277,10 @@ fn tcp_dual_stack_listener_ipv4_clients_and_ipv6_prefix() {
 
     // An IPv4 key: nothing in AF_INET, its mapped socket in AF_INET6.
     let ka4 = key(A4, 64);
-    assert!(diag::find(&mut s, AF_INET, TCP, ka4, &[443], T)
+    assert!(find_sockets(&mut s, AF_INET, TCP, ka4, &[443], T)
         .unwrap()
         .is_empty());
-    let found = diag::find(&mut s, AF_INET6, TCP, ka4, &[443], T).unwrap();
+    let found = find_sockets(&mut s, AF_INET6, TCP, ka4, &[443], T).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].family, AF_INET6);
     assert_eq!(
@@ -291,7 +292,7 @@ fn tcp_dual_stack_listener_ipv4_clients_and_ipv6_prefix() {
     );
     let killed: usize = diag::families(ka4)
         .iter()
-        .map(|&f| diag::kill_tcp(&mut s, f, ka4, &[443], T).unwrap())
+        .map(|&f| kill_tcp(&mut s, f, ka4, &[443], T).unwrap())
         .sum();
     assert_eq!(killed, 1);
     a4.assert_killed();
@@ -303,7 +304,7 @@ fn tcp_dual_stack_listener_ipv4_clients_and_ipv6_prefix() {
     let ka6 = key("2001:db8:1::ffff", 64);
     assert_eq!(ka6, Key::V6("2001:db8:1::".parse().unwrap(), 64));
     assert_eq!(diag::families(ka6), &[AF_INET6]);
-    assert_eq!(diag::kill_tcp(&mut s, AF_INET6, ka6, &[443], T).unwrap(), 1);
+    assert_eq!(kill_tcp(&mut s, AF_INET6, ka6, &[443], T).unwrap(), 1);
     a6.assert_killed();
     b6.assert_alive();
     b4.assert_alive();
@@ -391,7 +392,7 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
     let mut s = node.in_netns(|| NlSocket::open(NETLINK_NETFILTER, 0).unwrap());
     let ka4 = key(A4, 64);
     let udp = libc::IPPROTO_UDP as u8;
-    let found = conntrack::find(&mut s, udp, ka4, &[443], T).unwrap();
+    let found = find_flows(&mut s, udp, ka4, &[443], T).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(
         found[0].orig.dst,
@@ -399,7 +400,7 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
     );
     assert!(found[0].id.is_some());
 
-    assert_eq!(conntrack::kill_udp(&mut s, ka4, &[443], T).unwrap(), 1);
+    assert_eq!(kill_udp(&mut s, ka4, &[443], T).unwrap(), 1);
     let v4 = ct_flows(&node, "ipv4");
     assert!(!v4.contains(&(A4.into(), 443)), "{v4:?}");
     assert!(v4.contains(&(A4.into(), 8443)), "{v4:?}");
@@ -407,14 +408,11 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
     assert_eq!(ct_flows(&node, "ipv6").len(), 2);
 
     let ka6 = key("2001:db8:1::abcd", 64);
-    assert_eq!(
-        conntrack::kill_udp(&mut s, ka6, &[443, 8443], T).unwrap(),
-        1
-    );
+    assert_eq!(kill_udp(&mut s, ka6, &[443, 8443], T).unwrap(), 1);
     let v6 = ct_flows(&node, "ipv6");
     assert_eq!(v6, vec![(B6.to_string(), 443)]);
     // Nothing left to delete: a second pass is a no-op, not an error.
-    assert_eq!(conntrack::kill_udp(&mut s, ka6, &[443], T).unwrap(), 0);
-    assert_eq!(conntrack::kill_udp(&mut s, ka4, &[443], T).unwrap(), 0);
+    assert_eq!(kill_udp(&mut s, ka6, &[443], T).unwrap(), 0);
+    assert_eq!(kill_udp(&mut s, ka4, &[443], T).unwrap(), 0);
     assert_eq!(ct_flows(&node, "ipv4").len(), 2);
 }

@@ -8,7 +8,10 @@
 //!   says so (`READY=1` on `$NOTIFY_SOCKET`), its `stats:` line on SIGUSR1;
 //! - [`rules`]: the DROP rules as the code spells them
 //!   (`refract::enforce::ipset::rules::rules`), as argv for `-C`/`-D`/`-A` and counted in
-//!   `iptables -S`.
+//!   `iptables -S`;
+//! - [`nl`]: a banned key's TCP sockets and UDP conntrack entries found and
+//!   killed one blocking request at a time, from refract's wire formats
+//!   (the daemon sends the same requests without blocking).
 //!
 //! And here, what every subject shares: skipping with a reason that shows,
 //! the one bounded wait ([`wait_until`], [`poll_until`], and
@@ -24,6 +27,7 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod nl;
 pub mod rules;
 
 use std::fmt::Debug;
