@@ -15,7 +15,7 @@ use refract::policy::Ban;
 
 use crate::support::netns::{Netns, FIREWALL};
 use crate::support::rules::{self, rule};
-use crate::support::{have_tool, root_with, skip, PROMPT, STALL};
+use crate::support::{root_with, PROMPT, STALL};
 
 const S4: &str = "refract_banned_users";
 const S6: &str = "refract_banned_users6";
@@ -359,26 +359,11 @@ fn ban_resets_tcp_connections_on_dual_stack_and_v4_listeners() {
 
 #[test]
 fn ban_deletes_udp_conntrack_entries() {
-    if !have_tool("conntrack") {
-        skip("`conntrack` not installed");
+    if root_with(&["conntrack"]).is_none() {
         return;
     }
     let Some(t) = topo("ku") else { return };
-    // Any conntrack match turns connection tracking on in the namespace;
-    // an ESTABLISHED accept rule is also why stale entries must go.
-    for bin in ["iptables", "ip6tables"] {
-        t.node.ok(&[
-            bin,
-            "-A",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        ]);
-    }
+    rules::track_connections(&t.node);
     // Dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d, but conntrack
     // tracks their packets as IPv4.
     let server = t.node.in_netns(|| UdpSocket::bind("[::]:443").unwrap());
@@ -802,20 +787,7 @@ fn a_turn_of_many_bans_kills_every_banned_key_and_no_other() {
         return;
     }
     let Some(t) = topo("kb") else { return };
-    for bin in ["iptables", "ip6tables"] {
-        // Turns connection tracking on in the node (see the UDP test).
-        t.node.ok(&[
-            bin,
-            "-A",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        ]);
-    }
+    rules::track_connections(&t.node);
     let v4s: Vec<String> = (10..70).map(|i| format!("10.201.1.{i}")).collect();
     let v6s: Vec<String> = (0x10..0x24)
         .map(|i| format!("2001:db8:201:1::{i:x}"))

@@ -22,6 +22,7 @@ use refract::nl::socket::NlSocket;
 
 use crate::support::netns::{veth, Netns};
 use crate::support::nl::{find_flows, find_sockets, kill_tcp, kill_udp};
+use crate::support::rules;
 use crate::support::{poll_until, wait_until, PROMPT};
 
 /// How long a request, a connect or an accept may take (microseconds on a
@@ -346,21 +347,7 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
     let Some(Net { node, a, b }) = net("killudp", &tools) else {
         return;
     };
-    // Conntrack only tracks a namespace once something there uses it: a
-    // conntrack match in the node's INPUT chain (ACCEPT changes nothing).
-    for tool in ["iptables", "ip6tables"] {
-        node.ok(&[
-            tool,
-            "-A",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-j",
-            "ACCEPT",
-        ]);
-    }
+    rules::track_connections(&node);
     let _servers: Vec<UdpSocket> = node.in_netns(|| {
         [443, 8443]
             .iter()

@@ -107,3 +107,24 @@ pub fn count(ns: &Netns, rule: &Rule) -> usize {
         .filter(|l| l.split_whitespace().eq(want.iter().map(String::as_str)))
         .count()
 }
+
+/// Turns connection tracking on in `ns`: the kernel tracks a namespace's
+/// flows only once something there uses conntrack, so this appends a
+/// conntrack match to INPUT in both tables. Its `ESTABLISHED … ACCEPT`
+/// changes nothing for a namespace whose policy accepts anyway, and it is
+/// also why a banned client's stale entries must go.
+pub fn track_connections(ns: &Netns) {
+    for bin in ["iptables", "ip6tables"] {
+        ns.ok(&[
+            bin,
+            "-A",
+            CHAIN,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ]);
+    }
+}
