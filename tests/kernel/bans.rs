@@ -52,17 +52,13 @@ fn ban_flood_stays_responsive_and_within_maxelem() {
         return;
     };
     let dir = TempDir::new("bounds-bans");
-    let access = dir.path("access.log");
-    let block = dir.path("block.log");
-    append(&access, "");
     let set_size = format!("--set-size={SET_SIZE}");
-    let mut d = Daemon::start_with(
+    let mut d = Daemon::start_in(
+        &ns,
         &dir,
-        &access,
-        &block,
-        &["ip", "netns", "exec", ns.name()],
         &["--dport=443", "--window=1h", "--timeout=1h", &set_size],
     );
+    let (access, block) = (d.access.clone(), d.block.clone());
 
     // The flood: the user's first address is admitted, each next one is a
     // ban. Written in 1 MiB chunks, as fast as the disk takes them.

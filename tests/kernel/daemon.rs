@@ -19,16 +19,8 @@ fn violation_lands_in_the_ipset() {
         return;
     };
     let dir = TempDir::new("kernel");
-    let access = dir.path("access.log");
-    let block = dir.path("block.log");
-    append(&access, "");
-    let mut d = Daemon::start_with(
-        &dir,
-        &access,
-        &block,
-        &["ip", "netns", "exec", ns.name()],
-        &["--dport=443", "--window=1h", "--timeout=1m"],
-    );
+    let mut d = Daemon::start_in(&ns, &dir, &["--dport=443", "--window=1h", "--timeout=1m"]);
+    let (access, block) = (d.access.clone(), d.block.clone());
     d.wait_log("enforcer kernel");
     let rule = rules::tcp4(443, S4);
     assert_eq!(rules::count(&ns, &rule), 1, "{rule}");

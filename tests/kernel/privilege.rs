@@ -55,16 +55,8 @@ fn kernel_mode_keeps_net_admin_and_net_raw_and_still_repairs() {
         return;
     };
     let dir = TempDir::new("bounds-privs");
-    let access = dir.path("access.log");
-    let block = dir.path("block.log");
-    append(&access, "");
-    let mut d = Daemon::start_with(
-        &dir,
-        &access,
-        &block,
-        &["ip", "netns", "exec", ns.name()],
-        &["--dport=443", "--window=1h", "--timeout=1m"],
-    );
+    let mut d = Daemon::start_in(&ns, &dir, &["--dport=443", "--window=1h", "--timeout=1m"]);
+    let access = d.access.clone();
     let pid = d.pid();
     let kept = d.wait_log("capabilities: kept");
     // cap_net_raw: iptables' set match needs a raw socket, even iptables-nft.

@@ -201,6 +201,21 @@ impl Daemon {
         )
     }
 
+    /// The kernel enforcer inside `ns` (`ip netns exec`) on a new empty
+    /// `dir/access.log` and `dir/block.log`, with `extra` flags; returns
+    /// once the daemon sent `READY=1`.
+    pub fn start_in(ns: &super::netns::Netns, dir: &TempDir, extra: &[&str]) -> Daemon {
+        let access = dir.path("access.log");
+        append(&access, "");
+        Daemon::start_with(
+            dir,
+            &access,
+            &dir.path("block.log"),
+            &["ip", "netns", "exec", ns.name()],
+            extra,
+        )
+    }
+
     /// Like [`Daemon::start`] with the access log at `access`, the audit
     /// log at `block`, and the
     /// binary run through `prefix` (e.g. `setpriv …` or `unshare -m sh -c
