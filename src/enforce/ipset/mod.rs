@@ -113,6 +113,17 @@ pub fn timeout_secs(ttl: Duration) -> u32 {
     s.clamp(1, u64::from(nl_ipset::MAX_TIMEOUT)) as u32
 }
 
+/// The CREATE refract sends for `family`.
+fn create_request(cfg: &KernelConfig, revision: [u8; 2], family: Family) -> nl_ipset::Create<'_> {
+    let name = cfg.set(family);
+    let rev = revision[family.index()];
+    let t = timeout_secs(cfg.default_timeout);
+    match family {
+        Family::V4 => nl_ipset::Create::v4(name, rev, t, cfg.maxelem),
+        Family::V6 => nl_ipset::Create::v6(name, rev, t, cfg.maxelem),
+    }
+}
+
 /// Bans in ipsets over netlink. See the module docs.
 #[derive(Debug)]
 pub struct KernelEnforcer {

@@ -41,7 +41,7 @@ use crate::nl::msg::Msg;
 use crate::nl::pipeline::{Completion, Kind, Outcome, Pipeline};
 use crate::nl::socket::NlSocket;
 
-use super::startup::create_request;
+use super::create_request;
 use super::{log, KernelConfig};
 
 /// A full set (`IPSET_ERR_HASH_FULL`) is reported once per this period:

@@ -26,7 +26,7 @@ use crate::nl::socket::NlSocket;
 
 use super::ops::Ops;
 use super::rules::Watch;
-use super::{log, timeout_secs, KernelConfig, KernelEnforcer};
+use super::{create_request, log, KernelConfig, KernelEnforcer};
 
 /// Timeout for the blocking startup exchanges.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -406,21 +406,6 @@ fn probe_destroy(sock: &mut NlSocket) -> Result<bool, StartError> {
             Some(libc::EOPNOTSUPP) => Ok(false),
             _ => Err(StartError::Other(format!("sock_diag: destroy probe: {e}"))),
         },
-    }
-}
-
-/// The CREATE refract sends for `family`.
-pub(super) fn create_request(
-    cfg: &KernelConfig,
-    revision: [u8; 2],
-    family: Family,
-) -> ipset::Create<'_> {
-    let name = cfg.set(family);
-    let rev = revision[family.index()];
-    let t = timeout_secs(cfg.default_timeout);
-    match family {
-        Family::V4 => ipset::Create::v4(name, rev, t, cfg.maxelem),
-        Family::V6 => ipset::Create::v6(name, rev, t, cfg.maxelem),
     }
 }
 
