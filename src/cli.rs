@@ -706,8 +706,23 @@ fn operands(command: Command, args: &Args) -> Result<(), UsageError> {
     Ok(())
 }
 
-/// Entry point; returns the exit code.
-pub fn main() -> i32 {
+/// What one run of refract is asked to do: the subcommand, its validated
+/// configuration, and the subcommand's own arguments.
+#[derive(Debug)]
+pub struct Invocation {
+    pub command: Command,
+    pub cfg: Config,
+    /// `replay FILE` (`-` is standard input); the configuration check
+    /// requires exactly one for `replay`, and it is empty for the others.
+    pub file: String,
+    /// `replay --explain`.
+    pub explain: bool,
+}
+
+/// The process's argv and environment → an [`Invocation`], or the exit code
+/// when there is nothing to run: 0 after `--help` or `--version` (printed
+/// here), [`EXIT_USAGE`] after one line naming what is wrong.
+pub fn invocation() -> Result<Invocation, i32> {
     let argv: Vec<String> = match std::env::args_os()
         .skip(1)
         .map(OsString::into_string)
@@ -719,81 +734,35 @@ pub fn main() -> i32 {
                 "refract: argument is not valid UTF-8: {}",
                 bad.to_string_lossy()
             );
-            return EXIT_USAGE;
+            return Err(EXIT_USAGE);
         }
     };
     let (command, args) = match parse_args(&argv) {
         Ok(x) => x,
         Err(Ok(help)) => {
             println!("{help}");
-            return 0;
+            return Err(0);
         }
         Err(Err(e)) => {
             eprintln!("refract: {e}");
-            return EXIT_USAGE;
+            return Err(EXIT_USAGE);
         }
     };
     if args.version {
         println!("refract {}", env!("CARGO_PKG_VERSION"));
-        return 0;
+        return Err(0);
     }
     let getenv = |k: &str| std::env::var(k).ok();
-    let cfg = match build_config(command, &args, &Env::new(&getenv)) {
-        Ok(c) => c,
+    match build_config(command, &args, &Env::new(&getenv)) {
+        Ok(cfg) => Ok(Invocation {
+            command,
+            cfg,
+            file: args.file.first().cloned().unwrap_or_default(),
+            explain: args.explain,
+        }),
         Err(e) => {
             eprintln!("refract: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    match command {
-        Command::Replay => crate::replay::main(&cfg, &args.file[0], args.explain),
-        Command::Check => {
-            let (report, ok) = crate::check::run(&cfg);
-            print!("{report}");
-            if ok {
-                0
-            } else {
-                1
-            }
-        }
-        Command::Cleanup => cleanup(&cfg),
-        // daemon branch: the live daemon with the enforcer --dry-run picks.
-        Command::Daemon => {
-            use crate::enforce::{KernelConfig, KernelEnforcer};
-            let enforcer: Box<dyn crate::enforce::Enforcer> = if cfg.dry_run {
-                Box::new(crate::enforce::DryRun::default())
-            } else {
-                match KernelEnforcer::new(KernelConfig::from_config(&cfg)) {
-                    Ok(k) => Box::new(k),
-                    Err(e) => {
-                        eprintln!("refract: {e}");
-                        return 1;
-                    }
-                }
-            };
-            crate::daemon::run(cfg, enforcer)
-        }
-    }
-}
-
-/// `refract cleanup`: the DROP rules and both sets go; returns the exit code.
-fn cleanup(cfg: &Config) -> i32 {
-    match crate::enforce::cleanup(&crate::enforce::KernelConfig::from_config(cfg)) {
-        Ok(c) => {
-            let sets = if c.sets_destroyed.is_empty() {
-                "no sets".to_string()
-            } else {
-                c.sets_destroyed.join(", ")
-            };
-            println!(
-                "refract cleanup: removed {} DROP rule(s), destroyed {sets}",
-                c.rules_removed
-            );
-            0
-        }
-        Err(e) => {
-            eprintln!("refract: cleanup: {e}");
-            1
+            Err(EXIT_USAGE)
         }
     }
 }
