@@ -12,16 +12,17 @@ use crate::support::{wait_until, TempDir, PROMPT};
 
 /// Two devices of one user, the second one a violation at `--limit 1`.
 fn violation() -> String {
-    ["192.0.2.11:51000", "198.51.100.12:40000"]
+    let mut text = String::new();
+    for (i, src) in ["192.0.2.11:51000", "198.51.100.12:40000"]
         .iter()
         .enumerate()
-        .map(|(i, src)| {
-            format!(
-                "2026/12/01 09:00:0{i}.000000 from {src} accepted tcp:example.com:443 \
-                 [vless-in >> direct] email: alice@example.com\n"
-            )
-        })
-        .collect()
+    {
+        text += &format!(
+            "2026/12/01 09:00:0{i}.000000 from {src} accepted tcp:example.com:443 \
+             [vless-in >> direct] email: alice@example.com\n"
+        );
+    }
+    text
 }
 
 /// Appends the violation at once (no sleep after `READY=1`) and waits,
