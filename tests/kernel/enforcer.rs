@@ -34,6 +34,31 @@ fn test_name(f: &str) -> String {
     format!("{module}::{f}")
 }
 
+/// Runs the ignored helper test `helper` of this binary in `n` behind
+/// `prefix` (`setpriv …`, `env PATH=…`), checks that it passed, and
+/// returns what it printed.
+fn run_helper(n: &Netns, prefix: &[&str], helper: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let name = test_name(helper);
+    let tail = [
+        exe.to_str().unwrap(),
+        "--exact",
+        &name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    let out = n.exec(&[prefix, &tail].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    stdout
+}
+
 fn cfg(timeout_secs: u64, firewall: FirewallMode) -> KernelConfig {
     KernelConfig {
         set_v4: S4.into(),
@@ -542,27 +567,16 @@ fn missing_cap_net_admin_is_one_clear_line() {
     let Some(n) = Netns::with_tools("enfp", &[FIREWALL, &["setpriv"]].concat()) else {
         return;
     };
-    let exe = std::env::current_exe().unwrap();
-    let exe = exe.to_str().unwrap();
     // Root without CAP_NET_ADMIN in its bounding set: exec cannot regain it.
-    let out = n.exec(&[
-        "setpriv",
-        "--bounding-set=-net_admin",
-        "--inh-caps=-net_admin",
-        exe,
-        "--exact",
-        &test_name("child_without_cap_net_admin"),
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_helper(
+        &n,
+        &[
+            "setpriv",
+            "--bounding-set=-net_admin",
+            "--inh-caps=-net_admin",
+        ],
+        "child_without_cap_net_admin",
     );
-    assert!(stdout.contains("1 passed"), "{stdout}");
     assert!(
         stdout.contains("startup error: ipset: permission denied: refract needs CAP_NET_ADMIN"),
         "{stdout}"
@@ -632,24 +646,7 @@ fn child_without_iptables() {
 #[test]
 fn missing_iptables_is_one_clear_line() {
     let Some(n) = ns("enfi") else { return };
-    let exe = std::env::current_exe().unwrap();
-    let out = n.exec(&[
-        "env",
-        "PATH=/nonexistent",
-        exe.to_str().unwrap(),
-        "--exact",
-        &test_name("child_without_iptables"),
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("1 passed"), "{stdout}");
+    let stdout = run_helper(&n, &["env", "PATH=/nonexistent"], "child_without_iptables");
     let want = format!(
         "startup error: firewall: iptables not found in PATH: install iptables, or run \
          with --firewall none and add the rule yourself: {}",
