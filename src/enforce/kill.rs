@@ -417,6 +417,7 @@ impl Handler<Req> for H<'_> {
                         protocol: TCP,
                         ports: self.ports,
                         remote,
+                        ext: 0,
                     }
                     .emit(buf, seq);
                     // The bounds above make every program fit (the const

@@ -82,7 +82,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use crate::key::Key;
 use crate::nl::buf::NlBuf;
 use crate::nl::consts::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
-use crate::nl::msg::Msg;
+use crate::nl::msg::{Attrs, Msg};
 
 // ---- /usr/include/linux/sock_diag.h ----
 
@@ -395,8 +395,8 @@ impl SockId {
 }
 
 /// Writes `struct inet_diag_req_v2`.
-fn put_req_v2(b: &mut NlBuf, family: u8, protocol: u8, states: u32, id: &SockId) {
-    b.put(&[family, protocol, 0 /* idiag_ext: no extensions */, 0]);
+fn put_req_v2(b: &mut NlBuf, family: u8, protocol: u8, ext: u8, states: u32, id: &SockId) {
+    b.put(&[family, protocol, ext, 0]);
     b.put_u32(states);
     id.put(b);
 }
@@ -410,7 +410,15 @@ pub struct DumpRequest<'a> {
     pub protocol: u8,
     pub ports: &'a [u16],
     pub remote: Remote<'a>,
+    /// `idiag_ext`: the extensions each entry carries, one bit per
+    /// attribute (`1 << (INET_DIAG_INFO - 1)`: [`WITH_TCP_INFO`]); 0 for
+    /// none.
+    pub ext: u8,
 }
+
+/// `idiag_ext` asking for each socket's `struct tcp_info`
+/// ([`parse_tcp_info`]).
+pub const WITH_TCP_INFO: u8 = 1 << (INET_DIAG_INFO - 1);
 
 impl DumpRequest<'_> {
     /// Appends the request to `buf`. Fails for more than [`MAX_PORTS`]
@@ -420,7 +428,7 @@ impl DumpRequest<'_> {
         let any = SockId::any(self.family);
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
         buf.message(SOCK_DIAG_BY_FAMILY, flags, seq, |b| {
-            put_req_v2(b, self.family, self.protocol, KILL_STATES, &any);
+            put_req_v2(b, self.family, self.protocol, self.ext, KILL_STATES, &any);
             b.attr(INET_DIAG_REQ_BYTECODE, &bc);
         });
         Ok(())
@@ -441,7 +449,7 @@ impl DestroyRequest {
         buf.message(SOCK_DESTROY, flags, seq, |b| {
             // idiag_states is not read for an exact lookup
             // (`inet_diag_find_one_icsk()`); 0 as `ss -K` sends it.
-            put_req_v2(b, self.id.family, self.protocol, 0, &self.id);
+            put_req_v2(b, self.id.family, self.protocol, 0, 0, &self.id);
         });
     }
 }
@@ -484,6 +492,67 @@ pub fn parse_socket(msg: &Msg<'_>) -> Option<SockId> {
     })
 }
 
+/// `INET_DIAG_INFO` (`include/uapi/linux/inet_diag.h`, the extensions
+/// enum: `INET_DIAG_NONE, INET_DIAG_MEMINFO, INET_DIAG_INFO, …`): the
+/// attribute of a dump entry that carries the socket's `struct tcp_info`.
+/// A request asks for it with bit `1 << (INET_DIAG_INFO - 1)` of
+/// `idiag_ext`.
+pub const INET_DIAG_INFO: u16 = 2;
+
+// Offsets in `struct tcp_info` (`include/uapi/linux/tcp.h`): eight `__u8`
+// fields, then `__u32`s from `tcpi_rto` at 8 (`tcpi_unacked` is the fifth),
+// the four times from `tcpi_last_data_sent` at 44, and, after
+// `tcpi_total_retrans` at 100, the `__u64`s `tcpi_pacing_rate` (104),
+// `tcpi_max_pacing_rate` (112) and `tcpi_bytes_acked` (120, Linux 4.1+).
+const TCPI_UNACKED: usize = 24;
+const TCPI_LAST_DATA_RECV: usize = 52;
+const TCPI_LAST_ACK_RECV: usize = 56;
+const TCPI_BYTES_ACKED: usize = 120;
+
+/// What the liveness rules read of a socket's `struct tcp_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpInfo {
+    /// `tcpi_state` (`TCP_ESTABLISHED` = 1, …).
+    pub state: u8,
+    /// `tcpi_unacked`: segments sent and not yet acknowledged (the
+    /// kernel's `packets_out`), i.e. data in flight. A keepalive probe is
+    /// not one of them (`tcp_xmit_probe_skb()` sends it outside the queue).
+    pub unacked: u32,
+    /// `tcpi_last_data_recv`: milliseconds since a segment with data came
+    /// from the peer.
+    pub last_data_recv_ms: u32,
+    /// `tcpi_last_ack_recv`: milliseconds since an ACK came from the peer,
+    /// the answer to a keepalive probe included.
+    pub last_ack_recv_ms: u32,
+    /// `tcpi_bytes_acked`: bytes of ours the peer has acknowledged; `None`
+    /// when the kernel's `tcp_info` ends before it (before Linux 4.1).
+    pub bytes_acked: Option<u64>,
+}
+
+/// The `struct tcp_info` of one dump entry (its `INET_DIAG_INFO`
+/// attribute); `None` for another message, an entry without the attribute
+/// (not asked for, or not a TCP socket) or one too short to hold the times.
+pub fn parse_tcp_info(msg: &Msg<'_>) -> Option<TcpInfo> {
+    if msg.ty != SOCK_DIAG_BY_FAMILY || msg.payload.len() < DIAG_MSG_LEN {
+        return None;
+    }
+    let info = Attrs::new(&msg.payload[DIAG_MSG_LEN..])
+        .find(|a| a.ty == INET_DIAG_INFO)?
+        .payload;
+    if info.len() < TCPI_LAST_ACK_RECV + 4 {
+        return None;
+    }
+    Some(TcpInfo {
+        state: info[0],
+        unacked: ne32(info, TCPI_UNACKED),
+        last_data_recv_ms: ne32(info, TCPI_LAST_DATA_RECV),
+        last_ack_recv_ms: ne32(info, TCPI_LAST_ACK_RECV),
+        bytes_acked: info
+            .get(TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8)
+            .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +562,61 @@ mod tests {
 
     fn v4(s: &str) -> Key {
         Key::V4(s.parse().unwrap())
+    }
+
+    /// A dump entry as the kernel sends it with `INET_DIAG_INFO` asked for:
+    /// `struct inet_diag_msg` (72 bytes), then the `tcp_info` attribute of
+    /// `info_len` bytes (232 on Linux 6.x) with the fields liveness reads.
+    fn entry_with_info(info_len: usize) -> NlBuf {
+        let mut msg = [0u8; DIAG_MSG_LEN];
+        msg[0] = AF_INET;
+        msg[1] = TCP_ESTABLISHED;
+        let mut info = vec![0u8; 232];
+        info[0] = TCP_ESTABLISHED; // tcpi_state
+        info[24..28].copy_from_slice(&3u32.to_ne_bytes()); // tcpi_unacked
+        info[52..56].copy_from_slice(&40_000u32.to_ne_bytes()); // tcpi_last_data_recv
+        info[56..60].copy_from_slice(&120u32.to_ne_bytes()); // tcpi_last_ack_recv
+        info[120..128].copy_from_slice(&123_456_789u64.to_ne_bytes()); // tcpi_bytes_acked
+        info.truncate(info_len);
+        let mut b = NlBuf::new();
+        b.message(SOCK_DIAG_BY_FAMILY, libc::NLM_F_MULTI as u16, 7, |b| {
+            b.put(&msg);
+            b.attr(1, &[0; 16]); // INET_DIAG_MEMINFO first, as the kernel orders them
+            b.attr(INET_DIAG_INFO, &info);
+        });
+        b
+    }
+
+    fn first(b: &NlBuf) -> Option<TcpInfo> {
+        match Messages::new(b.as_bytes()).next() {
+            Some(Ok(Reply::Data(m))) => parse_tcp_info(&m),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tcp_info_fields_at_their_offsets() {
+        let want = TcpInfo {
+            state: TCP_ESTABLISHED,
+            unacked: 3,
+            last_data_recv_ms: 40_000,
+            last_ack_recv_ms: 120,
+            bytes_acked: Some(123_456_789),
+        };
+        assert_eq!(first(&entry_with_info(232)), Some(want));
+        // A kernel before 4.1: tcp_info ends at tcpi_total_retrans.
+        let old = first(&entry_with_info(104)).unwrap();
+        assert_eq!(old.bytes_acked, None);
+        assert_eq!(old.last_ack_recv_ms, 120);
+        // Too short for the times: nothing.
+        assert_eq!(first(&entry_with_info(56)), None);
+    }
+
+    #[test]
+    fn tcp_info_absent_when_not_asked_for() {
+        let mut b = NlBuf::new();
+        b.message(SOCK_DIAG_BY_FAMILY, 0, 7, |b| b.put(&[0u8; DIAG_MSG_LEN]));
+        assert_eq!(first(&b), None);
     }
 
     fn v6(s: &str, p: u8) -> Key {
@@ -799,6 +923,7 @@ mod tests {
             protocol: TCP,
             ports: &[443, 8443],
             remote: Remote::In(&[v4("192.0.2.7")]),
+            ext: 0,
         }
         .emit(&mut b, 42)
         .unwrap();
@@ -841,6 +966,7 @@ mod tests {
             protocol: TCP,
             ports: &[443],
             remote: Remote::In(&[v4("198.51.100.9")]),
+            ext: 0,
         }
         .emit(&mut b, 1)
         .unwrap();

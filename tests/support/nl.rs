@@ -41,6 +41,7 @@ pub fn find_sockets(
         protocol,
         ports,
         remote: Remote::In(std::slice::from_ref(&key)),
+        ext: 0,
     }
     .emit(&mut buf, seq)?;
     let replies = sock
