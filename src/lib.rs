@@ -34,10 +34,15 @@
 //!   module docs ([`policy::skip`]: why a line does not count,
 //!   [`policy::limits`]: the per-user limits file). [`key`] is the unit that
 //!   is counted and banned (an IPv4 address or an IPv6 prefix).
+//!   [`liveness`] holds the rule that says whether a connection is in use
+//!   (milestone 2; nothing calls it yet).
 //! - Effects: [`enforce`] is the boundary the loop talks to (a kernel
-//!   enforcer and a dry-run one); [`nl`] holds the netlink wire formats
-//!   (ipset, sock_diag, conntrack); [`firewall`] the DROP rule; [`audit`] the
-//!   audit line; [`daemon`] the one loop that ties them together.
+//!   enforcer and a dry-run one; [`enforce::ipset::rules`] the DROP rule,
+//!   [`enforce::kill`] the batched kills); [`nl`] holds the netlink wire
+//!   formats (ipset, sock_diag, conntrack, nf_tables notifications) and the
+//!   one request [`nl::pipeline`] every kernel exchange goes through;
+//!   [`audit`] the audit line and log; [`daemon`] the one loop that ties
+//!   them together.
 //! - Support: [`clock`] (time as plain numbers), [`hash`], [`logger`],
 //!   [`notify`], [`privilege`]; [`sys`] wraps the syscalls std and the
 //!   dependencies do not cover.
@@ -75,6 +80,7 @@ pub mod enforce;
 pub mod hash;
 pub mod key;
 pub mod lines;
+pub mod liveness;
 pub mod logger;
 pub mod nl;
 pub mod notify;

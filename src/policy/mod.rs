@@ -55,8 +55,10 @@
 //!
 //! ## Liveness (milestone 2: normative once built, not built yet)
 //!
-//! Nothing below is implemented yet: today the window rule above is the
-//! whole rule, in the daemon as in `replay`.
+//! Not in force yet: today the window rule above is the whole rule, in the
+//! daemon as in `replay`. The "in use" judgment of a socket is written
+//! ([`crate::liveness::in_use`]); attribution and the kernel lookups that
+//! feed it are not.
 //!
 //! The log says when a connection *starts*, never that it is still in use.
 //! The kernel knows. A key K is also *active* for U at t when a connection

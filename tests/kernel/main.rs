@@ -31,6 +31,10 @@ mod firewall;
 /// (TCP, IPv4 and dual-stack listeners) and conntrack deletes (UDP).
 mod kill;
 
+/// Liveness facts: the `tcp_info` refract reads from a sock_diag dump is
+/// what `ss -ti` reads; a download judged in use, an idle connection not.
+mod liveness;
+
 /// The kernel enforcer driven directly (no daemon): bans, restart
 /// read-back, repair, startup errors, kills, a mio loop, cleanup.
 mod enforcer;

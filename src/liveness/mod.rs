@@ -1,0 +1,148 @@
+//! Liveness facts: whether a connection that a user's lines were
+//! attributed to is *in use*, judged from what the kernel reports of its
+//! socket (`struct tcp_info`, [`crate::nl::diag::TcpInfo`]). Pure: no
+//! clock, no I/O; the caller passes the look's time and the window.
+//!
+//! The rule is the policy's (see "Liveness" and "Count use, not
+//! keepalives" in [`crate::policy`]): a connection is in use within the
+//! window W when, as of the look,
+//!
+//! 1. the client sent data within W (`tcpi_last_data_recv <= W`), or
+//! 2. it acknowledged new data within W: `tcpi_bytes_acked` advanced since
+//!    a previous look that is itself within W (so the ACK that moved it
+//!    came after that look), or
+//! 3. data is in flight (`tcpi_unacked > 0`) and the last ACK came within
+//!    W: a download-only client sends nothing but ACKs.
+//!
+//! Not in use: an ESTABLISHED socket whose peer vanished (data in flight,
+//! retransmitted, no ACK for longer than W), and an idle connection whose
+//! only traffic is TCP keepalive: V2Ray's and Xray's Go sockets probe every
+//! 15 s, and the answer moves `tcpi_last_ack_recv` but acknowledges no new
+//! data (the probe repeats an old sequence number, `tcp_xmit_probe_skb()`)
+//! and leaves nothing in flight; so neither rule 2 nor rule 3 holds, and the
+//! verdict does not depend on where in its 15 s the keepalive is.
+//!
+//! This module holds the rule only. Attributing lines to sockets, asking
+//! the kernel, and deferring a verdict until it answers belong to the loop
+//! and arrive with the liveness work of milestone 2; until then nothing
+//! calls it and the window rule alone decides.
+
+use crate::clock::Micros;
+use crate::nl::diag::TcpInfo;
+
+/// What one look at a connection saw, kept for the next look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Look {
+    /// When (the caller's clock, the policy's scale).
+    pub at: Micros,
+    /// `tcpi_bytes_acked` then (`None`: the kernel does not report it).
+    pub bytes_acked: Option<u64>,
+}
+
+/// Whether the connection is in use within `window` as of `now`, from its
+/// `tcp_info` and the previous look (module docs). Returns the verdict and
+/// the look to keep.
+pub fn in_use(prev: Option<Look>, now: Micros, info: &TcpInfo, window: Micros) -> (bool, Look) {
+    let within = |ms: u32| u64::from(ms) * 1_000 <= window;
+    let acked_new = match (prev, info.bytes_acked) {
+        (Some(p), Some(now_acked)) => {
+            p.bytes_acked.is_some_and(|was| now_acked > was) && now.saturating_sub(p.at) <= window
+        }
+        _ => false,
+    };
+    let used = within(info.last_data_recv_ms)
+        || acked_new
+        || (info.unacked > 0 && within(info.last_ack_recv_ms));
+    let look = Look {
+        at: now,
+        bytes_acked: info.bytes_acked,
+    };
+    (used, look)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SECOND;
+
+    const W: Micros = 5 * SECOND;
+
+    fn info(unacked: u32, data_ms: u32, ack_ms: u32, acked: u64) -> TcpInfo {
+        TcpInfo {
+            state: crate::nl::diag::TCP_ESTABLISHED,
+            unacked,
+            last_data_recv_ms: data_ms,
+            last_ack_recv_ms: ack_ms,
+            bytes_acked: Some(acked),
+        }
+    }
+
+    #[test]
+    fn data_from_the_client_within_the_window() {
+        assert!(in_use(None, 100 * SECOND, &info(0, 4_999, 60_000, 0), W).0);
+        assert!(!in_use(None, 100 * SECOND, &info(0, 5_001, 60_000, 0), W).0);
+    }
+
+    #[test]
+    fn a_download_only_client_acks_data_in_flight() {
+        // Nothing from the client but ACKs; our data in flight.
+        assert!(in_use(None, 100 * SECOND, &info(12, 40_000, 30, 1 << 20), W).0);
+    }
+
+    #[test]
+    fn a_download_that_finished_between_two_looks() {
+        let (_, first) = in_use(None, 100 * SECOND, &info(0, 40_000, 9_000, 1000), W);
+        // 3 s later: nothing in flight, but 50 KB more were acknowledged.
+        let (used, _) = in_use(
+            Some(first),
+            103 * SECOND,
+            &info(0, 43_000, 2_000, 51_000),
+            W,
+        );
+        assert!(used);
+        // The same advance seen only 30 s after the previous look: the ACK
+        // that moved it may be older than the window.
+        let (stale, _) = in_use(
+            Some(first),
+            130 * SECOND,
+            &info(0, 70_000, 2_000, 51_000),
+            W,
+        );
+        assert!(!stale);
+    }
+
+    #[test]
+    fn a_vanished_peer_is_not_in_use() {
+        // ESTABLISHED, retransmitting into a network that is gone: data in
+        // flight, no ACK for 20 s, nothing new acknowledged.
+        let (_, first) = in_use(None, 100 * SECOND, &info(8, 20_000, 20_000, 5000), W);
+        let (used, _) = in_use(Some(first), 102 * SECOND, &info(8, 22_000, 22_000, 5000), W);
+        assert!(!used);
+    }
+
+    #[test]
+    fn keepalive_answers_never_count_whatever_their_phase() {
+        // An idle connection: no data for 10 min, Go's keepalive every
+        // 15 s; look every second over two keepalive periods, so every
+        // phase of the probe relative to the look is seen.
+        let mut prev = None;
+        for t in 0..30u32 {
+            let now = 600 * SECOND + Micros::from(t) * SECOND;
+            let since_probe_ms = (t % 15) * 1_000;
+            let i = info(0, 600_000 + t * 1_000, since_probe_ms, 77_777);
+            let (used, look) = in_use(prev, now, &i, W);
+            assert!(!used, "idle connection counted at t={t}s");
+            prev = Some(look);
+        }
+    }
+
+    #[test]
+    fn no_bytes_acked_from_old_kernels_falls_back_on_the_other_rules() {
+        let mut i = info(0, 60_000, 100, 0);
+        i.bytes_acked = None;
+        let (_, first) = in_use(None, 100 * SECOND, &i, W);
+        assert!(!in_use(Some(first), 101 * SECOND, &i, W).0);
+        i.unacked = 1;
+        assert!(in_use(Some(first), 101 * SECOND, &i, W).0);
+    }
+}

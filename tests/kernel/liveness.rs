@@ -1,0 +1,128 @@
+//! The liveness facts against the real kernel: the `struct tcp_info` that
+//! refract reads out of a sock_diag dump (`INET_DIAG_INFO`,
+//! `refract::nl::diag::parse_tcp_info`) is what `ss -ti` (iproute2, an
+//! independent reader of the same attribute) prints for the same socket,
+//! and `refract::liveness::in_use` judges a download in flight as in use
+//! and the same connection idle as not. In a throwaway namespace, over its
+//! loopback.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use refract::clock::SECOND;
+use refract::key::Key;
+use refract::liveness::in_use;
+use refract::nl::buf::NlBuf;
+use refract::nl::consts::NETLINK_SOCK_DIAG;
+use refract::nl::diag::{self, DumpRequest, Remote, TcpInfo, WITH_TCP_INFO};
+use refract::nl::socket::NlSocket;
+
+use crate::support::netns::Netns;
+use crate::support::PROMPT;
+
+const AF_INET: u8 = libc::AF_INET as u8;
+const TCP: u8 = libc::IPPROTO_TCP as u8;
+
+/// The `tcp_info` of the server side of the connection from 127.0.0.1 to
+/// port 443, from one dump that asks for it.
+fn look(ns: &Netns) -> TcpInfo {
+    ns.in_netns(|| {
+        let mut sock = NlSocket::open(NETLINK_SOCK_DIAG, 0).unwrap();
+        let mut buf = NlBuf::new();
+        let seq = sock.next_seq();
+        let key = Key::V4("127.0.0.1".parse().unwrap());
+        DumpRequest {
+            family: AF_INET,
+            protocol: TCP,
+            ports: &[443],
+            remote: Remote::In(std::slice::from_ref(&key)),
+            ext: WITH_TCP_INFO,
+        }
+        .emit(&mut buf, seq)
+        .unwrap();
+        let replies = sock.request(&buf, PROMPT).unwrap();
+        let infos: Vec<TcpInfo> = replies
+            .iter()
+            .filter_map(|m| diag::parse_tcp_info(&m.as_msg()))
+            .collect();
+        assert_eq!(infos.len(), 1, "one server-side socket: {infos:?}");
+        infos[0]
+    })
+}
+
+/// `name:VALUE` of `ss -tin` for the server side of the connection.
+fn ss_field(ns: &Netns, name: &str) -> u64 {
+    let out = ns.ok(&["ss", "-tinH", "state", "established", "sport", "= :443"]);
+    let field = format!("{name}:");
+    out.split_whitespace()
+        .find_map(|w| w.strip_prefix(&field))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in ss -ti:\n{out}"))
+}
+
+#[test]
+fn tcp_info_is_what_ss_reads_and_judges_a_download() {
+    let Some(ns) = Netns::with_tools("live", &["ss"]) else {
+        return;
+    };
+    let (server, client) = ns.in_netns(|| {
+        let l = TcpListener::bind("127.0.0.1:443").unwrap();
+        let c = TcpStream::connect("127.0.0.1:443").unwrap();
+        let (s, _) = l.accept().unwrap();
+        (s, c)
+    });
+    let (mut server, mut client) = (server, client);
+    // A download of 100,000 bytes, read to the end by the client: all of
+    // it acknowledged, nothing in flight.
+    let chunk = vec![7u8; 100_000];
+    server.write_all(&chunk).unwrap();
+    let mut got = vec![0u8; chunk.len()];
+    client.set_read_timeout(Some(PROMPT)).unwrap();
+    client.read_exact(&mut got).unwrap();
+    // Until the last ACK is in: unacked back to 0.
+    let mut idle = look(&ns);
+    for _ in 0..100 {
+        if idle.unacked == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        idle = look(&ns);
+    }
+    assert_eq!(idle.state, diag::TCP_ESTABLISHED);
+    assert_eq!(idle.unacked, 0, "{idle:?}");
+    assert_eq!(Some(ss_field(&ns, "bytes_acked")), idle.bytes_acked);
+    // The client never sent data: `ss` prints lastrcv since the handshake.
+    let lastrcv = ss_field(&ns, "lastrcv");
+    let lastack = ss_field(&ns, "lastack");
+    let near = |a: u64, b: u32| a.abs_diff(u64::from(b)) < 1_000;
+    assert!(
+        near(lastrcv, idle.last_data_recv_ms),
+        "{lastrcv} vs {idle:?}"
+    );
+    assert!(
+        near(lastack, idle.last_ack_recv_ms),
+        "{lastack} vs {idle:?}"
+    );
+    eprintln!("idle after the download: {idle:?}; ss lastrcv={lastrcv} lastack={lastack}");
+
+    // A window of 1 s: once a second and a half has passed without data or
+    // anything new acknowledged, the connection is not in use.
+    let w = SECOND;
+    std::thread::sleep(Duration::from_millis(1_500));
+    let later = look(&ns);
+    let (used, _) = in_use(None, 0, &later, w);
+    assert!(!used, "idle connection judged in use: {later:?}");
+    // New data to the client, acknowledged by its kernel (the client
+    // process need not read it) since the previous look: in use.
+    let first = refract::liveness::Look {
+        at: 0,
+        bytes_acked: later.bytes_acked,
+    };
+    server.write_all(&[1u8; 1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let busy = look(&ns);
+    let (used, _) = in_use(Some(first), SECOND / 10, &busy, w);
+    assert!(used, "a download judged idle: {busy:?}");
+    drop((server, client));
+}
