@@ -63,6 +63,19 @@ refract_apt_update() {
 }
 
 # The candidate version of a Debian package (empty when there is none).
+# Installs PACKAGES in one apt-get call, or, when that batch fails, one at a
+# time, naming each that could not be had (followed by NOTE).
+#   refract_apt_install NOTE PACKAGE...
+refract_apt_install() {
+    local note=$1 p
+    shift
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1 && return 0
+    for p in "$@"; do
+        apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 ||
+            echo "deps: could not install $p$note" >&2
+    done
+}
+
 refract_apt_candidate() {
     apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}' | grep -v '(none)' || true
 }
@@ -115,13 +128,9 @@ refract_install_rust() {
         # system (debootstrap, containers) has no CA bundle.
         [[ -e /etc/ssl/certs/ca-certificates.crt ]] || pkgs+=(ca-certificates)
         echo "deps: installing ${pkgs[*]}" >&2
-        # One at a time after a failed batch: a clippy missing from the
-        # mirror is not fatal (scripts/test.sh then says it skips clippy).
-        apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
-            for p in "${pkgs[@]}"; do
-                apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 ||
-                    echo "deps: could not install $p" >&2
-            done
+        # A clippy missing from the mirror is not fatal (scripts/test.sh
+        # then says it skips clippy).
+        refract_apt_install "" "${pkgs[@]}"
     elif command -v apk >/dev/null 2>&1; then
         refract_rust_ok || pkgs=(cargo rust)
         [[ -n $tools_wanted ]] && pkgs+=(rustfmt rust-clippy)
@@ -175,11 +184,7 @@ refract_install_deps() {
         echo "deps: installing ${pkgs[*]}" >&2
         refract_apt_update
         # v2ray is only in Debian/Ubuntu's universe; the tests skip without it.
-        apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
-            for p in "${pkgs[@]}"; do
-                apt-get install -y -qq --no-install-recommends "$p" >/dev/null 2>&1 ||
-                    echo "deps: could not install $p (tests that need it will skip)" >&2
-            done
+        refract_apt_install " (tests that need it will skip)" "${pkgs[@]}"
     elif command -v apk >/dev/null 2>&1; then
         local -A apkname=([systemd]='' [v2ray]=v2ray [gcc]=build-base [iproute2]=iproute2)
         local p apks=()
