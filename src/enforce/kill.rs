@@ -510,34 +510,6 @@ impl Handler<Req> for H<'_> {
     }
 }
 
-/// The socket `local:port <-> client` exactly (`INET_DIAG_NOCOOKIE`: any
-/// cookie). An IPv4 client is looked up as `AF_INET` even on a dual-stack
-/// listener: the kernel hashes such connections by their IPv4 tuple
-/// (`inet_diag_find_one_icsk()` then finds them with `inet_lookup()`).
-fn exact_socket(local: IpAddr, port: u16, client: SocketAddr) -> Option<SockId> {
-    let (family, src, dst) = match (local, canonical(client.ip())) {
-        (IpAddr::V4(l), IpAddr::V4(c)) => {
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src[..4].copy_from_slice(&l.octets());
-            dst[..4].copy_from_slice(&c.octets());
-            (AF_INET, src, dst)
-        }
-        (IpAddr::V6(l), IpAddr::V6(c)) => (AF_INET6, l.octets(), c.octets()),
-        _ => return None,
-    };
-    Some(SockId {
-        family,
-        state: 0,
-        sport: port,
-        dport: client.port(),
-        src,
-        dst,
-        ifindex: 0,
-        cookie: [diag::INET_DIAG_NOCOOKIE; 2],
-    })
-}
-
 /// The connection killer: a sock_diag channel (with `--proto tcp`) and a
 /// conntrack channel (with `--proto udp`). See the module docs.
 #[derive(Debug)]
@@ -605,7 +577,7 @@ impl Killer {
                     self.st
                         .locals
                         .iter()
-                        .filter_map(move |&local| exact_socket(local, port, c))
+                        .filter_map(move |&local| SockId::exact(local, port, c))
                 })
                 .collect();
             for id in victims {

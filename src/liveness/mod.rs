@@ -39,25 +39,51 @@ pub struct Look {
     pub bytes_acked: Option<u64>,
 }
 
-/// Whether the connection is in use within `window` as of `now`, from its
-/// `tcp_info` and the previous look (module docs). Returns the verdict and
-/// the look to keep.
-pub fn in_use(prev: Option<Look>, now: Micros, info: &TcpInfo, window: Micros) -> (bool, Look) {
-    let within = |ms: u32| u64::from(ms) * 1_000 <= window;
-    let acked_new = match (prev, info.bytes_acked) {
-        (Some(p), Some(now_acked)) => {
-            p.bytes_acked.is_some_and(|was| now_acked > was) && now.saturating_sub(p.at) <= window
-        }
-        _ => false,
+/// When the client last used the connection, if that is within `window`
+/// of `now` (module docs: `None` = not in use), from its `tcp_info` and
+/// the previous look; with the look to keep. The time is the latest the
+/// kernel's figures prove: the last data segment, the last ACK while data
+/// was in flight, or, for new data acknowledged since the previous look,
+/// that look's time (the ACK came after it; when exactly is not known, so
+/// the earliest possible moment: a key believed in use for less long, never
+/// longer than the kernel shows).
+pub fn last_use(
+    prev: Option<Look>,
+    now: Micros,
+    info: &TcpInfo,
+    window: Micros,
+) -> (Option<Micros>, Look) {
+    let ago = |ms: u32| {
+        let us = u64::from(ms) * 1_000;
+        (us <= window).then(|| now.saturating_sub(us))
     };
-    let used = within(info.last_data_recv_ms)
-        || acked_new
-        || (info.unacked > 0 && within(info.last_ack_recv_ms));
+    let data = ago(info.last_data_recv_ms);
+    let in_flight = if info.unacked > 0 {
+        ago(info.last_ack_recv_ms)
+    } else {
+        None
+    };
+    let acked_new = match (prev, info.bytes_acked) {
+        (Some(p), Some(now_acked))
+            if p.bytes_acked.is_some_and(|was| now_acked > was)
+                && now.saturating_sub(p.at) <= window =>
+        {
+            Some(p.at)
+        }
+        _ => None,
+    };
     let look = Look {
         at: now,
         bytes_acked: info.bytes_acked,
     };
-    (used, look)
+    (data.max(in_flight).max(acked_new), look)
+}
+
+/// Whether the connection is in use within `window` as of `now`
+/// ([`last_use`] is `Some`).
+pub fn in_use(prev: Option<Look>, now: Micros, info: &TcpInfo, window: Micros) -> (bool, Look) {
+    let (at, look) = last_use(prev, now, info, window);
+    (at.is_some(), look)
 }
 
 #[cfg(test)]
@@ -81,6 +107,31 @@ mod tests {
     fn data_from_the_client_within_the_window() {
         assert!(in_use(None, 100 * SECOND, &info(0, 4_999, 60_000, 0), W).0);
         assert!(!in_use(None, 100 * SECOND, &info(0, 5_001, 60_000, 0), W).0);
+    }
+
+    #[test]
+    fn the_last_use_is_the_latest_time_the_figures_prove() {
+        let now = 100 * SECOND;
+        // Data 4 s ago, an ACK of data in flight 1 s ago: 1 s ago.
+        let (at, _) = last_use(None, now, &info(3, 4_000, 1_000, 0), W);
+        assert_eq!(at, Some(now - SECOND));
+        // Nothing in flight: the ACK (a keepalive answer) proves nothing.
+        let (at, _) = last_use(None, now, &info(0, 4_000, 1_000, 0), W);
+        assert_eq!(at, Some(now - 4 * SECOND));
+        // New data acknowledged since a look 2 s ago: that look's time.
+        let prev = Look {
+            at: now - 2 * SECOND,
+            bytes_acked: Some(10),
+        };
+        let (at, look) = last_use(Some(prev), now, &info(0, 60_000, 500, 99), W);
+        assert_eq!(at, Some(now - 2 * SECOND));
+        assert_eq!(
+            look,
+            Look {
+                at: now,
+                bytes_acked: Some(99)
+            }
+        );
     }
 
     #[test]

@@ -79,7 +79,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::key::Key;
+use crate::key::{canonical, Key};
 use crate::nl::buf::NlBuf;
 use crate::nl::consts::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use crate::nl::msg::{Attrs, Msg};
@@ -362,6 +362,36 @@ impl SockId {
         }
     }
 
+    /// The socket `local:port <-> client` exactly (`INET_DIAG_NOCOOKIE`:
+    /// any cookie); `None` when the two are of different families. An IPv4
+    /// client is named as `AF_INET` even on a dual-stack listener: the
+    /// kernel hashes such connections by their IPv4 tuple, and
+    /// `inet_diag_find_one_icsk()` finds them with `inet_lookup()` (an
+    /// `AF_INET6` request with mapped addresses takes the same path).
+    pub fn exact(local: IpAddr, port: u16, client: SocketAddr) -> Option<SockId> {
+        let (family, src, dst) = match (canonical(local), canonical(client.ip())) {
+            (IpAddr::V4(l), IpAddr::V4(c)) => {
+                let mut src = [0u8; 16];
+                let mut dst = [0u8; 16];
+                src[..4].copy_from_slice(&l.octets());
+                dst[..4].copy_from_slice(&c.octets());
+                (AF_INET, src, dst)
+            }
+            (IpAddr::V6(l), IpAddr::V6(c)) => (AF_INET6, l.octets(), c.octets()),
+            _ => return None,
+        };
+        Some(SockId {
+            family,
+            state: 0,
+            sport: port,
+            dport: client.port(),
+            src,
+            dst,
+            ifindex: 0,
+            cookie: [INET_DIAG_NOCOOKIE; 2],
+        })
+    }
+
     fn addr(&self, raw: [u8; 16], port: u16) -> SocketAddr {
         let ip = if self.family == AF_INET {
             IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -450,6 +480,31 @@ impl DestroyRequest {
             // idiag_states is not read for an exact lookup
             // (`inet_diag_find_one_icsk()`); 0 as `ss -K` sends it.
             put_req_v2(b, self.id.family, self.protocol, 0, 0, &self.id);
+        });
+    }
+}
+
+/// `SOCK_DIAG_BY_FAMILY` of exactly one socket, named by its whole
+/// identity (no `NLM_F_DUMP`): `inet_diag_find_one_icsk()` finds it with
+/// one hash lookup (`inet_lookup()`), not a walk, and the answer is one
+/// `inet_diag_msg` (with the extensions `ext` asks for), then the ack; or
+/// only `ENOENT` when no such socket exists. Ask it as a
+/// [`crate::nl::pipeline::Kind::Get`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetRequest {
+    pub protocol: u8,
+    pub id: SockId,
+    /// `idiag_ext`, as in [`DumpRequest::ext`].
+    pub ext: u8,
+}
+
+impl GetRequest {
+    pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        buf.message(SOCK_DIAG_BY_FAMILY, flags, seq, |b| {
+            // idiag_states is not read for an exact lookup, as for a
+            // destroy.
+            put_req_v2(b, self.id.family, self.protocol, self.ext, 0, &self.id);
         });
     }
 }

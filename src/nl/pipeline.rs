@@ -33,7 +33,8 @@
 //! an ACK, a negative error is the request's errno; `NLMSG_DONE` ends a
 //! dump, and one carrying a negative status is the dump's errno; a data
 //! message belongs to the dump with its sequence number (multipart,
-//! `NLM_F_MULTI`) and goes to the owner as it arrives. A reply whose
+//! `NLM_F_MULTI`) and goes to the owner as it arrives; so does the one data
+//! message that answers a [`Kind::Get`] before its ack. A reply whose
 //! sequence number matches nothing in flight (answered before, expired,
 //! from before a resend, a notification with seq 0) is counted in
 //! [`PipelineStats::stale`] and ignored. The first malformed message ends
@@ -71,6 +72,12 @@ pub enum Kind {
     Ack,
     /// `NLM_F_DUMP`: data messages, then `NLMSG_DONE` (or an errno).
     Dump,
+    /// A get of one object with `NLM_F_ACK` (a sock_diag exact lookup,
+    /// `inet_diag_dump_one_icsk()`): its one data message, then the ack;
+    /// or only an errno (`ENOENT`: no such object). Sent and requeued like
+    /// [`Kind::Ack`] (a get is idempotent), its data goes to the owner
+    /// like a dump's.
+    Get,
 }
 
 /// How a request ended.
@@ -145,7 +152,8 @@ struct InFlight<T> {
 pub struct Pipeline<T> {
     limits: Limits,
     seq: u32,
-    acks: VecDeque<T>,
+    /// [`Kind::Ack`] and [`Kind::Get`] requests, in order.
+    acks: VecDeque<(T, Kind)>,
     dumps: VecDeque<T>,
     /// In send order (so deadlines never decrease along it).
     in_flight: VecDeque<InFlight<T>>,
@@ -211,7 +219,7 @@ impl<T> Pipeline<T> {
             return Err(tag);
         }
         match kind {
-            Kind::Ack => self.acks.push_back(tag),
+            Kind::Ack | Kind::Get => self.acks.push_back((tag, kind)),
             Kind::Dump => self.dumps.push_back(tag),
         }
         Ok(())
@@ -222,7 +230,7 @@ impl<T> Pipeline<T> {
     /// retry), so the number of units of work does not grow.
     pub fn push_front(&mut self, tag: T, kind: Kind) {
         match kind {
-            Kind::Ack => self.acks.push_front(tag),
+            Kind::Ack | Kind::Get => self.acks.push_front((tag, kind)),
             Kind::Dump => self.dumps.push_front(tag),
         }
     }
@@ -255,8 +263,8 @@ impl<T> Pipeline<T> {
         while self.in_flight.len() < self.limits.window
             && buf.as_bytes().len() < self.limits.max_batch_bytes
         {
-            let (tag, kind) = if let Some(tag) = self.acks.pop_front() {
-                (tag, Kind::Ack)
+            let (tag, kind) = if let Some(front) = self.acks.pop_front() {
+                front
             } else if !self.dumping() {
                 match self.dumps.pop_front() {
                     Some(tag) => (tag, Kind::Dump),
@@ -335,7 +343,7 @@ impl<T> Pipeline<T> {
             match reply {
                 Ok(Reply::Data(m)) => {
                     match self.position(m.seq).map(|i| &mut self.in_flight[i]) {
-                        Some(p) if p.kind == Kind::Dump => data(&mut p.tag, &m),
+                        Some(p) if p.kind != Kind::Ack => data(&mut p.tag, &m),
                         // Data for an acked request: nothing we send asks
                         // for it (an echo, a notification).
                         Some(_) => {}
@@ -370,8 +378,8 @@ impl<T> Pipeline<T> {
         let mut keep = VecDeque::new();
         while let Some(p) = self.in_flight.pop_back() {
             match p.kind {
-                Kind::Ack => {
-                    self.acks.push_front(p.tag);
+                Kind::Ack | Kind::Get => {
+                    self.acks.push_front((p.tag, p.kind));
                     n += 1;
                 }
                 Kind::Dump => keep.push_front(p),
@@ -411,7 +419,7 @@ impl<T> Pipeline<T> {
     /// queued, in that order.
     pub fn abandon(&mut self) -> Vec<T> {
         let mut all: Vec<T> = self.in_flight.drain(..).map(|p| p.tag).collect();
-        all.extend(self.acks.drain(..));
+        all.extend(self.acks.drain(..).map(|(t, _)| t));
         all.extend(self.dumps.drain(..));
         self.batch_start = 0;
         all
@@ -504,6 +512,39 @@ mod tests {
         assert_eq!(p.fill(5, &mut buf, emit), 2);
         assert_eq!(sent(&buf), [(5, 105), (6, 106)]);
         assert_eq!(p.stats().datagrams, 2);
+    }
+
+    #[test]
+    fn a_get_passes_its_data_on_ends_with_its_ack_and_is_resent_after_an_overrun() {
+        let mut p = Pipeline::new(LIMITS, 0);
+        p.push(1, Kind::Dump).unwrap();
+        for t in 2..=4 {
+            p.push(t, Kind::Get).unwrap();
+        }
+        let mut buf = NlBuf::new();
+        // Gets go ahead of the dump and share its datagram, like acks.
+        assert_eq!(p.fill(0, &mut buf, emit), 4);
+        assert_eq!(sent(&buf), [(2, 1), (3, 2), (4, 3), (1, 4)]);
+        let mut r = NlBuf::new();
+        data(&mut r, 1, 20); // the get's one answer (not multipart)
+        ack(&mut r, 1, 0);
+        ack(&mut r, 2, libc::ENOENT); // no such socket: no data
+        data(&mut r, 4, 10); // the dump's
+        let (got, seen) = feed(&mut p, &r);
+        assert_eq!(got, [(2, Outcome::Done), (3, Outcome::Errno(libc::ENOENT))]);
+        assert_eq!(seen, [(2, 20), (1, 10)]);
+        // ENOBUFS: the unanswered get goes back, the dump stays.
+        assert_eq!(p.overrun(), 1);
+        assert_eq!(p.fill(1, &mut buf, emit), 1);
+        assert_eq!(sent(&buf), [(4, 5)]);
+        r = NlBuf::new();
+        data(&mut r, 5, 40);
+        ack(&mut r, 5, 0);
+        done(&mut r, 4, 0);
+        let (got, seen) = feed(&mut p, &r);
+        assert_eq!(got, [(4, Outcome::Done), (1, Outcome::Lossy)]);
+        assert_eq!(seen, [(4, 40)]);
+        assert!(p.is_idle());
     }
 
     #[test]

@@ -158,7 +158,7 @@ use crate::accesslog::Access;
 use crate::clock::Micros;
 use crate::hash::Map;
 use crate::key::Key;
-use entries::{settle, user_deadline, BanRec, Entries, Entry, Slot, User};
+use entries::{end_of, settle, user_deadline, BanRec, Entries, Entry, Slot, User};
 use limits::{limit_of, Limits};
 use skip::{allowlisted, classify, Skip};
 
@@ -215,6 +215,15 @@ pub struct Ban {
     pub tag: Box<[u8]>,
     /// Until when (policy clock).
     pub until: Micros,
+}
+
+/// [`Policy::probe`]: a counted line's key and user, and whether the
+/// window rule alone would admit it as a new key of the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe<'a> {
+    pub key: Key,
+    pub user: &'a [u8],
+    pub newcomer: bool,
 }
 
 /// What one accepted line did.
@@ -335,16 +344,96 @@ impl Policy {
             Ok(x) => x,
             Err(skip) => return Verdict::Skipped(skip),
         };
+        let tag = access.inbound.or(access.detour).unwrap_or_default();
+        self.decide(t, t, key, email, tag)
+    }
+
+    /// What the window rule alone would do with `access` at `now`, without
+    /// changing anything: `None` for a line that does not count, else its
+    /// key and user, and whether it is a *newcomer* the window rule would
+    /// admit (not banned, not active for the user, the user's active
+    /// admitted keys below the limit) — the one case a liveness fact about
+    /// the user's other keys can turn into a ban (see "Liveness").
+    pub fn probe<'a>(&self, now: Micros, access: &Access<'a>) -> Option<Probe<'a>> {
+        let (key, user) = classify(&self.cfg, access).ok()?;
+        let t = now.saturating_add(self.offset).max(self.clock);
+        if self.banned(key, t) {
+            return Some(Probe {
+                key,
+                user,
+                newcomer: false,
+            });
+        }
+        let newcomer = match self.users.get(user) {
+            None => true,
+            Some(&slot) => {
+                let u = self.slots[slot as usize]
+                    .user
+                    .as_ref()
+                    .expect("indexed slots hold a user");
+                let window = self.cfg.window;
+                let active = |e: &&Entry| end_of(e, window, &self.bans) >= t;
+                let entries = u.entries.as_slice();
+                let known = entries.iter().filter(active).any(|e| e.key == key);
+                let admitted = entries
+                    .iter()
+                    .filter(active)
+                    .filter(|e| !e.candidate)
+                    .count();
+                !known && admitted < limit_of(&self.cfg, user)
+            }
+        };
+        Some(Probe {
+            key,
+            user,
+            newcomer,
+        })
+    }
+
+    /// A liveness fact (see "Liveness"): the kernel showed at `now` that a
+    /// connection `user`'s lines attributed to `key` was in use at `at`
+    /// (caller's clock, `at <= now`). The key counts as if a line had come
+    /// from it at `at`, by the same four rules: it refreshes an active key,
+    /// is admitted while there is room, and bans the key when the user's
+    /// other active keys fill the limit (the key that came back is the
+    /// newcomer; `tag` is for its audit line). `None` when the fact changes
+    /// nothing: `at` is older than the window, or the key is allowlisted
+    /// now.
+    pub fn live(
+        &mut self,
+        now: Micros,
+        user: &[u8],
+        key: Key,
+        at: Micros,
+        tag: &[u8],
+    ) -> Option<Verdict> {
+        let t = self.advance(now);
+        let at = at.saturating_add(self.offset).min(t);
+        if t - at > self.cfg.window || user.is_empty() || allowlisted(&self.cfg.allow, key) {
+            return None;
+        }
+        Some(self.decide(t, at, key, user, tag))
+    }
+
+    /// The four rules for `key` of `email` at `t`, recording `last_seen`
+    /// (`t` for a line, earlier for a liveness fact; internal clock).
+    fn decide(
+        &mut self,
+        t: Micros,
+        last_seen: Micros,
+        key: Key,
+        email: &[u8],
+        tag: &[u8],
+    ) -> Verdict {
         self.seq += 1;
         if self.banned(key, t) {
             return Verdict::Ignored(key);
         }
         let limit = limit_of(&self.cfg, email);
         let window = self.cfg.window;
-        let tag = access.inbound.or(access.detour).unwrap_or_default();
 
         let Some(&slot) = self.users.get(email) else {
-            return self.new_user(key, email, t);
+            return self.new_user(key, email, last_seen);
         };
         let user = self.slots[slot as usize]
             .user
@@ -363,7 +452,7 @@ impl Policy {
         // 2. Active for this user: refresh.
         if let Some(i) = user.entries.find(key) {
             let e = &mut user.entries.as_mut_slice()[i];
-            e.last_seen = t;
+            e.last_seen = e.last_seen.max(last_seen);
             e.seq = self.seq;
             if e.candidate {
                 return Verdict::Candidate(key);
@@ -402,7 +491,7 @@ impl Policy {
             let candidate = admitted >= limit;
             user.entries.push(Entry {
                 key,
-                last_seen: t,
+                last_seen,
                 seq: self.seq,
                 since: self.seq,
                 candidate,
@@ -413,6 +502,14 @@ impl Policy {
                 },
             });
             self.entries += 1;
+            // A fact's `last_seen` is in the past: its window may end before
+            // the user's queued deadline (which must never be later).
+            let end = last_seen.saturating_add(window).saturating_add(1);
+            if end < user.queued {
+                user.queued = end;
+                let gen = self.slots[slot as usize].gen;
+                self.heap.push(Reverse((end, Timer::User { slot, gen })));
+            }
             return if candidate {
                 Verdict::Candidate(key)
             } else {

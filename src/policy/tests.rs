@@ -902,7 +902,7 @@ const SPECIAL: [&str; 10] = [
 /// One random run; checks the invariants after every step. `twin` is
 /// fed the same lines but never `expire`d: its verdicts must be equal
 /// (only asked when bans outlast the window, see `end_of`).
-fn run(seed: u64, steps: usize, seen: &mut [u64; 6]) {
+fn run(seed: u64, steps: usize, seen: &mut [u64; 7]) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let window = [S, 5 * S][rng.below(2) as usize];
     let ban = [S / 2, 2 * S, 60 * S][rng.below(3) as usize];
@@ -961,12 +961,49 @@ fn run(seed: u64, steps: usize, seen: &mut [u64; 6]) {
 
         let before = view(&p, user);
         let banned_before: Vec<Key> = p.bans.keys().copied().collect();
-        let v = p.observe(now, &a);
+        // A quarter of the counted steps are liveness facts instead of
+        // lines: the same rules must hold for keys made active by the
+        // kernel's word.
+        let fact = !special_line && port != 0 && rng.below(4) == 0;
+        let refused = p.stats().keys_refused + p.stats().users_refused;
+        let v = if fact {
+            let at = now.saturating_sub(rng.below(2 * window));
+            let got = p.live(now, user.as_bytes(), lkey, at, b"in");
+            if let Some(q) = twin.as_mut() {
+                let want = q.live(now, user.as_bytes(), lkey, at, b"in");
+                assert_eq!(got, want, "seed {seed} step {step}: twin fact");
+            }
+            got.unwrap_or(Verdict::Skipped(Skip::NotAccess))
+        } else {
+            let probe = p.probe(now, &a);
+            let v = p.observe(now, &a);
+            if let Some(q) = twin.as_mut() {
+                assert_eq!(v, q.observe(now, &a), "seed {seed} step {step}: twin");
+            }
+            let ctx = format!("seed {seed} step {step} {user} {addr}:{port}: {probe:?} -> {v:?}");
+            match probe {
+                None => assert!(matches!(v, Verdict::Skipped(_)), "{ctx}"),
+                Some(pr) => {
+                    assert_eq!(pr.key, lkey, "{ctx}");
+                    if pr.newcomer && !cfg.confirm {
+                        assert_eq!(v, Verdict::Admitted(lkey), "{ctx}");
+                    }
+                    if pr.newcomer {
+                        assert!(
+                            matches!(v, Verdict::Admitted(_) | Verdict::Candidate(_)),
+                            "{ctx}"
+                        );
+                    }
+                    let refused_now = p.stats().keys_refused + p.stats().users_refused;
+                    if !pr.newcomer && !cfg.confirm && refused_now == refused {
+                        assert!(!matches!(v, Verdict::Admitted(_)), "{ctx}");
+                    }
+                }
+            }
+            v
+        };
         let t = p.clock;
-        if let Some(q) = twin.as_mut() {
-            assert_eq!(v, q.observe(now, &a), "seed {seed} step {step}: twin");
-        }
-        let ctx = format!("seed {seed} step {step} {user} {addr}:{port} -> {v:?}");
+        let ctx = format!("seed {seed} step {step} {user} {addr}:{port} fact={fact} -> {v:?}");
         if trace {
             eprintln!(
                 "{ctx} now={now} t={t} before={before:?} cfg={window} {ban} {} {}",
@@ -976,6 +1013,9 @@ fn run(seed: u64, steps: usize, seen: &mut [u64; 6]) {
 
         if special_line || port == 0 {
             assert!(matches!(v, Verdict::Skipped(_)), "{ctx}");
+        }
+        if fact && matches!(v, Verdict::Banned(_)) {
+            seen[6] += 1;
         }
         seen[match &v {
             Verdict::Banned(b) if b.key != lkey => 0,
@@ -1059,10 +1099,63 @@ fn run(seed: u64, steps: usize, seen: &mut [u64; 6]) {
 
 #[test]
 fn random_interleavings_keep_the_invariants() {
-    // Confirm bans, plain bans, ignored, candidates, promotions, other.
-    let mut seen = [0; 6];
+    // Confirm bans, plain bans, ignored, candidates, promotions, other,
+    // bans made by a liveness fact.
+    let mut seen = [0; 7];
     for seed in 1..=1000 {
         run(seed, 120, &mut seen);
     }
     assert!(seen.iter().all(|&n| n > 20), "coverage {seen:?}");
+}
+
+#[test]
+fn a_live_connection_keeps_a_silent_key_online() {
+    // Device 1's one line, then 16 s of silence while its download runs;
+    // device 2 arrives. The window rule alone admits device 2 ...
+    let mut p = policy(|_| {});
+    at(&mut p, T0, "alice", "192.0.2.1");
+    let t = T0 + 16 * S;
+    let a2 = line("alice", "198.51.100.2", 40000, "in");
+    let probe = p.probe(t, &a2).unwrap();
+    assert!(probe.newcomer);
+    assert_eq!(probe.key, key("198.51.100.2"));
+    // ... but the kernel says device 1's connection was in use 200 ms ago:
+    // device 1 is online, device 2 is the second device.
+    let fact = p.live(t, b"alice", key("192.0.2.1"), t - S / 5, b"in");
+    assert_eq!(fact, Some(Verdict::Admitted(key("192.0.2.1"))));
+    assert!(!p.probe(t, &a2).unwrap().newcomer);
+    let ban = ban_of(p.observe(t, &a2));
+    assert_eq!(ban.key, key("198.51.100.2"));
+    assert_eq!(ban.origins, [key("192.0.2.1")]);
+    // The fact counts from its own time: device 1 is active until
+    // t - 200 ms + W, not t + W.
+    assert_eq!(view(&p, "alice"), [(key("192.0.2.1"), t - S / 5, false)]);
+    assert!(p.next_deadline().unwrap() <= t - S / 5 + W + 1);
+}
+
+#[test]
+fn a_stale_or_allowlisted_fact_changes_nothing() {
+    let mut p = policy(|c| c.allow = vec!["203.0.113.0/24".parse().unwrap()]);
+    let t = T0;
+    assert_eq!(p.live(t, b"alice", key("192.0.2.1"), t - W - 1, b""), None);
+    assert_eq!(p.live(t, b"alice", key("203.0.113.9"), t, b""), None);
+    assert_eq!(p.tracked(), (0, 0));
+}
+
+#[test]
+fn an_idle_connection_that_resumes_is_the_newcomer() {
+    // Device 1 idle (no fact), device 2 admitted and kept online by its
+    // own live connection; then device 1's old connection carries data
+    // again: device 1 is banned, device 2 named as the origin.
+    let mut p = policy(|_| {});
+    at(&mut p, T0, "alice", "192.0.2.1");
+    at(&mut p, T0 + 20 * S, "alice", "198.51.100.2");
+    let t = T0 + 40 * S;
+    let kept = p.live(t, b"alice", key("198.51.100.2"), t - S, b"in");
+    assert_eq!(kept, Some(Verdict::Admitted(key("198.51.100.2"))));
+    let back = p.live(t, b"alice", key("192.0.2.1"), t - S / 2, b"vless-in");
+    let ban = ban_of(back.unwrap());
+    assert_eq!(ban.key, key("192.0.2.1"));
+    assert_eq!(ban.origins, [key("198.51.100.2")]);
+    assert_eq!(&*ban.tag, b"vless-in");
 }
