@@ -8,6 +8,7 @@
 //! `Enforcer::ban_conn`, one log line. Inside the loop errors are logged
 //! (rate-limited) and counted, never propagated.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::accesslog;
 use crate::audit::AuditLog;
 use crate::clock::{Micros, SECOND};
 use crate::enforce::Enforcer;
+use crate::liveness::kernel::Liveness;
 use crate::logger::{self, RateLimit};
 use crate::policy::skip::Skip;
 use crate::policy::{Ban, Policy, PolicyConfig, Verdict};
@@ -32,6 +34,11 @@ pub struct DaemonStats {
     pub expired: u64,
     pub audit_errors: u64,
     pub wakeups: u64,
+    /// Bans decided by a liveness fact.
+    pub liveness_bans: u64,
+    /// Deferred lines decided by the window rule alone because their
+    /// check ran out of time.
+    pub deferred_timeouts: u64,
     /// `users_refused + keys_refused` of the policy at the last check.
     pub refused_seen: u64,
 }
@@ -42,6 +49,8 @@ pub(super) struct Core {
     pub(super) policy: Policy,
     pub(super) enforcer: Box<dyn Enforcer>,
     pub(super) audit: AuditLog,
+    /// Liveness from the kernel (`None`: the window rule alone).
+    pub(super) live: Option<Liveness>,
     warn: RateLimit<{ Skip::ALL.len() }>,
     audit_warn: RateLimit<1>,
     /// The memory caps (`--max-users`/`--max-keys`) refused state: one
@@ -66,6 +75,7 @@ impl Core {
         config: PolicyConfig,
         mut enforcer: Box<dyn Enforcer>,
         audit: AuditLog,
+        live: Option<Liveness>,
     ) -> Core {
         let mut policy = Policy::new(config);
         let now = monotonic();
@@ -86,6 +96,7 @@ impl Core {
             policy,
             enforcer,
             audit,
+            live,
             warn: RateLimit::new(WARN_PERIOD),
             audit_warn: RateLimit::new(60 * SECOND),
             caps_warn: RateLimit::new(WARN_PERIOD),
@@ -99,14 +110,45 @@ impl Core {
             Ok(a) => a,
             Err(e) => return self.skipped(now, e.into()),
         };
-        match self.policy.observe(now, &access) {
+        if let (Some(live), Some(probe)) = (self.live.as_mut(), self.policy.probe(now, &access)) {
+            let t = &mut live.tracker;
+            if let accesslog::Source::Ip(ip, port) = access.source {
+                let tag = access.inbound.or(access.detour).unwrap_or_default();
+                let limit = self.policy.limit(probe.user);
+                t.record(
+                    now,
+                    probe.user,
+                    probe.key,
+                    SocketAddr::new(ip, port),
+                    tag,
+                    limit,
+                );
+            }
+            // A line of a user whose check is in flight waits behind it (its
+            // verdict may depend on the facts); a newcomer the window rule
+            // would admit waits for a check of the user's other keys.
+            let waits = if t.pending(probe.user) {
+                t.defer(probe.user, line)
+            } else {
+                probe.newcomer && t.check_newcomer(now, probe.user, probe.key, line)
+            };
+            if waits {
+                return;
+            }
+        }
+        self.decide(now, &access);
+    }
+
+    /// The policy's verdict on a parsed line, and what it sets off.
+    fn decide(&mut self, now: Micros, access: &accesslog::Access<'_>) {
+        match self.policy.observe(now, access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
             Verdict::Banned(ban) => {
                 // The line that made the newcomer names its connection: the
                 // enforcer can end that one by exact lookup first.
                 let conn = match access.source {
                     accesslog::Source::Ip(ip, port) if ban.key.contains(ip) => {
-                        Some(std::net::SocketAddr::new(ip, port))
+                        Some(SocketAddr::new(ip, port))
                     }
                     _ => None,
                 };
@@ -115,6 +157,41 @@ impl Core {
             // A refusal at the memory caps is reported as `Admitted`.
             Verdict::Admitted(_) => self.caps(now),
             Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
+        }
+    }
+
+    /// Sends the lookups planned this turn and applies every check that
+    /// finished: its facts first (keys the policy holds as active first,
+    /// so a key that came back is the newcomer; then oldest key first),
+    /// then its waiting lines, in their order.
+    pub(super) fn liveness(&mut self, now: Micros) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.tracker.has_lookups() {
+            live.pump(now);
+        }
+        let resolved = live.tracker.take_resolved();
+        for r in resolved {
+            let mut facts = r.facts;
+            facts.sort_by_key(|f| (!self.policy.is_active(now, &r.user, f.key), f.first, f.key));
+            for f in facts {
+                if let Some(Verdict::Banned(ban)) =
+                    self.policy.live(now, &r.user, f.key, f.at, &f.tag)
+                {
+                    self.stats.liveness_bans += 1;
+                    self.ban(now, &ban, Some(f.peer));
+                }
+            }
+            if r.timed_out {
+                self.stats.deferred_timeouts += r.lines.len() as u64;
+            }
+            for d in r.lines {
+                match accesslog::parse(&d.line) {
+                    Ok(access) => self.decide(now, &access),
+                    Err(e) => self.skipped(now, e.into()),
+                }
+            }
         }
     }
 
@@ -193,10 +270,14 @@ impl Core {
 
     /// The earliest deadline of the policy and the enforcer.
     pub(super) fn next_deadline(&self) -> Option<Micros> {
-        [self.policy.next_deadline(), self.enforcer.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.policy.next_deadline(),
+            self.enforcer.next_deadline(),
+            self.live.as_ref().and_then(|l| l.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the policy's and the enforcer's work whose deadline has passed.
@@ -207,6 +288,11 @@ impl Core {
         }
         if self.enforcer.next_deadline().is_some_and(|d| d <= now) {
             self.enforcer.tick(now);
+        }
+        if let Some(live) = self.live.as_mut() {
+            if live.deadline().is_some_and(|d| d <= now) {
+                live.tick(now);
+            }
         }
     }
 
@@ -277,6 +363,30 @@ impl Core {
             e.set_full,
             s.wakeups,
         );
+        if let Some(live) = self.live.as_ref() {
+            let l = &live.tracker.stats;
+            let (conns, lusers) = live.tracker.tracked();
+            out.push_str(&format!(
+                " attributed={} unattributed={} liveness_checks={} liveness_rechecks={} \
+                 liveness_lookups={} liveness_facts={} liveness_bans={} deferred={} \
+                 deferred_timeouts={} deferred_full={} conns={conns} conn_users={lusers} \
+                 suspects={} conns_gone={} conns_refused={} liveness_errors={}",
+                l.attributed,
+                l.unattributed,
+                l.checks,
+                l.rechecks,
+                l.lookups,
+                l.facts,
+                s.liveness_bans,
+                l.deferred,
+                s.deferred_timeouts,
+                l.deferred_full,
+                live.tracker.suspects(),
+                l.gone,
+                l.refused,
+                live.stats.errors,
+            ));
+        }
         for skip in Skip::ALL {
             let n = s.skipped[skip.index()];
             if n > 0 {

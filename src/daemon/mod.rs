@@ -5,6 +5,7 @@
 //! | [`TAIL`]              | inotify on the access log and its dir    |
 //! | [`TIMER`]             | timerfd (`CLOCK_MONOTONIC`), one-shot    |
 //! | [`SIGNAL`]            | signal-hook self-pipe (`signals.rs`)     |
+//! | [`LIVENESS`]          | sock_diag lookups ([`crate::liveness`])  |
 //! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
 //!
 //! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
@@ -70,6 +71,8 @@ use crate::audit::AuditLog;
 use crate::clock::{Micros, SECOND};
 use crate::config::Config;
 use crate::enforce::Enforcer;
+use crate::liveness::kernel::Liveness;
+use crate::liveness::track::{Locals, Tracker};
 use crate::logger;
 use crate::sys::time::{monotonic, reload_timezone};
 use crate::sys::timerfd::TimerFd;
@@ -82,6 +85,7 @@ use self::signals::Signals;
 pub const TAIL: Token = Token(0);
 pub const TIMER: Token = Token(1);
 pub const SIGNAL: Token = Token(2);
+pub const LIVENESS: Token = Token(3);
 /// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
 pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
@@ -150,7 +154,12 @@ impl Daemon {
             .register(&mut signals.rx, SIGNAL, Interest::READABLE)?;
         enforcer.register(poll.registry(), ENFORCER_FIRST)?;
         let audit = AuditLog::open(&cfg.block_log)?;
-        let core = Core::new(cfg.policy.clone(), enforcer, audit);
+        let mut live = open_liveness(&cfg);
+        if let Some(l) = live.as_mut() {
+            poll.registry()
+                .register(l.socket(), LIVENESS, Interest::READABLE)?;
+        }
+        let core = Core::new(cfg.policy.clone(), enforcer, audit, live);
         Ok(Daemon {
             cfg,
             poll,
@@ -167,8 +176,8 @@ impl Daemon {
     /// systemd). Called once, after [`Daemon::new`] and the privilege drop.
     fn ready(&self, sink: &str) {
         logger::notice(format_args!(
-            "ready: following {} from its {}{}, audit log {}, enforcer {}, logging to {sink}, \
-             refract {}",
+            "ready: following {} from its {}{}, audit log {}, enforcer {}, liveness {}, \
+             logging to {sink}, refract {}",
             self.cfg.access_log.display(),
             if self.cfg.from_start { "start" } else { "end" },
             if self.tail.is_open() {
@@ -178,6 +187,10 @@ impl Daemon {
             },
             self.cfg.block_log.display(),
             self.core.enforcer.name(),
+            match self.core.live.as_ref() {
+                Some(l) => format!("on ({} local addresses)", l.tracker.locals.len()),
+                None => "off".to_string(),
+            },
             env!("CARGO_PKG_VERSION"),
         ));
         self.notify("READY=1");
@@ -213,6 +226,11 @@ impl Daemon {
                         self.drain_timer();
                     }
                     SIGNAL => self.signals.drain(),
+                    LIVENESS => {
+                        if let Some(l) = self.core.live.as_mut() {
+                            l.ready(now);
+                        }
+                    }
                     Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
                         self.core.enforcer.ready(t, now)
                     }
@@ -223,6 +241,7 @@ impl Daemon {
                 self.pump(now);
             }
             self.deadlines(now);
+            self.core.liveness(now);
             self.core.kill_reports();
             if self.signals.term() {
                 self.shutdown();
@@ -322,6 +341,38 @@ impl Daemon {
 
     fn stats_line(&self) -> String {
         self.core.stats_line(self.tail.stats())
+    }
+}
+
+/// The liveness side (see [`crate::liveness`]) when TCP is enforced: the
+/// namespace's addresses and a sock_diag socket. Without them the window
+/// rule decides alone, which is logged.
+fn open_liveness(cfg: &Config) -> Option<Liveness> {
+    if !cfg.protos.tcp || cfg.ports.is_empty() {
+        return None;
+    }
+    let addrs = match crate::sys::ifaddrs::local_addresses() {
+        Ok(a) => a,
+        Err(e) => {
+            logger::error(format_args!(
+                "liveness: cannot list local addresses ({e}); the window rule decides alone"
+            ));
+            return None;
+        }
+    };
+    let locals = Locals::new(&addrs);
+    if locals.is_empty() {
+        logger::warning(format_args!(
+            "liveness: no usable local address; the window rule decides alone"
+        ));
+    }
+    let tracker = Tracker::new(cfg.policy.window, &cfg.ports, locals);
+    match Liveness::open(tracker) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            logger::error(format_args!("{e}; the window rule decides alone"));
+            None
+        }
     }
 }
 

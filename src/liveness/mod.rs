@@ -22,10 +22,12 @@
 //! and leaves nothing in flight; so neither rule 2 nor rule 3 holds, and the
 //! verdict does not depend on where in its 15 s the keepalive is.
 //!
-//! This module holds the rule only. Attributing lines to sockets, asking
-//! the kernel, and deferring a verdict until it answers belong to the loop
-//! and arrive with the liveness work of milestone 2; until then nothing
-//! calls it and the window rule alone decides.
+//! The rule is here; [`track`] attributes lines to connections and plans
+//! the checks, [`kernel`] asks the kernel, and the daemon applies the
+//! facts to the policy (`crate::daemon`).
+
+pub mod kernel;
+pub mod track;
 
 use crate::clock::Micros;
 use crate::nl::diag::TcpInfo;

@@ -529,6 +529,28 @@ impl Policy {
         Verdict::Banned(self.ban(key, name, origins, tag.into(), t))
     }
 
+    /// `user`'s limit (`--limit` or its entry in the limits file).
+    pub fn limit(&self, user: &[u8]) -> usize {
+        limit_of(&self.cfg, user)
+    }
+
+    /// Whether `key` is an active admitted key of `user` at `now` (read
+    /// only; for ordering liveness facts).
+    pub fn is_active(&self, now: Micros, user: &[u8], key: Key) -> bool {
+        let t = now.saturating_add(self.offset).max(self.clock);
+        let Some(&slot) = self.users.get(user) else {
+            return false;
+        };
+        let u = self.slots[slot as usize]
+            .user
+            .as_ref()
+            .expect("indexed slots hold a user");
+        u.entries
+            .as_slice()
+            .iter()
+            .any(|e| e.key == key && !e.candidate && end_of(e, self.cfg.window, &self.bans) >= t)
+    }
+
     /// Records a ban that already exists (read back from the kernel at
     /// startup), so its key is ignored until `until` (caller's clock).
     pub fn restore_ban(&mut self, key: Key, until: Micros) {

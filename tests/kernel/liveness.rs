@@ -18,7 +18,11 @@ use refract::nl::consts::NETLINK_SOCK_DIAG;
 use refract::nl::diag::{self, DumpRequest, Remote, TcpInfo, WITH_TCP_INFO};
 use refract::nl::socket::NlSocket;
 
-use crate::support::netns::Netns;
+use refract::liveness::kernel::Liveness;
+use refract::liveness::track::{Locals, Tracker};
+use refract::sys::time::monotonic;
+
+use crate::support::netns::{veth, Netns};
 use crate::support::PROMPT;
 
 const AF_INET: u8 = libc::AF_INET as u8;
@@ -125,4 +129,92 @@ fn tcp_info_is_what_ss_reads_and_judges_a_download() {
     let (used, _) = in_use(Some(first), SECOND / 10, &busy, w);
     assert!(used, "a download judged idle: {busy:?}");
     drop((server, client));
+}
+
+/// Attribution and lookups end to end against the kernel: a node with a
+/// dual-stack listener on [::]:443 and clients in another namespace over
+/// IPv4 (seen on the node as `::ffff:` sockets) and IPv6. One user's
+/// connections on three keys are recorded like log lines; a newcomer check
+/// sends exact lookups (no dump) on the node's own sock_diag socket and
+/// must come back with exactly one fact (the IPv4 client that just sent
+/// data), keep the idle IPv6 connection without a fact, and forget the
+/// connection that was closed.
+#[test]
+fn exact_lookups_attribute_lines_and_find_what_is_in_use() {
+    let Some(node) = Netns::new("livenode") else {
+        return;
+    };
+    let Some(client) = Netns::new("liveclient") else {
+        return;
+    };
+    veth(
+        &node,
+        "c0",
+        &["192.0.2.1/24", "2001:db8::1/64"],
+        &client,
+        "n0",
+        &["192.0.2.2/24", "2001:db8::2/64"],
+    );
+    let listener = node.in_netns(|| std::net::TcpListener::bind("[::]:443").unwrap());
+    let connect = |addr: &str| {
+        let c = client.in_netns(|| TcpStream::connect(addr).unwrap());
+        let (s, peer) = listener.accept().unwrap();
+        (c, s, peer)
+    };
+    let (mut busy_c, _busy_s, busy_peer) = connect("192.0.2.1:443");
+    let (_idle_c, _idle_s, idle_peer) = connect("[2001:db8::1]:443");
+    let (closed_c, closed_s, closed_peer) = connect("192.0.2.1:443");
+    drop((closed_c, closed_s));
+    // The node's view: an IPv4 client of a dual-stack listener is mapped.
+    assert!(
+        busy_peer.ip().to_string().starts_with("::ffff:"),
+        "{busy_peer}"
+    );
+    let window = SECOND;
+    // Let the idle connection be idle for longer than the window, then the
+    // busy one send data.
+    std::thread::sleep(Duration::from_millis(1_300));
+    busy_c.write_all(b"hello").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let (resolved, tracked, stats) = node.in_netns(|| {
+        let addrs = refract::sys::ifaddrs::local_addresses().unwrap();
+        let locals = Locals::new(&addrs);
+        assert_eq!(locals.len(), 2, "{addrs:?}");
+        let mut live = Liveness::open(Tracker::new(window, &[443], locals)).unwrap();
+        let now = monotonic();
+        let key = |p: std::net::SocketAddr| Key::new(p.ip(), 64);
+        for p in [busy_peer, idle_peer, closed_peer] {
+            live.tracker.record(now, b"alice", key(p), p, b"in", 1);
+        }
+        let newcomer: std::net::SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        live.tracker
+            .record(now, b"alice", key(newcomer), newcomer, b"in", 1);
+        assert!(live
+            .tracker
+            .check_newcomer(now, b"alice", key(newcomer), b"line"));
+        live.pump(now);
+        // The kernel answers inside sendmsg; read until resolved (bounded).
+        let mut resolved = live.tracker.take_resolved();
+        let deadline = std::time::Instant::now() + PROMPT;
+        while resolved.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            live.ready(monotonic());
+            resolved = live.tracker.take_resolved();
+        }
+        (resolved, live.tracker.tracked(), live.tracker.stats.clone())
+    });
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    let r = &resolved[0];
+    assert!(!r.timed_out, "{r:?}");
+    let facts: Vec<Key> = r.facts.iter().map(|f| f.key).collect();
+    assert_eq!(facts, [Key::new(busy_peer.ip(), 64)], "{r:?}");
+    assert_eq!(r.lines.len(), 1);
+    // The busy and the idle connection and the newcomer's are kept; the
+    // closed one is gone (its port answered ENOENT, or TIME_WAIT).
+    assert_eq!(tracked, (3, 1), "{stats:?}");
+    assert_eq!(stats.gone, 1, "{stats:?}");
+    // Two local addresses, one per family: one lookup per connection.
+    assert_eq!(stats.lookups, 3, "{stats:?}");
+    eprintln!("liveness stats: {stats:?}");
 }
