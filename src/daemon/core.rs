@@ -244,6 +244,9 @@ impl Core {
 
     fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>) {
         self.stats.bans += 1;
+        if let Some(live) = self.live.as_mut() {
+            live.tracker.banned(now, &ban.user, ban.key);
+        }
         if let Err(e) = self.audit.write(ban) {
             self.stats.audit_errors += 1;
             // A full disk fails every ban: one message per period.

@@ -17,7 +17,7 @@
 //!   tracked connections on more keys than its limit: the case with no new
 //!   line), every [`recheck_period`] while such a user exists and never
 //!   otherwise; a *prune* re-reads everything once the table is full (at
-//!   most once per [`PRUNE_EVERY`]). A check resolves when every lookup is
+//!   most [`PRUNE_USERS`] users once per [`PRUNE_EVERY`]). A check resolves when every lookup is
 //!   answered or at its deadline ([`CHECK_DEADLINE`]); then the daemon
 //!   applies its facts and decides its lines.
 //! - **Answers**: a lookup finds an ESTABLISHED socket with its
@@ -45,7 +45,7 @@ pub const MAX_PER_KEY: usize = 16;
 /// Keys with connections kept per user.
 pub const MAX_KEYS: usize = 8;
 /// Connections kept in all.
-pub const MAX_CONNS: usize = 16_384;
+pub const MAX_CONNS: usize = 8192;
 /// Lines waiting for checks, in all; beyond it a line is decided at once
 /// by the window rule (counted).
 pub const MAX_DEFERRED: usize = 4096;
@@ -53,7 +53,15 @@ pub const MAX_DEFERRED: usize = 4096;
 /// inside `sendmsg`, so this only matters when it cannot answer at all.
 pub const CHECK_DEADLINE: Micros = 50_000;
 /// Least time between two prunes of a full table.
-pub const PRUNE_EVERY: Micros = 10 * SECOND;
+pub const PRUNE_EVERY: Micros = SECOND;
+/// Users one prune looks up (the next ones in the table's order each time,
+/// so a full table is read in slices, never in one burst).
+pub const PRUNE_USERS: usize = 1024;
+/// Most lookups one round of re-checks sends; with more suspects than
+/// that, the next round goes on from where this one stopped (so a
+/// resumed connection is seen within a period as long as the suspects'
+/// connections fit, and within a few periods beyond).
+pub const RECHECK_LOOKUPS: usize = 4096;
 /// Local addresses kept per family.
 pub const MAX_LOCALS: usize = 16;
 
@@ -263,6 +271,10 @@ pub struct Tracker {
     suspects: Set<Arc<[u8]>>,
     next_recheck: Option<Micros>,
     last_prune: Option<Micros>,
+    /// Where in the table's order the next prune starts.
+    prune_at: usize,
+    /// Where in the suspects' order the next re-check round starts.
+    recheck_at: usize,
     checks: Map<u32, Check>,
     next_check: u32,
     deferred: usize,
@@ -290,6 +302,8 @@ impl Tracker {
             suspects: Set::default(),
             next_recheck: None,
             last_prune: None,
+            prune_at: 0,
+            recheck_at: 0,
             checks: Map::default(),
             next_check: 0,
             deferred: 0,
@@ -335,7 +349,13 @@ impl Tracker {
                 self.full(now);
                 return;
             }
-            self.users.insert(user.into(), UserConns::default());
+            // Most users have one key and one connection: exact capacity
+            // (a Vec's first growth would make room for four).
+            let u = UserConns {
+                keys: Vec::with_capacity(1),
+                ..UserConns::default()
+            };
+            self.users.insert(user.into(), u);
         }
         let u = self.users.get_mut(user).expect("inserted above");
         u.limit = limit.max(1);
@@ -349,7 +369,7 @@ impl Tracker {
             None => {
                 u.keys.push(KeyConns {
                     key,
-                    conns: Vec::new(),
+                    conns: Vec::with_capacity(1),
                     tag: Box::default(),
                     first: now,
                 });
@@ -393,8 +413,8 @@ impl Tracker {
     }
 
     /// The table is full: the connection is not tracked; once per
-    /// [`PRUNE_EVERY`] every user's connections are looked up, so the
-    /// gone ones make room.
+    /// [`PRUNE_EVERY`] the next [`PRUNE_USERS`] users' connections are
+    /// looked up, so the gone ones make room.
     fn full(&mut self, now: Micros) {
         self.stats.refused += 1;
         self.stats.unattributed += 1;
@@ -406,12 +426,18 @@ impl Tracker {
         }
         self.last_prune = Some(now);
         self.stats.prunes += 1;
+        if self.prune_at >= self.users.len() {
+            self.prune_at = 0;
+        }
         let users: Vec<Arc<[u8]>> = self
             .users
             .iter()
+            .skip(self.prune_at)
+            .take(PRUNE_USERS)
             .filter(|(_, u)| u.check.is_none())
             .map(|(n, _)| n.clone())
             .collect();
+        self.prune_at += PRUNE_USERS;
         for user in users {
             self.start(now, &user, None, None);
         }
@@ -603,12 +629,34 @@ impl Tracker {
             self.resolve(id, now, true);
         }
         if self.next_recheck.is_some_and(|d| d <= now) {
-            let due: Vec<Arc<[u8]>> = self
-                .suspects
-                .iter()
-                .filter(|s| self.users.get(&***s).is_some_and(|u| u.check.is_none()))
-                .cloned()
-                .collect();
+            if self.recheck_at >= self.suspects.len() {
+                self.recheck_at = 0;
+            }
+            let mut budget = RECHECK_LOOKUPS;
+            let mut due: Vec<Arc<[u8]>> = Vec::new();
+            let mut taken = 0;
+            for name in self.suspects.iter().skip(self.recheck_at) {
+                taken += 1;
+                let Some(u) = self.users.get(name) else {
+                    continue;
+                };
+                if u.check.is_some() {
+                    continue;
+                }
+                let cost: usize = u
+                    .keys
+                    .iter()
+                    .flat_map(|k| &k.conns)
+                    .map(|c| self.locals.for_peer(c.peer).len() * self.ports.len())
+                    .sum();
+                if cost > budget && !due.is_empty() {
+                    taken -= 1;
+                    break;
+                }
+                budget = budget.saturating_sub(cost);
+                due.push(name.clone());
+            }
+            self.recheck_at += taken;
             for user in due {
                 self.stats.rechecks += 1;
                 self.start(now, &user, None, None);
@@ -616,6 +664,22 @@ impl Tracker {
             self.next_recheck = (!self.suspects.is_empty())
                 .then(|| now.saturating_add(recheck_period(self.window)));
         }
+    }
+
+    /// `key` was banned for `user`: its connections are being killed and
+    /// it counts for nobody, so they are forgotten.
+    pub fn banned(&mut self, now: Micros, user: &[u8], key: Key) {
+        let Some(u) = self.users.get_mut(user) else {
+            return;
+        };
+        if let Some(i) = u.keys.iter().position(|k| k.key == key) {
+            let kc = u.keys.swap_remove(i);
+            self.conns -= kc.conns.len();
+        }
+        if u.keys.is_empty() && u.check.is_none() {
+            self.users.remove(user);
+        }
+        self.suspect(now, user);
     }
 
     /// Checks finished since the last call, in the order they finished.
