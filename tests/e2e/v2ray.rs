@@ -69,6 +69,15 @@ const BAN_WITHIN: Duration = Duration::from_secs(3);
 /// until curl's --max-time (exit 28, which is checked apart).
 const CUT_WITHIN: Duration = PROMPT;
 
+/// refract 0.2's `--window` (and still the default), which the liveness
+/// scenarios run with: they pass no policy flag, as a new user would.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(5);
+
+/// How long a liveness ban of a newcomer may take, its request → its
+/// address in the set: issue 11's "banned within 2 s". The kernel lookup
+/// takes milliseconds (printed).
+const LIVE_BAN_WITHIN: Duration = Duration::from_secs(2);
+
 fn skip_reason() -> Option<String> {
     if !is_root() {
         return Some("needs root (network namespaces, ipset, iptables)".into());
@@ -381,6 +390,9 @@ struct Sandbox {
     others: Vec<Netns>,
     /// refract's `$NOTIFY_SOCKET`, read for its whole life.
     notify: Option<Notify>,
+    /// The policy flags refract runs with (`--window`/`--timeout`, or none
+    /// for refract 0.2's defaults), which [`Sandbox::replay`] repeats.
+    policy: Vec<String>,
 }
 
 impl Sandbox {
@@ -401,6 +413,7 @@ impl Sandbox {
             node: new_ns(&format!("e2e-{word}-node")),
             others: vec![new_ns(&format!("e2e-{word}-web"))],
             notify: None,
+            policy: Vec::new(),
         };
         let (node, web) = (&sb.node, &sb.others[0]);
         veth(
@@ -536,10 +549,26 @@ impl Sandbox {
         assert!(web_up.is_some(), "web server does not answer from node");
     }
 
-    /// Starts refract in node the way the service unit does (refract 0.2's
-    /// spellings, Type=notify), kernel enforcement on, and waits for its
-    /// READY=1.
+    /// Starts refract in node with the short [`WINDOW`] and [`TIMEOUT`]
+    /// (see [`Sandbox::launch_refract`]).
     fn start_refract(&mut self, extra: &[&str]) {
+        let policy = vec![
+            format!("--window={}s", WINDOW.as_secs()),
+            format!("--timeout={}s", TIMEOUT.as_secs()),
+        ];
+        self.launch_refract(policy, extra);
+    }
+
+    /// Starts refract in node with no `--window`/`--timeout`: refract 0.2's
+    /// defaults ([`DEFAULT_WINDOW`], one minute), as a new user runs it.
+    fn start_refract_defaults(&mut self, extra: &[&str]) {
+        self.launch_refract(Vec::new(), extra);
+    }
+
+    /// Starts refract in node the way the service unit does (refract 0.2's
+    /// spellings, Type=notify), kernel enforcement on, with the `policy`
+    /// flags and `extra`, and waits for its READY=1.
+    fn launch_refract(&mut self, policy: Vec<String>, extra: &[&str]) {
         // v2ray creates the access log on its first line; refract starts
         // at the end of an existing file, so create it empty first: every
         // line the test causes is then after refract's starting offset.
@@ -548,12 +577,12 @@ impl Sandbox {
         cmd.args([
             "--proto=tcp".to_string(),
             "--dport=443".to_string(),
-            format!("--window={}s", WINDOW.as_secs()),
-            format!("--timeout={}s", TIMEOUT.as_secs()),
             format!("--access.log={}", self.access_log().display()),
             format!("--block.log={}", self.block_log().display()),
         ]);
+        cmd.args(&policy);
         cmd.args(extra);
+        self.policy = policy;
         // The daemon under test reads only its flags: keep the caller's
         // REFRACT_* variables out of it. Its messages go to its stderr
         // file, not to the host's syslog.
@@ -662,6 +691,39 @@ impl Sandbox {
         })
     }
 
+    /// `c`'s connections as node's kernel sees them: one line per
+    /// ESTABLISHED socket on node:443 whose peer is `c` (`ss -o` timers,
+    /// `-i` tcp_info folded into the same line).
+    fn established(&self, c: &Client) -> Vec<String> {
+        let dst = match c.addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let out = must(in_ns(&self.node(), "ss").args([
+            "-Htnoi",
+            "state",
+            "established",
+            "dst",
+            &dst,
+            "and",
+            "sport",
+            "=",
+            ":443",
+        ]));
+        let mut sockets: Vec<String> = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // ss prints each socket's tcp_info on an indented next line.
+            match sockets.last_mut() {
+                Some(last) if line.starts_with(char::is_whitespace) => {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+                _ => sockets.push(line.trim().to_string()),
+            }
+        }
+        sockets
+    }
+
     /// A raw TCP connect from `c` to node:443 (past its V2Ray client).
     /// Returns curl's exit code: 28 when the SYN is dropped (timeout).
     fn raw_connect(&self, c: &Client) -> i32 {
@@ -681,13 +743,14 @@ impl Sandbox {
     }
 
     /// What `refract replay` makes of the access log V2Ray wrote during
-    /// the scenario, with the same policy flags: its audit lines.
+    /// the scenario, with the same policy flags: its audit lines. Replay
+    /// has no kernel: it keeps the window rule, so it agrees with the
+    /// daemon only where liveness decided nothing.
     fn replay(&self, extra: &[&str]) -> Vec<String> {
         let out = must(
             Command::new(BIN)
                 .arg("replay")
-                .arg(format!("--window={}s", WINDOW.as_secs()))
-                .arg(format!("--timeout={}s", TIMEOUT.as_secs()))
+                .args(&self.policy)
                 .args(extra)
                 .arg(self.access_log()),
         );
@@ -1041,4 +1104,107 @@ fn confirm_spares_a_switching_device() {
     let replayed = sb.replay(&["--confirm"]);
     assert_eq!(replayed.len(), 1, "replay of the real log: {replayed:?}");
     assert!(replayed[0].contains(&format!("from {} w/ origin {}", a1.addr, a2.addr)));
+}
+
+/// Issue 11, first "Done when": alice's first device holds one long
+/// download (one log line, then silence); after more than three windows of
+/// log silence for alice her second device connects and is banned within
+/// [`LIVE_BAN_WITHIN`] of its request, its transfer broken; the first
+/// device's download completes intact; bob never notices. refract 0.2's
+/// default flags. Under the window rule alone a2 was admitted every time
+/// (a1's only line is 16 s old): so replay, which has no kernel, bans
+/// nobody here.
+#[test]
+fn liveness_bans_a_second_device_while_the_first_downloads() {
+    skip_unless_sandbox!();
+    let mut sb = Sandbox::new("live");
+    let a1 = sb.add_client("a1", ALICE_ID, Net::V4(1));
+    let a2 = sb.add_client("a2", ALICE_ID, Net::V4(2));
+    let b1 = sb.add_client("b1", BOB_ID, Net::V4(11));
+    sb.start_proxy();
+    sb.start_refract_defaults(&[]);
+
+    let bob = Prober::start(&sb.node(), &[&a1, &b1], Some(&b1));
+    let d1 = fetch(&a1, "/slow/30", 40.0);
+    let silence = 3 * DEFAULT_WINDOW + Duration::from_millis(1500);
+    sleep_ms(silence.as_millis() as u64);
+    let a1_lines = sb.access_lines(a1.addr);
+    assert_eq!(
+        a1_lines.len(),
+        1,
+        "a1's download, logged once: {a1_lines:?}"
+    );
+    let alice_lines = fs::read_to_string(sb.access_log())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with(&format!("email: {ALICE}")))
+        .count();
+    assert_eq!(alice_lines, 1, "alice's log was not silent");
+    assert!(!sb.banned(&a1), "a1 banned alone");
+
+    let d2 = fetch(&a2, "/slow/10", 15.0);
+    let silent_for = since(d1.started, d2.started);
+    let banned_at = sb
+        .wait_banned(&a2, true, LIVE_BAN_WITHIN)
+        .unwrap_or_else(|| {
+            panic!(
+                "a2 not banned within {LIVE_BAN_WITHIN:?} of its request while a1's download \
+             flowed (alice's log silent for {silent_for:?}); a1 on node: {:?}",
+                sb.established(&a1)
+            )
+        });
+    let latency = since(d2.started, banned_at);
+    eprintln!("a2 after {silent_for:?} of alice's silence: request -> in {SET4}: {latency:?}");
+    assert!(
+        latency <= LIVE_BAN_WITHIN,
+        "a2 banned only after {latency:?}"
+    );
+    let audit = sb.audit_line(&[
+        &format!(
+            "disallowed concurrent connection from {} w/ origin {}",
+            a2.addr, a1.addr
+        ),
+        &format!("email: {ALICE}"),
+    ]);
+    eprintln!("audit: {audit}");
+
+    // a2's transfer is broken by the kill, not stalled by the DROP (28).
+    let cut = d2.wait(Duration::from_secs(20));
+    let after = since(banned_at, cut.ended);
+    eprintln!("a2's transfer: {cut:?}, ended {after:?} after the ban");
+    assert!(
+        !cut.ok() && cut.code != 28,
+        "a2's transfer was not cut: {cut:?}"
+    );
+    assert!(cut.bytes < slow_bytes(10), "a2 got the whole body: {cut:?}");
+    assert!(
+        after < CUT_WITHIN,
+        "a2's transfer ended only {after:?} after the ban"
+    );
+
+    let whole = d1.wait(Duration::from_secs(30));
+    assert!(whole.ok(), "a1's download broke: {whole:?}");
+    assert_eq!(whole.bytes, slow_bytes(30), "a1's download: {whole:?}");
+
+    let probe = bob.finish();
+    assert!(
+        probe.banned.is_empty(),
+        "banned while they should not be: {:?}",
+        probe.banned
+    );
+    let failed: Vec<&Fetch> = probe.fetches.iter().filter(|f| !f.ok()).collect();
+    assert!(failed.is_empty(), "bob's fetches failed: {failed:?}");
+    assert!(
+        probe.fetches.len() >= 10,
+        "bob made only {} fetches",
+        probe.fetches.len()
+    );
+
+    eprintln!("refract at exit: {}", sb.stop_refract());
+
+    let replayed = sb.replay(&[]);
+    assert!(
+        replayed.is_empty(),
+        "replay (window rule, no kernel) of a log with {silent_for:?} of silence: {replayed:?}"
+    );
 }
