@@ -724,6 +724,14 @@ impl Sandbox {
         sockets
     }
 
+    /// `c`'s network vanishes without a FIN: its only link goes down inside
+    /// its own namespace (node's end loses carrier, its bridge port stops
+    /// forwarding). Neither side closes or resets anything: node's socket
+    /// stays ESTABLISHED and retransmits into nothing.
+    fn vanish(&self, c: &Client) {
+        must(in_ns(&c.ns, "ip").args(["link", "set", "eth0", "down"]));
+    }
+
     /// A raw TCP connect from `c` to node:443 (past its V2Ray client).
     /// Returns curl's exit code: 28 when the SYN is dropped (timeout).
     fn raw_connect(&self, c: &Client) -> i32 {
@@ -1106,6 +1114,14 @@ fn confirm_spares_a_switching_device() {
     assert!(replayed[0].contains(&format!("from {} w/ origin {}", a1.addr, a2.addr)));
 }
 
+/// The number after `key` (e.g. `lastack:`) in one of [`Sandbox::established`]'s
+/// lines: ss prints tcp_info's times in milliseconds.
+fn ss_field(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// Issue 11, first "Done when": alice's first device holds one long
 /// download (one log line, then silence); after more than three windows of
 /// log silence for alice her second device connects and is banned within
@@ -1207,4 +1223,72 @@ fn liveness_bans_a_second_device_while_the_first_downloads() {
         replayed.is_empty(),
         "replay (window rule, no kernel) of a log with {silent_for:?} of silence: {replayed:?}"
     );
+}
+
+/// Issue 11, second "Done when": alice's first device downloads, and
+/// mid-transfer its network vanishes without a FIN (WiFi gone); node's
+/// kernel still holds its socket ESTABLISHED, retransmitting into nothing,
+/// which the test shows. More than a window later her second device (LTE)
+/// connects: not banned, no audit line, its transfer completes. refract
+/// 0.2's default flags.
+#[test]
+fn liveness_spares_a_device_whose_old_network_vanished() {
+    skip_unless_sandbox!();
+    let mut sb = Sandbox::new("vanish");
+    let a1 = sb.add_client("a1", ALICE_ID, Net::V4(1));
+    let a2 = sb.add_client("a2", ALICE_ID, Net::V4(2));
+    sb.start_proxy();
+    sb.start_refract_defaults(&[]);
+
+    let d1 = fetch(&a1, "/slow/30", 40.0);
+    sleep_ms(3000);
+    let flowing = sb.established(&a1);
+    assert_eq!(flowing.len(), 1, "a1's download on node: {flowing:?}");
+    sb.vanish(&a1);
+    let vanished = Instant::now();
+
+    sleep_ms((DEFAULT_WINDOW + Duration::from_secs(3)).as_millis() as u64);
+    // The witness from node's kernel: the socket is still there, and the
+    // client has sent it nothing (no data, no ACK) since the vanish.
+    let held = sb.established(&a1);
+    let gone_for = since(vanished, Instant::now());
+    eprintln!("a1 on node {gone_for:?} after its network vanished: {held:?}");
+    assert_eq!(
+        held.len(),
+        1,
+        "a1's socket is not ESTABLISHED on node: {held:?}"
+    );
+    for key in ["lastrcv:", "lastack:"] {
+        let ms = ss_field(&held[0], key)
+            .unwrap_or_else(|| panic!("no {key} in ss's line for a1: {held:?}"));
+        assert!(
+            Duration::from_millis(ms) > DEFAULT_WINDOW,
+            "a1's socket on node heard from its client {ms} ms ago ({key}): {held:?}"
+        );
+    }
+
+    let watch = Prober::start(&sb.node(), &[&a1, &a2], None);
+    let d2 = fetch(&a2, "/slow/6", 15.0);
+    let f = d2.wait(Duration::from_secs(15));
+    assert!(
+        f.ok() && f.bytes == slow_bytes(6),
+        "a2's download after a1 vanished: {f:?}"
+    );
+    sleep_ms(1000);
+    let probe = watch.finish();
+    assert!(
+        probe.banned.is_empty(),
+        "banned after a1's network vanished: {:?}",
+        probe.banned
+    );
+    assert!(probe.rounds >= 10, "watched only {} rounds", probe.rounds);
+    let audit = fs::read_to_string(sb.block_log()).unwrap_or_default();
+    assert!(audit.trim().is_empty(), "audit lines: {audit}");
+    eprintln!("a1 on node at the end: {:?}", sb.established(&a1));
+    drop(d1);
+
+    eprintln!("refract at exit: {}", sb.stop_refract());
+
+    let replayed = sb.replay(&[]);
+    assert!(replayed.is_empty(), "replay of the real log: {replayed:?}");
 }
