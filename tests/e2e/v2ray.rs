@@ -17,11 +17,22 @@
 //! node), the audit log, and what the clients see (curl's exit code and
 //! byte count).
 //!
-//! Every namespace name carries the pid and the scenario, so the three
-//! scenarios run in parallel and never meet anyone else's test. (libtest
-//! starts them in name order: the longest, `ban_…` at about 22 s, goes
-//! first so that on two test threads the other two fit beside it.) Without
-//! root or without one of the tools, each test prints why and skips.
+//! Online means in use (issue 11): a key counts for its user while its last
+//! line is within `--window` or one of its connections is in use in the
+//! kernel's eyes (client data, or ACKs of new data, within the window).
+//! The first three scenarios run with a short `--window`/`--timeout` and
+//! hold under the window rule and under liveness alike, so `refract
+//! replay` of their log agrees with the daemon. The three `liveness_…`
+//! scenarios run with refract 0.2's default flags and need the kernel:
+//! replay keeps the window rule and bans nobody there, which they check.
+//! Witnesses of the kernel's side come from `ss -tnoi` inside node: the
+//! socket of a vanished client still ESTABLISHED, an idle one's keepalive.
+//!
+//! Every namespace name carries the pid and the scenario, so the six
+//! scenarios run in parallel and never meet anyone else's test. They take
+//! 10–36 s each, mostly sleeping: about a minute in all on two threads.
+//! Without root or without one of the tools, each test prints why and
+//! skips.
 
 use std::fs;
 use std::io::Read;
@@ -77,6 +88,13 @@ const DEFAULT_WINDOW: Duration = Duration::from_secs(5);
 /// address in the set: issue 11's "banned within 2 s". The kernel lookup
 /// takes milliseconds (printed).
 const LIVE_BAN_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long a ban found with no new line may take, the resume of an idle
+/// connection → its address in the set. The README states 2 s; 1 s more
+/// here because the resume is estimated from the client's side (request
+/// start + the server's pause schedule), which counts the request's setup
+/// through two V2Ray hops as part of the latency.
+const RESUME_BAN_WITHIN: Duration = Duration::from_secs(3);
 
 fn skip_reason() -> Option<String> {
     if !is_root() {
@@ -1286,6 +1304,124 @@ fn liveness_spares_a_device_whose_old_network_vanished() {
     assert!(audit.trim().is_empty(), "audit lines: {audit}");
     eprintln!("a1 on node at the end: {:?}", sb.established(&a1));
     drop(d1);
+
+    eprintln!("refract at exit: {}", sb.stop_refract());
+
+    let replayed = sb.replay(&[]);
+    assert!(replayed.is_empty(), "replay of the real log: {replayed:?}");
+}
+
+/// Issue 11, the case with no new line: alice's first device pauses mid-
+/// download, idle long enough for Go's 15 s TCP keepalive to probe it
+/// (keepalive alone is no use); her second device connects while the first
+/// is idle and is admitted; when the first device's transfer resumes, two
+/// devices are in use at once and the one that became active again (a1)
+/// is banned within [`RESUME_BAN_WITHIN`], origin a2, its transfer broken;
+/// a2's completes intact. refract 0.2's default flags. Replay sees only
+/// the two lines, 9 s apart, and bans nobody.
+#[test]
+fn liveness_bans_when_an_idle_connection_resumes() {
+    const BEFORE: u64 = 2;
+    const IDLE: u64 = 25;
+    const AFTER: u64 = 10;
+    skip_unless_sandbox!();
+    let mut sb = Sandbox::new("resume");
+    let a1 = sb.add_client("a1", ALICE_ID, Net::V4(1));
+    let a2 = sb.add_client("a2", ALICE_ID, Net::V4(2));
+    sb.start_proxy();
+    sb.start_refract_defaults(&[]);
+
+    let d1 = fetch(&a1, &format!("/pause/{BEFORE}/{IDLE}/{AFTER}"), 60.0);
+    // When the server resumes, at the earliest: the request reaches it
+    // after d1.started.
+    let resume = d1.started + Duration::from_secs(BEFORE + IDLE);
+    let a2_at = d1.started + Duration::from_secs(BEFORE) + DEFAULT_WINDOW + Duration::from_secs(2);
+    thread::sleep(a2_at.saturating_duration_since(Instant::now()));
+    let idle = sb.established(&a1);
+    eprintln!("a1 on node, idle: {idle:?}");
+    assert_eq!(idle.len(), 1, "a1's paused download on node: {idle:?}");
+    // The idle socket is probed by Go's keepalive (V2Ray sets it on its
+    // inbound sockets): the scenario spans a probe and its answer.
+    assert!(
+        idle[0].contains("timer:(keepalive"),
+        "no keepalive timer on a1's socket: {idle:?}"
+    );
+
+    let watch = Prober::start(&sb.node(), &[&a1, &a2], None);
+    let d2 = fetch(&a2, "/slow/25", 35.0);
+    sleep_ms((LIVE_BAN_WITHIN + Duration::from_secs(1)).as_millis() as u64);
+    assert!(
+        !sb.banned(&a2) && !sb.banned(&a1),
+        "a ban while a1 was idle"
+    );
+    // Just before the resume: node's kernel saw an ACK after the last data
+    // it sent, i.e. a keepalive probe and its answer (a probe carries no
+    // data, so it leaves `lastsnd` alone). That answer must not count as use.
+    thread::sleep((resume - Duration::from_millis(1500)).saturating_duration_since(Instant::now()));
+    let probed = sb.established(&a1);
+    eprintln!("a1 on node, before the resume: {probed:?}");
+    assert_eq!(probed.len(), 1, "a1's paused download on node: {probed:?}");
+    let (sent, acked) = (
+        ss_field(&probed[0], "lastsnd:"),
+        ss_field(&probed[0], "lastack:"),
+    );
+    assert!(
+        matches!((sent, acked), (Some(s), Some(a)) if a + 1000 < s),
+        "no keepalive answer on a1's idle socket: {probed:?}"
+    );
+    thread::sleep(resume.saturating_duration_since(Instant::now()));
+    let probe = watch.finish();
+    assert!(
+        probe.banned.is_empty(),
+        "banned before a1's transfer resumed (a keepalive counted as use?): {:?}",
+        probe.banned
+    );
+    assert!(probe.rounds >= 10, "watched only {} rounds", probe.rounds);
+
+    let banned_at = sb
+        .wait_banned(&a1, true, RESUME_BAN_WITHIN)
+        .unwrap_or_else(|| {
+            panic!(
+                "a1 not banned within {RESUME_BAN_WITHIN:?} of its resume while a2 downloads; \
+                 a1 on node: {:?}",
+                sb.established(&a1)
+            )
+        });
+    let latency = since(resume, banned_at);
+    eprintln!("a1: resume -> in {SET4}: {latency:?}");
+    assert!(
+        latency <= RESUME_BAN_WITHIN,
+        "a1 banned only after {latency:?}"
+    );
+    let audit = sb.audit_line(&[
+        &format!(
+            "disallowed concurrent connection from {} w/ origin {}",
+            a1.addr, a2.addr
+        ),
+        &format!("email: {ALICE}"),
+    ]);
+    eprintln!("audit: {audit}");
+
+    let cut = d1.wait(Duration::from_secs(30));
+    let after = since(banned_at, cut.ended);
+    eprintln!("a1's transfer: {cut:?}, ended {after:?} after the ban");
+    assert!(
+        !cut.ok() && cut.code != 28,
+        "a1's transfer was not cut: {cut:?}"
+    );
+    assert!(
+        cut.bytes >= slow_bytes(BEFORE) && cut.bytes < pause_bytes(BEFORE, AFTER),
+        "a1's transfer: {cut:?}"
+    );
+    assert!(
+        after < CUT_WITHIN,
+        "a1's transfer ended only {after:?} after the ban"
+    );
+
+    let whole = d2.wait(Duration::from_secs(30));
+    assert!(whole.ok(), "a2's download broke: {whole:?}");
+    assert_eq!(whole.bytes, slow_bytes(25), "a2's download: {whole:?}");
+    assert!(!sb.banned(&a2), "a2 banned too");
 
     eprintln!("refract at exit: {}", sb.stop_refract());
 
