@@ -30,7 +30,7 @@
 //!
 //! Every namespace name carries the pid and the scenario, so the six
 //! scenarios run in parallel and never meet anyone else's test. They take
-//! 10–36 s each, mostly sleeping: about a minute in all on two threads.
+//! 10–36 s each, mostly sleeping: about 70 s in all on two test threads.
 //! Without root or without one of the tools, each test prints why and
 //! skips.
 
