@@ -62,9 +62,11 @@ const NODE_V4: &str = "198.51.100.254";
 const SET4: &str = "refract_banned_users";
 const SET6: &str = "refract_banned_users6";
 
-/// The daemon's policy settings for every scenario: short, so the whole
-/// file runs in well under a minute, and far apart enough that one
-/// scheduling hiccup on a loaded machine does not move a verdict.
+/// The daemon's policy settings for the scenarios that pass them
+/// ([`Sandbox::start_refract`]; the `liveness_…` ones run with the
+/// defaults): a short timeout, so the ban's lift fits in the run, and far
+/// apart enough that one scheduling hiccup on a loaded machine does not
+/// move a verdict.
 const WINDOW: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(8);
 
