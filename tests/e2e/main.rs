@@ -6,7 +6,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-/// Three scenarios with real clients: a second device banned, cut and
-/// let back in; `--limit 2` banning a third (IPv6) device; `--confirm`
-/// sparing a device that switches address.
+/// Six scenarios with real clients: a second device banned, cut and let
+/// back in; `--limit 2` banning a third (IPv6) device; `--confirm` sparing
+/// a device that switches address; and liveness (refract 0.2's default
+/// flags): a second device banned while the first downloads in log
+/// silence, a device whose old network vanished spared, an idle connection
+/// that resumes banned.
 mod v2ray;
