@@ -246,6 +246,7 @@ mod tests {
         let mut info = vec![0u8; 232];
         info[0] = state; // tcpi_state
         info[24..28].copy_from_slice(&7u32.to_ne_bytes()); // tcpi_unacked
+        info[44..48].copy_from_slice(&35u32.to_ne_bytes()); // tcpi_last_data_sent
         info[52..56].copy_from_slice(&30_000u32.to_ne_bytes()); // tcpi_last_data_recv
         info[56..60].copy_from_slice(&40u32.to_ne_bytes()); // tcpi_last_ack_recv
         info[120..128].copy_from_slice(&5_000_000u64.to_ne_bytes()); // tcpi_bytes_acked
@@ -282,6 +283,7 @@ mod tests {
         );
         let info = answer(&id, &b).expect("our socket");
         assert_eq!((info.unacked, info.last_ack_recv_ms), (7, 40));
+        assert_eq!(info.last_data_sent_ms, 35);
         assert_eq!(info.bytes_acked, Some(5_000_000));
     }
 

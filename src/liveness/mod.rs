@@ -12,15 +12,24 @@
 //!    a previous look that is itself within W (so the ACK that moved it
 //!    came after that look), or
 //! 3. data is in flight (`tcpi_unacked > 0`) and the last ACK came within
-//!    W: a download-only client sends nothing but ACKs.
+//!    W: a download-only client sends nothing but ACKs; or
+//! 4. we sent data within W (`tcpi_last_data_sent <= W`) and an ACK came
+//!    after it (`tcpi_last_ack_recv <= tcpi_last_data_sent`): that ACK
+//!    acknowledges data, since no probe was sent while data flowed. This is
+//!    what a first look at a download sees between two of its bursts (on a
+//!    fast path everything is acknowledged and nothing is in flight most of
+//!    the time), before rule 2 has a previous look to compare with.
 //!
 //! Not in use: an ESTABLISHED socket whose peer vanished (data in flight,
 //! retransmitted, no ACK for longer than W), and an idle connection whose
 //! only traffic is TCP keepalive: V2Ray's and Xray's Go sockets probe every
 //! 15 s, and the answer moves `tcpi_last_ack_recv` but acknowledges no new
 //! data (the probe repeats an old sequence number, `tcp_xmit_probe_skb()`)
-//! and leaves nothing in flight; so neither rule 2 nor rule 3 holds, and the
-//! verdict does not depend on where in its 15 s the keepalive is.
+//! and leaves nothing in flight, and the probe carries no data, so the last
+//! data we sent is as old as the idleness; so none of rules 2 to 4 holds,
+//! and the verdict does not depend on where in its 15 s the keepalive is.
+//! A vanished peer is retransmitted to (our last data is recent) but sends
+//! no ACK after it: rule 4 does not hold either.
 //!
 //! The rule is here; [`track`] attributes lines to connections and plans
 //! the checks, [`kernel`] asks the kernel, and the daemon applies the
@@ -65,6 +74,13 @@ pub fn last_use(
     } else {
         None
     };
+    let acked_ours = if ago(info.last_data_sent_ms).is_some()
+        && info.last_ack_recv_ms <= info.last_data_sent_ms
+    {
+        ago(info.last_ack_recv_ms)
+    } else {
+        None
+    };
     let acked_new = match (prev, info.bytes_acked) {
         (Some(p), Some(now_acked))
             if p.bytes_acked.is_some_and(|was| now_acked > was)
@@ -78,7 +94,7 @@ pub fn last_use(
         at: now,
         bytes_acked: info.bytes_acked,
     };
-    (data.max(in_flight).max(acked_new), look)
+    (data.max(in_flight).max(acked_ours).max(acked_new), look)
 }
 
 /// Whether the connection is in use within `window` as of `now`
@@ -99,6 +115,7 @@ mod tests {
         TcpInfo {
             state: crate::nl::diag::TCP_ESTABLISHED,
             unacked,
+            last_data_sent_ms: 60_000,
             last_data_recv_ms: data_ms,
             last_ack_recv_ms: ack_ms,
             bytes_acked: Some(acked),
@@ -168,9 +185,30 @@ mod tests {
     fn a_vanished_peer_is_not_in_use() {
         // ESTABLISHED, retransmitting into a network that is gone: data in
         // flight, no ACK for 20 s, nothing new acknowledged.
-        let (_, first) = in_use(None, 100 * SECOND, &info(8, 20_000, 20_000, 5000), W);
-        let (used, _) = in_use(Some(first), 102 * SECOND, &info(8, 22_000, 22_000, 5000), W);
+        // Our retransmissions are recent data sent; no ACK came after them.
+        let mut i = info(8, 20_000, 20_000, 5000);
+        i.last_data_sent_ms = 300;
+        let (used, first) = in_use(None, 100 * SECOND, &i, W);
         assert!(!used);
+        i.last_data_recv_ms = 22_000;
+        i.last_ack_recv_ms = 22_000;
+        i.last_data_sent_ms = 1_200;
+        let (used, _) = in_use(Some(first), 102 * SECOND, &i, W);
+        assert!(!used);
+    }
+
+    #[test]
+    fn a_first_look_between_two_bursts_of_a_download() {
+        // 1000 bytes every 100 ms over a fast path: at the look all of it
+        // is acknowledged, nothing in flight, no previous look; the last
+        // burst went out 60 ms ago and its ACK came 59 ms ago.
+        let mut i = info(0, 40_000, 59, 1 << 20);
+        i.last_data_sent_ms = 60;
+        let (at, _) = last_use(None, 100 * SECOND, &i, W);
+        assert_eq!(at, Some(100 * SECOND - 59_000));
+        // The ACK before our last data: not proven (it may be a probe's).
+        i.last_ack_recv_ms = 61;
+        assert_eq!(last_use(None, 100 * SECOND, &i, W).0, None);
     }
 
     #[test]
@@ -182,7 +220,8 @@ mod tests {
         for t in 0..30u32 {
             let now = 600 * SECOND + Micros::from(t) * SECOND;
             let since_probe_ms = (t % 15) * 1_000;
-            let i = info(0, 600_000 + t * 1_000, since_probe_ms, 77_777);
+            let mut i = info(0, 600_000 + t * 1_000, since_probe_ms, 77_777);
+            i.last_data_sent_ms = 600_000 + t * 1_000;
             let (used, look) = in_use(prev, now, &i, W);
             assert!(!used, "idle connection counted at t={t}s");
             prev = Some(look);

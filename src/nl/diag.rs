@@ -560,6 +560,7 @@ pub const INET_DIAG_INFO: u16 = 2;
 // `tcpi_total_retrans` at 100, the `__u64`s `tcpi_pacing_rate` (104),
 // `tcpi_max_pacing_rate` (112) and `tcpi_bytes_acked` (120, Linux 4.1+).
 const TCPI_UNACKED: usize = 24;
+const TCPI_LAST_DATA_SENT: usize = 44;
 const TCPI_LAST_DATA_RECV: usize = 52;
 const TCPI_LAST_ACK_RECV: usize = 56;
 const TCPI_BYTES_ACKED: usize = 120;
@@ -573,6 +574,10 @@ pub struct TcpInfo {
     /// kernel's `packets_out`), i.e. data in flight. A keepalive probe is
     /// not one of them (`tcp_xmit_probe_skb()` sends it outside the queue).
     pub unacked: u32,
+    /// `tcpi_last_data_sent`: milliseconds since we sent a segment with
+    /// data (`tp->lsndtime`, set in `tcp_event_data_sent()`; a keepalive
+    /// or window probe carries none and leaves it alone).
+    pub last_data_sent_ms: u32,
     /// `tcpi_last_data_recv`: milliseconds since a segment with data came
     /// from the peer.
     pub last_data_recv_ms: u32,
@@ -600,6 +605,7 @@ pub fn parse_tcp_info(msg: &Msg<'_>) -> Option<TcpInfo> {
     Some(TcpInfo {
         state: info[0],
         unacked: ne32(info, TCPI_UNACKED),
+        last_data_sent_ms: ne32(info, TCPI_LAST_DATA_SENT),
         last_data_recv_ms: ne32(info, TCPI_LAST_DATA_RECV),
         last_ack_recv_ms: ne32(info, TCPI_LAST_ACK_RECV),
         bytes_acked: info
@@ -629,6 +635,7 @@ mod tests {
         let mut info = vec![0u8; 232];
         info[0] = TCP_ESTABLISHED; // tcpi_state
         info[24..28].copy_from_slice(&3u32.to_ne_bytes()); // tcpi_unacked
+        info[44..48].copy_from_slice(&200u32.to_ne_bytes()); // tcpi_last_data_sent
         info[52..56].copy_from_slice(&40_000u32.to_ne_bytes()); // tcpi_last_data_recv
         info[56..60].copy_from_slice(&120u32.to_ne_bytes()); // tcpi_last_ack_recv
         info[120..128].copy_from_slice(&123_456_789u64.to_ne_bytes()); // tcpi_bytes_acked
@@ -654,6 +661,7 @@ mod tests {
         let want = TcpInfo {
             state: TCP_ESTABLISHED,
             unacked: 3,
+            last_data_sent_ms: 200,
             last_data_recv_ms: 40_000,
             last_ack_recv_ms: 120,
             bytes_acked: Some(123_456_789),

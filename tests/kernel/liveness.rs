@@ -99,6 +99,7 @@ fn tcp_info_is_what_ss_reads_and_judges_a_download() {
     // The client never sent data: `ss` prints lastrcv since the handshake.
     let lastrcv = ss_field(&ns, "lastrcv");
     let lastack = ss_field(&ns, "lastack");
+    let lastsnd = ss_field(&ns, "lastsnd");
     let near = |a: u64, b: u32| a.abs_diff(u64::from(b)) < 1_000;
     assert!(
         near(lastrcv, idle.last_data_recv_ms),
@@ -108,7 +109,14 @@ fn tcp_info_is_what_ss_reads_and_judges_a_download() {
         near(lastack, idle.last_ack_recv_ms),
         "{lastack} vs {idle:?}"
     );
-    eprintln!("idle after the download: {idle:?}; ss lastrcv={lastrcv} lastack={lastack}");
+    assert!(
+        near(lastsnd, idle.last_data_sent_ms),
+        "{lastsnd} vs {idle:?}"
+    );
+    eprintln!(
+        "idle after the download: {idle:?}; ss lastsnd={lastsnd} lastrcv={lastrcv} \
+         lastack={lastack}"
+    );
 
     // A window of 1 s: once a second and a half has passed without data or
     // anything new acknowledged, the connection is not in use.

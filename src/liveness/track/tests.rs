@@ -36,6 +36,7 @@ fn info(unacked: u32, data_ms: u32, ack_ms: u32) -> TcpInfo {
     TcpInfo {
         state: TCP_ESTABLISHED,
         unacked,
+        last_data_sent_ms: 60_000,
         last_data_recv_ms: data_ms,
         last_ack_recv_ms: ack_ms,
         bytes_acked: Some(1000),
