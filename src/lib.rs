@@ -34,8 +34,9 @@
 //!   module docs ([`policy::skip`]: why a line does not count,
 //!   [`policy::limits`]: the per-user limits file). [`key`] is the unit that
 //!   is counted and banned (an IPv4 address or an IPv6 prefix).
-//!   [`liveness`] holds the rule that says whether a connection is in use
-//!   (milestone 2; nothing calls it yet).
+//!   [`liveness`] says whether a user's device is still online from the
+//!   kernel's view of its connections: the "in use" rule, attribution of
+//!   lines to connections, and the exact sock_diag lookups.
 //! - Effects: [`enforce`] is the boundary the loop talks to (a kernel
 //!   enforcer and a dry-run one; [`enforce::ipset::rules`] the DROP rule,
 //!   [`enforce::kill`] the batched kills); [`nl`] holds the netlink wire

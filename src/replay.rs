@@ -6,6 +6,10 @@
 //! file is read through bounded mmap windows ([`WINDOW`] bytes at a time),
 //! so a log of any size replays in constant memory; `-` reads standard
 //! input in chunks.
+//!
+//! Replay has no kernel: it decides by the window rule alone, without the
+//! liveness facts the daemon adds ([`crate::policy`], "Liveness"); with
+//! `--explain` it says so first ([`LIVENESS_OFFLINE`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -19,6 +23,12 @@ use crate::key::Key;
 use crate::lines::{Lines, TooLong};
 use crate::policy::skip::Skip;
 use crate::policy::{Policy, Verdict};
+
+/// What `--explain` says first (stderr): the daemon's decisions can
+/// differ from replay's where the kernel kept a key online.
+pub const LIVENESS_OFFLINE: &str = "replay: liveness is not available offline: a key is online \
+     here only while its last line is within --window; the daemon also counts it online while \
+     the kernel shows one of its connections in use, so it can ban where replay admits";
 
 /// Bytes mapped at a time.
 pub const WINDOW: usize = 16 << 20;
@@ -226,6 +236,9 @@ pub fn replay_file<W: Write>(
 
 /// `refract replay`: returns the exit code.
 pub fn main(cfg: &Config, path: &str, explain: bool) -> i32 {
+    if explain {
+        eprintln!("{LIVENESS_OFFLINE}");
+    }
     let stdout = io::stdout();
     let mut rep = Replayer::new(
         cfg,

@@ -17,6 +17,7 @@ use crate::audit::AuditLog;
 use crate::clock::{Micros, SECOND};
 use crate::enforce::Enforcer;
 use crate::liveness::kernel::Liveness;
+use crate::liveness::track::Locals;
 use crate::logger::{self, RateLimit};
 use crate::policy::skip::Skip;
 use crate::policy::{Ban, Policy, PolicyConfig, Verdict};
@@ -316,6 +317,22 @@ impl Core {
         if let Err(e) = self.audit.reopen() {
             self.stats.audit_errors += 1;
             logger::error(format_args!("reload: {e}"));
+        }
+        // Addresses added since the start (DHCP, a new IPv6 prefix) become
+        // local ends lookups try.
+        if let Some(live) = self.live.as_mut() {
+            match crate::sys::ifaddrs::local_addresses() {
+                Ok(addrs) => {
+                    live.tracker.locals = Locals::new(&addrs);
+                    logger::notice(format_args!(
+                        "reloaded: liveness looks up connections on {} local addresses",
+                        live.tracker.locals.len()
+                    ));
+                }
+                Err(e) => logger::error(format_args!(
+                    "reload: liveness: cannot list local addresses ({e}); keeping the old ones"
+                )),
+            }
         }
         let Some(path) = limits_file else {
             logger::notice(format_args!("reloaded: audit log reopened"));

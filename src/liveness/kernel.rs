@@ -1,6 +1,6 @@
 //! The kernel side of liveness: one non-blocking `NETLINK_SOCK_DIAG`
 //! socket of its own (a token in the loop), on which every
-//! [`Lookup`](super::track::Lookup) of the [`Tracker`] becomes an exact
+//! [`Lookup`] of the [`Tracker`] becomes an exact
 //! `SOCK_DIAG_BY_FAMILY` get ([`diag::GetRequest`] with
 //! `INET_DIAG_INFO`): one hash lookup in the kernel per socket
 //! (`inet_diag_find_one_icsk()`), never a walk of the namespace's sockets.

@@ -53,12 +53,13 @@
 //! clock: it takes `now` and reports `next_deadline()`. Memory is bounded:
 //! expired state is dropped, and tracked users/keys have caps with counters.
 //!
-//! ## Liveness (milestone 2: normative once built, not built yet)
+//! ## Liveness
 //!
-//! Not in force yet: today the window rule above is the whole rule, in the
-//! daemon as in `replay`. The "in use" judgment of a socket is written
-//! ([`crate::liveness::in_use`]); attribution and the kernel lookups that
-//! feed it are not.
+//! In force in the daemon; `replay` has no kernel and keeps the window rule
+//! alone (it says so under `--explain`). The "in use" judgment of a socket
+//! is [`crate::liveness::last_use`]; attribution and the lookups are
+//! [`crate::liveness::track`] and [`crate::liveness::kernel`]; the engine
+//! takes the outcome as plain data ([`Policy::live`]).
 //!
 //! The log says when a connection *starts*, never that it is still in use.
 //! The kernel knows. A key K is also *active* for U at t when a connection
@@ -85,8 +86,22 @@
 //! flight); a probe's ACK acknowledges no new data. The verdict for the same
 //! traffic must not change with the keepalive's phase.
 //!
-//! Liveness facts will enter the engine as plain data with `now`, like
-//! everything else: the policy stays pure and never waits for the kernel.
+//! How the facts enter the engine (choices the semantics leave open):
+//!
+//! - A fact is "a connection of U attributed to K was in use at `at`"
+//!   (`at <= now`, the latest moment the kernel's figures prove). It counts
+//!   exactly like a line of (U, K) at `at`: the four rules above, with
+//!   `last_seen = at`, so K stays active until `at + W`, never longer than
+//!   the kernel showed. A fact older than W changes nothing.
+//! - The daemon asks when a line's key is a *newcomer* that the window rule
+//!   alone would admit ([`Policy::probe`]) and U has attributed connections
+//!   on other keys; that line's verdict waits until the facts are applied
+//!   (or a short deadline passes: then the window rule decides alone).
+//! - Without a new line: a user whose attributed connections span more
+//!   keys than its limit is re-checked periodically. Facts of one check
+//!   are applied with the keys the engine holds active first, then oldest
+//!   key first, so a key that comes back (an idle connection resuming) is
+//!   the newcomer and is banned, the key that held the slot its origin.
 //!
 //! # State and invariants
 //!

@@ -76,6 +76,13 @@ fn explain_shows_every_line_and_every_skip_reason() {
     for (got, want) in lines.iter().zip(want) {
         assert_eq!(*got, want);
     }
+    // Offline there is no kernel to ask: replay says its verdicts are the
+    // window rule's alone, before anything else.
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("replay: liveness is not available offline"),
+        "{err}"
+    );
 }
 
 #[test]
