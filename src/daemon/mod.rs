@@ -6,6 +6,7 @@
 //! | [`TIMER`]             | timerfd (`CLOCK_MONOTONIC`), one-shot    |
 //! | [`SIGNAL`]            | signal-hook self-pipe (`signals.rs`)     |
 //! | [`LIVENESS`]          | sock_diag lookups ([`crate::liveness`])  |
+//! | [`LIVENESS_UDP`]      | conntrack lookups (`--proto udp`)        |
 //! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
 //!
 //! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
@@ -86,6 +87,7 @@ pub const TAIL: Token = Token(0);
 pub const TIMER: Token = Token(1);
 pub const SIGNAL: Token = Token(2);
 pub const LIVENESS: Token = Token(3);
+pub const LIVENESS_UDP: Token = Token(4);
 /// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
 pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
@@ -158,6 +160,10 @@ impl Daemon {
         if let Some(l) = live.as_mut() {
             poll.registry()
                 .register(l.socket(), LIVENESS, Interest::READABLE)?;
+            if let Some(s) = l.udp_socket() {
+                poll.registry()
+                    .register(s, LIVENESS_UDP, Interest::READABLE)?;
+            }
         }
         let core = Core::new(cfg.policy.clone(), enforcer, audit, live);
         Ok(Daemon {
@@ -229,6 +235,11 @@ impl Daemon {
                     LIVENESS => {
                         if let Some(l) = self.core.live.as_mut() {
                             l.ready(now);
+                        }
+                    }
+                    LIVENESS_UDP => {
+                        if let Some(l) = self.core.live.as_mut() {
+                            l.ready_udp(now);
                         }
                     }
                     Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
@@ -348,7 +359,7 @@ impl Daemon {
 /// namespace's addresses and a sock_diag socket. Without them the window
 /// rule decides alone, which is logged.
 fn open_liveness(cfg: &Config) -> Option<Liveness> {
-    if !cfg.protos.tcp || cfg.ports.is_empty() {
+    if !(cfg.protos.tcp || cfg.protos.udp) || cfg.ports.is_empty() {
         return None;
     }
     let addrs = match crate::sys::ifaddrs::local_addresses() {
@@ -366,8 +377,11 @@ fn open_liveness(cfg: &Config) -> Option<Liveness> {
             "liveness: no usable local address; the window rule decides alone"
         ));
     }
-    let tracker = Tracker::new(cfg.policy.window, &cfg.ports, locals);
-    match Liveness::open(tracker) {
+    // Conntrack answers only with CAP_NET_ADMIN, which --dry-run gives up:
+    // UDP lines keep the window rule there.
+    let (tcp, udp) = (cfg.protos.tcp, cfg.protos.udp && !cfg.dry_run);
+    let tracker = Tracker::with_protos(cfg.policy.window, &cfg.ports, locals, tcp, udp);
+    match Liveness::open(tracker, udp) {
         Ok(l) => Some(l),
         Err(e) => {
             logger::error(format_args!("{e}; the window rule decides alone"));

@@ -14,6 +14,18 @@
 //! dump slot for a whole walk, and a lookup must not wait behind it.
 //! Reading socket state needs no capability (`ss` does it unprivileged),
 //! so the socket works after the privilege drop and under `--dry-run`.
+//!
+//! With `--proto udp`, a lookup can also be a UDP flow: an exact
+//! `IPCTNL_MSG_CT_GET` of the original tuple `client:port → local:dport`
+//! ([`conntrack::GetRequest`], a hash lookup in the kernel) on a
+//! `NETLINK_NETFILTER` socket of its own. The entry says how many seconds
+//! it has left (`CTA_TIMEOUT`); every packet, either way, sets that back to
+//! the flow's full timeout (`nf_conntrack_udp_timeout_stream` once
+//! `IPS_ASSURED`, else `nf_conntrack_udp_timeout`, read at start from
+//! `/proc/sys/net/netfilter/`), so the last packet was `full - left`
+//! seconds ago (to the second; conntrack cannot tell who sent it).
+//! Without conntrack in the namespace there are no entries and UDP lines
+//! keep the window rule alone.
 
 use std::io;
 use std::net::IpAddr;
@@ -22,13 +34,132 @@ use super::track::{Answer, Lookup, Tracker};
 use crate::clock::Micros;
 use crate::nl::buf::NlBuf;
 use crate::nl::channel::{Channel, Fault, Handler};
-use crate::nl::consts::NETLINK_SOCK_DIAG;
+use crate::nl::conntrack::{self, FlowState, Tuple, IPS_ASSURED};
+use crate::nl::consts::{NETLINK_NETFILTER, NETLINK_SOCK_DIAG};
 use crate::nl::diag::{self, SockId, TcpInfo, WITH_TCP_INFO};
 use crate::nl::msg::Msg;
 use crate::nl::pipeline::{Completion, Kind, Outcome, Pipeline};
 use crate::nl::socket::NlSocket;
 
 const TCP: u8 = libc::IPPROTO_TCP as u8;
+const UDP: u8 = libc::IPPROTO_UDP as u8;
+
+/// The UDP timeouts of this namespace's conntrack, seconds (the kernel's
+/// defaults when the sysctls cannot be read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpTimeouts {
+    /// `nf_conntrack_udp_timeout` (30).
+    pub unreplied: u32,
+    /// `nf_conntrack_udp_timeout_stream` (120).
+    pub stream: u32,
+}
+
+impl UdpTimeouts {
+    pub fn read() -> UdpTimeouts {
+        let get = |name: &str, default: u32| {
+            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        UdpTimeouts {
+            unreplied: get("nf_conntrack_udp_timeout", 30),
+            stream: get("nf_conntrack_udp_timeout_stream", 120),
+        }
+    }
+
+    /// How long ago the flow's last packet was, from its entry.
+    pub fn ago(&self, st: &FlowState) -> Micros {
+        let full = if st.status & IPS_ASSURED != 0 {
+            self.stream
+        } else {
+            self.unreplied
+        };
+        u64::from(full.saturating_sub(st.timeout_s)) * crate::clock::SECOND
+    }
+}
+
+/// One UDP flow lookup on the wire.
+#[derive(Debug)]
+struct FlowReq {
+    lookup: Lookup,
+    family: u8,
+    orig: Tuple,
+    found: Option<FlowState>,
+}
+
+struct HU<'a> {
+    tracker: &'a mut Tracker,
+    stats: &'a mut KernelStats,
+    timeouts: UdpTimeouts,
+    now: Micros,
+}
+
+impl Handler<FlowReq> for HU<'_> {
+    fn emit(&mut self, req: &FlowReq, buf: &mut NlBuf, seq: u32) {
+        conntrack::GetRequest {
+            family: req.family,
+            orig: req.orig,
+        }
+        .emit(buf, seq);
+    }
+
+    fn data(&mut self, req: &mut FlowReq, msg: &Msg<'_>) {
+        if let Some(st) = conntrack::parse_flow_state(msg) {
+            if st.flow.orig == req.orig {
+                req.found = Some(st);
+            }
+        }
+    }
+
+    fn complete(&mut self, done: Completion<FlowReq>, _pipe: &mut Pipeline<FlowReq>) {
+        let req = done.tag;
+        let answer = match (done.outcome, req.found) {
+            (Outcome::Done | Outcome::Lossy, Some(st)) => Answer::Flow {
+                ago: self.timeouts.ago(&st),
+            },
+            (Outcome::Done | Outcome::Lossy, None) | (Outcome::Errno(libc::ENOENT), _) => {
+                Answer::Gone
+            }
+            (outcome, _) => {
+                lookup_error(self.stats, &req.lookup, outcome);
+                Answer::Unknown
+            }
+        };
+        self.tracker.answer(self.now, &req.lookup, answer);
+    }
+
+    fn fault(&mut self, fault: Fault) {
+        channel_fault(self.stats, "conntrack", fault);
+    }
+}
+
+fn lookup_error(stats: &mut KernelStats, l: &Lookup, outcome: Outcome) {
+    stats.errors += 1;
+    if stats.errors.is_power_of_two() {
+        crate::logger::warning(format_args!(
+            "liveness: lookup of {} {} on {}:{}: {outcome:?} ({} errors so far)",
+            if l.udp { "udp" } else { "tcp" },
+            l.peer,
+            l.local,
+            l.port,
+            stats.errors
+        ));
+    }
+}
+
+fn channel_fault(stats: &mut KernelStats, what: &str, fault: Fault) {
+    stats.errors += 1;
+    match fault {
+        Fault::Overrun(n) => crate::logger::warning(format_args!(
+            "liveness: {what}: receive queue overflowed (ENOBUFS); re-sending {n} lookups"
+        )),
+        Fault::Malformed => {
+            crate::logger::warning(format_args!("liveness: {what}: malformed reply"))
+        }
+        Fault::Recv(e) => crate::logger::warning(format_args!("liveness: {what}: receive: {e}")),
+    }
+}
 
 /// Receive buffer: a window of answers (each about 300 bytes with its
 /// `tcp_info`) with room to spare.
@@ -67,6 +198,28 @@ pub fn answer_of(id: &SockId, msg: &Msg<'_>) -> Option<TcpInfo> {
     diag::parse_tcp_info(msg)
 }
 
+/// The original tuple of the UDP flow `lookup` names: the client sends to
+/// the node (conntrack has no mapped addresses: both ends in one family).
+fn flow_tuple(lookup: &Lookup) -> Option<(u8, Tuple)> {
+    let src = crate::key::canonical(lookup.peer.ip());
+    let dst = crate::key::canonical(lookup.local);
+    let family = match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET as u8,
+        (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6 as u8,
+        _ => return None,
+    };
+    Some((
+        family,
+        Tuple {
+            proto: UDP,
+            src,
+            dst,
+            sport: lookup.peer.port(),
+            dport: lookup.port,
+        },
+    ))
+}
+
 fn canonical_eq(a: IpAddr, b: IpAddr) -> bool {
     crate::key::canonical(a) == crate::key::canonical(b)
 }
@@ -95,13 +248,7 @@ impl Handler<Req> for H<'_> {
             (Outcome::Done | Outcome::Lossy, None) => Answer::Gone,
             (Outcome::Errno(libc::ENOENT), _) => Answer::Gone,
             (outcome, _) => {
-                self.stats.errors += 1;
-                if self.stats.errors.is_power_of_two() {
-                    crate::logger::warning(format_args!(
-                        "liveness: lookup of {} on {}:{}: {outcome:?} ({} errors so far)",
-                        req.lookup.peer, req.lookup.local, req.lookup.port, self.stats.errors
-                    ));
-                }
+                lookup_error(self.stats, &req.lookup, outcome);
                 Answer::Unknown
             }
         };
@@ -109,14 +256,7 @@ impl Handler<Req> for H<'_> {
     }
 
     fn fault(&mut self, fault: Fault) {
-        self.stats.errors += 1;
-        match fault {
-            Fault::Overrun(n) => crate::logger::warning(format_args!(
-                "liveness: receive queue overflowed (ENOBUFS); re-sending {n} lookups"
-            )),
-            Fault::Malformed => crate::logger::warning(format_args!("liveness: malformed reply")),
-            Fault::Recv(e) => crate::logger::warning(format_args!("liveness: receive: {e}")),
-        }
+        channel_fault(self.stats, "sock_diag", fault);
     }
 }
 
@@ -124,17 +264,31 @@ impl Handler<Req> for H<'_> {
 #[derive(Debug)]
 pub struct Liveness {
     chan: Channel<Req>,
+    /// With `--proto udp`: conntrack lookups.
+    udp: Option<Channel<FlowReq>>,
+    timeouts: UdpTimeouts,
     pub tracker: Tracker,
     pub stats: KernelStats,
 }
 
 impl Liveness {
-    /// Opens the socket; `tracker` says what to look up.
-    pub fn open(tracker: Tracker) -> io::Result<Liveness> {
+    /// Opens the sock_diag socket (and the conntrack one when `udp`);
+    /// `tracker` says what to look up.
+    pub fn open(tracker: Tracker, udp: bool) -> io::Result<Liveness> {
         let sock = NlSocket::open(NETLINK_SOCK_DIAG, RCVBUF)
             .map_err(|e| io::Error::new(e.kind(), format!("liveness: sock_diag socket: {e}")))?;
+        let udp = if udp {
+            let s = NlSocket::open(NETLINK_NETFILTER, RCVBUF).map_err(|e| {
+                io::Error::new(e.kind(), format!("liveness: conntrack socket: {e}"))
+            })?;
+            Some(Channel::new(s, crate::enforce::limits()))
+        } else {
+            None
+        };
         Ok(Liveness {
             chan: Channel::new(sock, crate::enforce::limits()),
+            udp,
+            timeouts: UdpTimeouts::read(),
             tracker,
             stats: KernelStats::default(),
         })
@@ -144,10 +298,19 @@ impl Liveness {
         &mut self.chan.sock
     }
 
+    /// The conntrack socket, with `--proto udp`.
+    pub fn udp_socket(&mut self) -> Option<&mut NlSocket> {
+        self.udp.as_mut().map(|c| &mut c.sock)
+    }
+
     /// Sends the lookups the tracker asked for (and reads the answers the
     /// kernel queued meanwhile).
     pub fn pump(&mut self, now: Micros) {
         for lookup in self.tracker.take_lookups() {
+            if lookup.udp {
+                self.push_flow(now, lookup);
+                continue;
+            }
             let Some(id) = SockId::exact(lookup.local, lookup.port, lookup.peer) else {
                 self.tracker.answer(now, &lookup, Answer::Unknown);
                 continue;
@@ -168,6 +331,48 @@ impl Liveness {
             now,
         };
         self.chan.pump(now, &mut h);
+        if let Some(chan) = self.udp.as_mut() {
+            let mut h = HU {
+                tracker: &mut self.tracker,
+                stats: &mut self.stats,
+                timeouts: self.timeouts,
+                now,
+            };
+            chan.pump(now, &mut h);
+        }
+    }
+
+    fn push_flow(&mut self, now: Micros, lookup: Lookup) {
+        let (Some(chan), Some((family, orig))) = (self.udp.as_mut(), flow_tuple(&lookup)) else {
+            self.tracker.answer(now, &lookup, Answer::Unknown);
+            return;
+        };
+        let req = FlowReq {
+            lookup,
+            family,
+            orig,
+            found: None,
+        };
+        if let Err(req) = chan.pipe.push(req, Kind::Get) {
+            self.stats.errors += 1;
+            self.tracker.answer(now, &req.lookup, Answer::Unknown);
+        }
+    }
+
+    /// The conntrack socket is readable.
+    pub fn ready_udp(&mut self, now: Micros) {
+        if let Some(chan) = self.udp.as_mut() {
+            let mut h = HU {
+                tracker: &mut self.tracker,
+                stats: &mut self.stats,
+                timeouts: self.timeouts,
+                now,
+            };
+            chan.drain(now, &mut h);
+        }
+        if self.tracker.has_lookups() {
+            self.pump(now);
+        }
     }
 
     /// The socket is readable.
@@ -185,10 +390,14 @@ impl Liveness {
 
     /// When [`Liveness::tick`] is due.
     pub fn deadline(&self) -> Option<Micros> {
-        [self.tracker.deadline(), self.chan.pipe.deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.tracker.deadline(),
+            self.chan.pipe.deadline(),
+            self.udp.as_ref().and_then(|c| c.pipe.deadline()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Expires unanswered lookups, resolves late checks, starts re-checks.
@@ -199,6 +408,15 @@ impl Liveness {
             now,
         };
         self.chan.expire(now, &mut h);
+        if let Some(chan) = self.udp.as_mut() {
+            let mut h = HU {
+                tracker: &mut self.tracker,
+                stats: &mut self.stats,
+                timeouts: self.timeouts,
+                now,
+            };
+            chan.expire(now, &mut h);
+        }
         self.tracker.tick(now);
         if self.tracker.has_lookups() {
             self.pump(now);

@@ -102,8 +102,8 @@ struct UserConns {
     check: Option<u32>,
 }
 
-/// A lookup to send: is `peer` connected to `local:port`? The kernel
-/// side fills `found` from the answer's data message.
+/// A lookup to send: is `peer` connected to `local:port` (a TCP socket,
+/// or with `udp` a UDP conntrack flow)?
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {
     pub check: u32,
@@ -111,6 +111,7 @@ pub struct Lookup {
     pub local: IpAddr,
     pub port: u16,
     pub peer: SocketAddr,
+    pub udp: bool,
 }
 
 /// What the kernel said to one [`Lookup`].
@@ -118,6 +119,9 @@ pub struct Lookup {
 pub enum Answer {
     /// A socket with this identity, in `TcpInfo::state`.
     Found(TcpInfo),
+    /// A UDP flow whose last packet (either direction: conntrack cannot
+    /// tell) was this long ago.
+    Flow { ago: Micros },
     /// No such socket (`ENOENT`), or only the listener matched.
     Gone,
     /// No answer, or an error: nothing is known.
@@ -130,6 +134,8 @@ struct Item {
     peer: SocketAddr,
     outstanding: u32,
     found: Option<TcpInfo>,
+    /// The youngest UDP flow's last packet, how long ago.
+    flow: Option<Micros>,
     unknown: bool,
 }
 
@@ -265,6 +271,8 @@ impl Locals {
 pub struct Tracker {
     window: Micros,
     ports: Vec<u16>,
+    /// Which lookups a connection gets: TCP sockets, UDP flows.
+    protos: (bool, bool),
     pub locals: Locals,
     users: Map<Arc<[u8]>, UserConns>,
     conns: usize,
@@ -284,9 +292,23 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker for connections to `ports` (`--dport`) on `locals`,
+    /// A tracker for TCP connections to `ports` (`--dport`) on `locals`,
     /// judged with `window`.
     pub fn new(window: Micros, ports: &[u16], locals: Locals) -> Tracker {
+        Tracker::with_protos(window, ports, locals, true, false)
+    }
+
+    /// [`Tracker::new`] for the protocols `--proto` enforces: a line's
+    /// source is looked up as a TCP socket, a UDP flow, or both (the log
+    /// does not say which carried it: `tcp:`/`udp:` prefixes name the
+    /// proxied stream, not always the client's transport).
+    pub fn with_protos(
+        window: Micros,
+        ports: &[u16],
+        locals: Locals,
+        tcp: bool,
+        udp: bool,
+    ) -> Tracker {
         let mut uniq: Vec<u16> = Vec::new();
         for &p in ports {
             if !uniq.contains(&p) {
@@ -296,6 +318,7 @@ impl Tracker {
         Tracker {
             window,
             ports: uniq,
+            protos: (tcp, udp),
             locals,
             users: Map::default(),
             conns: 0,
@@ -530,22 +553,31 @@ impl Tracker {
             for c in &kc.conns {
                 let locals = self.locals.for_peer(c.peer);
                 let item = u32::try_from(items.len()).expect("bounded by MAX_KEYS * MAX_PER_KEY");
-                for &local in locals {
-                    for &port in &self.ports {
-                        self.lookups.push(Lookup {
-                            check: id,
-                            item,
-                            local,
-                            port,
-                            peer: c.peer,
-                        });
+                let mut n = 0;
+                for udp in [false, true] {
+                    if !(if udp { self.protos.1 } else { self.protos.0 }) {
+                        continue;
+                    }
+                    for &local in locals {
+                        for &port in &self.ports {
+                            n += 1;
+                            self.lookups.push(Lookup {
+                                check: id,
+                                item,
+                                local,
+                                port,
+                                peer: c.peer,
+                                udp,
+                            });
+                        }
                     }
                 }
                 items.push(Item {
                     key: kc.key,
                     peer: c.peer,
-                    outstanding: (locals.len() * self.ports.len()) as u32,
+                    outstanding: n,
                     found: None,
+                    flow: None,
                     unknown: false,
                 });
             }
@@ -601,6 +633,10 @@ impl Tracker {
         match answer {
             Answer::Found(info) if info.state == TCP_ESTABLISHED => {
                 item.found = Some(info);
+                self.locals.learn(lookup.local);
+            }
+            Answer::Flow { ago } => {
+                item.flow = Some(item.flow.map_or(ago, |a| a.min(ago)));
                 self.locals.learn(lookup.local);
             }
             Answer::Found(_) | Answer::Gone => {}
@@ -705,12 +741,24 @@ impl Tracker {
                 let Some(ci) = kc.conns.iter().position(|x| x.peer == item.peer) else {
                     continue;
                 };
-                match item.found {
-                    Some(info) => {
-                        let conn = &mut kc.conns[ci];
-                        let (at, look) = last_use(conn.look, now, &info, self.window);
-                        conn.look = Some(look);
-                        conn.idle = at.is_none();
+                // Found as a TCP socket, a UDP flow, or both: the later use.
+                let tcp = item.found.map(|info| {
+                    let conn = &mut kc.conns[ci];
+                    let (at, look) = last_use(conn.look, now, &info, self.window);
+                    conn.look = Some(look);
+                    at
+                });
+                // A UDP flow: its last packet, when within the window.
+                let udp = item
+                    .flow
+                    .map(|ago| (ago <= self.window).then(|| now.saturating_sub(ago)));
+                let seen = match (tcp, udp) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                match seen {
+                    Some(at) => {
+                        kc.conns[ci].idle = at.is_none();
                         if let Some(at) = at {
                             match facts.iter_mut().find(|f| f.key == kc.key) {
                                 Some(f) if f.at >= at => {}

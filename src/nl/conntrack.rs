@@ -56,6 +56,8 @@ pub const IPCTNL_MSG_CT_DELETE: u8 = 2;
 // enum ctattr_type
 pub const CTA_TUPLE_ORIG: u16 = 1;
 pub const CTA_TUPLE_REPLY: u16 = 2;
+pub const CTA_STATUS: u16 = 3;
+pub const CTA_TIMEOUT: u16 = 7;
 pub const CTA_ID: u16 = 12;
 pub const CTA_ZONE: u16 = 18;
 pub const CTA_FILTER: u16 = 25;
@@ -245,6 +247,68 @@ impl DeleteRequest {
     }
 }
 
+/// `IPS_ASSURED` (`include/uapi/linux/netfilter/nf_conntrack_common.h`,
+/// `IPS_ASSURED_BIT = 2`): for UDP, set once the flow saw replies for a
+/// while; its timeout is then `nf_conntrack_udp_timeout_stream`.
+pub const IPS_ASSURED: u32 = 1 << 2;
+
+/// `IPCTNL_MSG_CT_GET` of exactly one flow by its original tuple (no
+/// `NLM_F_DUMP`: `ctnetlink_get_conntrack()` looks it up in the hash),
+/// acked: the answer is the entry, then the ack; or `ENOENT`. Asked as a
+/// [`crate::nl::pipeline::Kind::Get`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetRequest {
+    pub family: u8,
+    pub orig: Tuple,
+}
+
+impl GetRequest {
+    pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
+        let t = &self.orig;
+        let nl_flags = NLM_F_REQUEST | NLM_F_ACK;
+        buf.message(ct_msg_type(IPCTNL_MSG_CT_GET), nl_flags, seq, |b| {
+            put_nfgenmsg(b, self.family);
+            b.nested(CTA_TUPLE_ORIG, |b| {
+                let (s, d) = ip_types(self.family);
+                put_ip(b, s, d, t.src, Some(t.dst));
+                b.nested(CTA_TUPLE_PROTO, |b| {
+                    b.attr_u8(CTA_PROTO_NUM, t.proto);
+                    b.attr_u16_be(CTA_PROTO_SRC_PORT, t.sport);
+                    b.attr_u16_be(CTA_PROTO_DST_PORT, t.dport);
+                });
+            });
+        });
+    }
+}
+
+/// What liveness reads of one entry: its status bits and the seconds left
+/// before it expires (`CTA_TIMEOUT`; every packet, in either direction,
+/// sets it back to the full timeout of the flow's state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    pub flow: Flow,
+    pub status: u32,
+    pub timeout_s: u32,
+}
+
+/// [`parse_flow`] with the status and the time left; `None` without them.
+pub fn parse_flow_state(msg: &Msg<'_>) -> Option<FlowState> {
+    let flow = parse_flow(msg)?;
+    let (mut status, mut timeout) = (None, None);
+    for a in Attrs::new(&msg.payload[4..]) {
+        match a.ty {
+            CTA_STATUS => status = a.u32_be(),
+            CTA_TIMEOUT => timeout = a.u32_be(),
+            _ => {}
+        }
+    }
+    Some(FlowState {
+        flow,
+        status: status?,
+        timeout_s: timeout?,
+    })
+}
+
 fn ip_of(payload: &[u8]) -> Option<IpAddr> {
     match payload.len() {
         4 => Some(IpAddr::V4(Ipv4Addr::from(
@@ -366,6 +430,66 @@ mod tests {
         ]
         .concat();
         assert_eq!(b.as_bytes(), &want[..]);
+    }
+
+    #[test]
+    fn get_request_names_one_flow_and_its_answer_gives_status_and_timeout() {
+        let orig = Tuple {
+            proto: UDP,
+            src: "192.0.2.7".parse().unwrap(),
+            dst: "198.51.100.254".parse().unwrap(),
+            sport: 40000,
+            dport: 443,
+        };
+        let mut b = NlBuf::new();
+        GetRequest {
+            family: AF_INET,
+            orig,
+        }
+        .emit(&mut b, 9);
+        #[rustfmt::skip]
+        let tuple: Vec<u8> = [
+            &nla(52, CTA_TUPLE_ORIG | NESTED)[..],
+            &nla(20, CTA_TUPLE_IP | NESTED),
+            &nla(8, CTA_IP_V4_SRC), &[192, 0, 2, 7],
+            &nla(8, CTA_IP_V4_DST), &[198, 51, 100, 254],
+            &nla(28, CTA_TUPLE_PROTO | NESTED),
+            &nla(5, CTA_PROTO_NUM), &[17, 0, 0, 0],
+            &nla(6, CTA_PROTO_SRC_PORT), &[0x9c, 0x40, 0, 0], // 40000
+            &nla(6, CTA_PROTO_DST_PORT), &[0x01, 0xbb, 0, 0], // 443
+        ]
+        .concat();
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            // 16 + 4 + 52; CT_GET; REQUEST|ACK (no DUMP: one flow)
+            &ne32(72)[..], &ne16(0x0101), &ne16(0x0005), &ne32(9), &ne32(0),
+            &[2, 0, 0, 0],
+            &tuple,
+        ]
+        .concat();
+        assert_eq!(b.as_bytes(), &want[..]);
+
+        // The kernel's answer (ctnetlink_fill_info(), trimmed to what is
+        // read): the same tuple, CTA_STATUS and CTA_TIMEOUT (network order).
+        #[rustfmt::skip]
+        let payload: Vec<u8> = [
+            &[2u8, 0, 0, 0][..],
+            &tuple,
+            &nla(8, CTA_STATUS), &(0x18e_u32).to_be_bytes(), // ASSURED|SEEN_REPLY|CONFIRMED|…
+            &nla(8, CTA_TIMEOUT), &117u32.to_be_bytes(),
+            &nla(8, CTA_ID), &0xdead_beef_u32.to_be_bytes(),
+        ]
+        .concat();
+        let mut r = NlBuf::new();
+        r.message(0x0100, 0, 9, |b| b.put(&payload));
+        let Some(Ok(Reply::Data(m))) = Messages::new(r.as_bytes()).next() else {
+            panic!("no message");
+        };
+        let st = parse_flow_state(&m).expect("a flow with status and timeout");
+        assert_eq!(st.flow.orig, orig);
+        assert_eq!(st.flow.id, Some(0xdead_beef));
+        assert_eq!(st.timeout_s, 117);
+        assert!(st.status & IPS_ASSURED != 0);
     }
 
     #[test]

@@ -189,7 +189,7 @@ fn exact_lookups_attribute_lines_and_find_what_is_in_use() {
         let addrs = refract::sys::ifaddrs::local_addresses().unwrap();
         let locals = Locals::new(&addrs);
         assert_eq!(locals.len(), 2, "{addrs:?}");
-        let mut live = Liveness::open(Tracker::new(window, &[443], locals)).unwrap();
+        let mut live = Liveness::open(Tracker::new(window, &[443], locals), false).unwrap();
         let now = monotonic();
         let key = |p: std::net::SocketAddr| Key::new(p.ip(), 64);
         for p in [busy_peer, idle_peer, closed_peer] {
@@ -225,4 +225,86 @@ fn exact_lookups_attribute_lines_and_find_what_is_in_use() {
     // Two local addresses, one per family: one lookup per connection.
     assert_eq!(stats.lookups, 3, "{stats:?}");
     eprintln!("liveness stats: {stats:?}");
+}
+
+/// UDP flows (`--proto udp`): a line's client address and port name a
+/// conntrack flow to the node, looked up exactly (`IPCTNL_MSG_CT_GET` of
+/// its original tuple); its last packet's age comes from the entry's
+/// remaining timeout. A flow that just carried a packet is in use, one
+/// silent for longer than the window is kept without a fact, one that
+/// never existed is forgotten.
+#[test]
+fn conntrack_flows_are_looked_up_exactly() {
+    let Some(node) = Netns::with_tools("livudpnode", &["iptables", "ip6tables"]) else {
+        return;
+    };
+    let Some(client) = Netns::new("livudpcli") else {
+        return;
+    };
+    veth(
+        &node,
+        "c0",
+        &["192.0.2.1/24", "2001:db8::1/64"],
+        &client,
+        "n0",
+        &["192.0.2.2/24", "2001:db8::2/64"],
+    );
+    crate::support::rules::track_connections(&node);
+    let server = node.in_netns(|| std::net::UdpSocket::bind("0.0.0.0:443").unwrap());
+    let send = |sock: &std::net::UdpSocket| sock.send_to(b"ping", "192.0.2.1:443").unwrap();
+    let (quiet, busy) = client.in_netns(|| {
+        (
+            std::net::UdpSocket::bind("192.0.2.2:0").unwrap(),
+            std::net::UdpSocket::bind("192.0.2.2:0").unwrap(),
+        )
+    });
+    send(&quiet);
+    let window = 2 * SECOND;
+    std::thread::sleep(Duration::from_millis(3_200));
+    send(&busy);
+    // The node saw both (and conntrack has both flows).
+    let mut buf = [0u8; 16];
+    server.set_read_timeout(Some(PROMPT)).unwrap();
+    for _ in 0..2 {
+        server.recv_from(&mut buf).unwrap();
+    }
+    let peer = |s: &std::net::UdpSocket| s.local_addr().unwrap();
+    let gone: std::net::SocketAddr = "192.0.2.2:9".parse().unwrap();
+
+    let (resolved, tracked, stats) = node.in_netns(|| {
+        let locals = Locals::new(&refract::sys::ifaddrs::local_addresses().unwrap());
+        let tracker = Tracker::with_protos(window, &[443], locals, false, true);
+        let mut live = Liveness::open(tracker, true).unwrap();
+        let now = monotonic();
+        let key = |p: std::net::SocketAddr| Key::new(p.ip(), 64);
+        // One user, one key (the client's address), three flows.
+        for p in [peer(&quiet), peer(&busy), gone] {
+            live.tracker.record(now, b"bob", key(p), p, b"ss-in", 1);
+        }
+        let newcomer: std::net::SocketAddr = "203.0.113.9:4000".parse().unwrap();
+        live.tracker
+            .record(now, b"bob", key(newcomer), newcomer, b"ss-in", 1);
+        assert!(live
+            .tracker
+            .check_newcomer(now, b"bob", key(newcomer), b"l"));
+        live.pump(now);
+        let mut resolved = live.tracker.take_resolved();
+        let deadline = std::time::Instant::now() + PROMPT;
+        while resolved.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            live.ready_udp(monotonic());
+            resolved = live.tracker.take_resolved();
+        }
+        (resolved, live.tracker.tracked(), live.tracker.stats.clone())
+    });
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    let r = &resolved[0];
+    assert!(!r.timed_out, "{r:?} {stats:?}");
+    assert_eq!(r.facts.len(), 1, "{r:?}");
+    assert_eq!(r.facts[0].peer, peer(&busy), "{r:?}");
+    // quiet and busy kept, the one that never existed forgotten; plus the
+    // newcomer's own.
+    assert_eq!(stats.gone, 1, "{stats:?}");
+    assert_eq!(tracked, (3, 1), "{stats:?}");
+    eprintln!("udp liveness: {r:?}; {stats:?}");
 }
