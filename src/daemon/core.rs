@@ -140,8 +140,9 @@ impl Core {
         self.decide(now, &access);
     }
 
-    /// The policy's verdict on a parsed line, and what it sets off.
-    fn decide(&mut self, now: Micros, access: &accesslog::Access<'_>) {
+    /// The policy's verdict on a parsed line, and what it sets off;
+    /// whether it was a ban.
+    fn decide(&mut self, now: Micros, access: &accesslog::Access<'_>) -> bool {
         match self.policy.observe(now, access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
             Verdict::Banned(ban) => {
@@ -153,12 +154,14 @@ impl Core {
                     }
                     _ => None,
                 };
-                self.ban(now, &ban, conn)
+                self.ban(now, &ban, conn);
+                return true;
             }
             // A refusal at the memory caps is reported as `Admitted`.
             Verdict::Admitted(_) => self.caps(now),
             Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
         }
+        false
     }
 
     /// Sends the lookups planned this turn and applies every check that
@@ -174,6 +177,9 @@ impl Core {
         }
         let resolved = live.tracker.take_resolved();
         for r in resolved {
+            // The newcomer banned after facts were applied was banned by
+            // liveness (the window rule alone admitted it: `probe`).
+            let by_facts = !r.facts.is_empty();
             let mut facts = r.facts;
             facts.sort_by_key(|f| (!self.policy.is_active(now, &r.user, f.key), f.first, f.key));
             for f in facts {
@@ -189,7 +195,11 @@ impl Core {
             }
             for d in r.lines {
                 match accesslog::parse(&d.line) {
-                    Ok(access) => self.decide(now, &access),
+                    Ok(access) => {
+                        if self.decide(now, &access) && by_facts && d.newcomer {
+                            self.stats.liveness_bans += 1;
+                        }
+                    }
                     Err(e) => self.skipped(now, e.into()),
                 }
             }

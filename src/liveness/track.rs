@@ -143,6 +143,9 @@ struct Item {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deferred {
     pub line: Box<[u8]>,
+    /// The newcomer that started its check (the window rule alone would
+    /// admit it), not a line queued behind it.
+    pub newcomer: bool,
 }
 
 #[derive(Debug)]
@@ -507,7 +510,10 @@ impl Tracker {
         let Some(c) = self.checks.get_mut(&id) else {
             return false;
         };
-        c.lines.push(Deferred { line: line.into() });
+        c.lines.push(Deferred {
+            line: line.into(),
+            newcomer: false,
+        });
         self.deferred += 1;
         self.stats.deferred += 1;
         true
@@ -587,7 +593,10 @@ impl Tracker {
         self.stats.checks += 1;
         let mut lines = Vec::new();
         if let Some(l) = line {
-            lines.push(Deferred { line: l.into() });
+            lines.push(Deferred {
+                line: l.into(),
+                newcomer: true,
+            });
             self.deferred += 1;
             self.stats.deferred += 1;
         }

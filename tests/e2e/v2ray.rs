@@ -823,6 +823,15 @@ impl Drop for Sandbox {
     }
 }
 
+/// `name=N` of refract's exit `stats:` line.
+fn stat(line: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
 fn since(a: Instant, b: Instant) -> Duration {
     b.saturating_duration_since(a)
 }
@@ -1236,7 +1245,11 @@ fn liveness_bans_a_second_device_while_the_first_downloads() {
         probe.fetches.len()
     );
 
-    eprintln!("refract at exit: {}", sb.stop_refract());
+    let exit = sb.stop_refract();
+    eprintln!("refract at exit: {exit}");
+    // The ban was liveness's: the window rule alone admitted a2.
+    assert_eq!(stat(&exit, "liveness_bans"), 1, "{exit}");
+    assert!(stat(&exit, "liveness_facts") >= 1, "{exit}");
 
     let replayed = sb.replay(&[]);
     assert!(
@@ -1307,7 +1320,12 @@ fn liveness_spares_a_device_whose_old_network_vanished() {
     eprintln!("a1 on node at the end: {:?}", sb.established(&a1));
     drop(d1);
 
-    eprintln!("refract at exit: {}", sb.stop_refract());
+    let exit = sb.stop_refract();
+    eprintln!("refract at exit: {exit}");
+    // a2's newcomer line was checked against a1's connection, found not in
+    // use: no fact, no ban.
+    assert!(stat(&exit, "liveness_checks") >= 1, "{exit}");
+    assert_eq!(stat(&exit, "liveness_bans"), 0, "{exit}");
 
     let replayed = sb.replay(&[]);
     assert!(replayed.is_empty(), "replay of the real log: {replayed:?}");
@@ -1425,7 +1443,11 @@ fn liveness_bans_when_an_idle_connection_resumes() {
     assert_eq!(whole.bytes, slow_bytes(25), "a2's download: {whole:?}");
     assert!(!sb.banned(&a2), "a2 banned too");
 
-    eprintln!("refract at exit: {}", sb.stop_refract());
+    let exit = sb.stop_refract();
+    eprintln!("refract at exit: {exit}");
+    // Found by a re-check (no new line from a1), decided by liveness.
+    assert!(stat(&exit, "liveness_rechecks") >= 1, "{exit}");
+    assert_eq!(stat(&exit, "liveness_bans"), 1, "{exit}");
 
     let replayed = sb.replay(&[]);
     assert!(replayed.is_empty(), "replay of the real log: {replayed:?}");
