@@ -260,6 +260,33 @@ impl Handler<Req> for H<'_> {
     }
 }
 
+/// Runs `Channel::$op` on the sock_diag channel with its handler.
+macro_rules! tcp {
+    ($l:expr, $now:expr, $op:ident) => {{
+        let mut h = H {
+            tracker: &mut $l.tracker,
+            stats: &mut $l.stats,
+            now: $now,
+        };
+        $l.chan.$op($now, &mut h);
+    }};
+}
+
+/// Runs `Channel::$op` on the conntrack channel, if any, with its handler.
+macro_rules! udp {
+    ($l:expr, $now:expr, $op:ident) => {{
+        if let Some(chan) = $l.udp.as_mut() {
+            let mut h = HU {
+                tracker: &mut $l.tracker,
+                stats: &mut $l.stats,
+                timeouts: $l.timeouts,
+                now: $now,
+            };
+            chan.$op($now, &mut h);
+        }
+    }};
+}
+
 /// The tracker and its socket.
 #[derive(Debug)]
 pub struct Liveness {
@@ -325,21 +352,8 @@ impl Liveness {
                 self.tracker.answer(now, &req.lookup, Answer::Unknown);
             }
         }
-        let mut h = H {
-            tracker: &mut self.tracker,
-            stats: &mut self.stats,
-            now,
-        };
-        self.chan.pump(now, &mut h);
-        if let Some(chan) = self.udp.as_mut() {
-            let mut h = HU {
-                tracker: &mut self.tracker,
-                stats: &mut self.stats,
-                timeouts: self.timeouts,
-                now,
-            };
-            chan.pump(now, &mut h);
-        }
+        tcp!(self, now, pump);
+        udp!(self, now, pump);
     }
 
     fn push_flow(&mut self, now: Micros, lookup: Lookup) {
@@ -361,15 +375,7 @@ impl Liveness {
 
     /// The conntrack socket is readable.
     pub fn ready_udp(&mut self, now: Micros) {
-        if let Some(chan) = self.udp.as_mut() {
-            let mut h = HU {
-                tracker: &mut self.tracker,
-                stats: &mut self.stats,
-                timeouts: self.timeouts,
-                now,
-            };
-            chan.drain(now, &mut h);
-        }
+        udp!(self, now, drain);
         if self.tracker.has_lookups() {
             self.pump(now);
         }
@@ -377,12 +383,7 @@ impl Liveness {
 
     /// The socket is readable.
     pub fn ready(&mut self, now: Micros) {
-        let mut h = H {
-            tracker: &mut self.tracker,
-            stats: &mut self.stats,
-            now,
-        };
-        self.chan.drain(now, &mut h);
+        tcp!(self, now, drain);
         if self.tracker.has_lookups() {
             self.pump(now);
         }
@@ -402,21 +403,8 @@ impl Liveness {
 
     /// Expires unanswered lookups, resolves late checks, starts re-checks.
     pub fn tick(&mut self, now: Micros) {
-        let mut h = H {
-            tracker: &mut self.tracker,
-            stats: &mut self.stats,
-            now,
-        };
-        self.chan.expire(now, &mut h);
-        if let Some(chan) = self.udp.as_mut() {
-            let mut h = HU {
-                tracker: &mut self.tracker,
-                stats: &mut self.stats,
-                timeouts: self.timeouts,
-                now,
-            };
-            chan.expire(now, &mut h);
-        }
+        tcp!(self, now, expire);
+        udp!(self, now, expire);
         self.tracker.tick(now);
         if self.tracker.has_lookups() {
             self.pump(now);

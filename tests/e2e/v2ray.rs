@@ -667,6 +667,51 @@ impl Sandbox {
         out.lines().last().unwrap_or_default().to_string()
     }
 
+    /// What a liveness ban of `who` must look like: within `bound` of
+    /// what set it off (`latency`), the audit line naming `origin`, and
+    /// `who`'s transfer `running` broken by the kill (not stalled by the
+    /// DROP rule until curl's --max-time, exit 28) soon after `banned_at`.
+    fn check_liveness_ban(
+        &self,
+        who: &Client,
+        origin: &Client,
+        latency: Duration,
+        bound: Duration,
+        banned_at: Instant,
+        running: Running,
+    ) -> Fetch {
+        assert!(
+            latency <= bound,
+            "{} banned only after {latency:?}",
+            who.name
+        );
+        let audit = self.audit_line(&[
+            &format!(
+                "disallowed concurrent connection from {} w/ origin {}",
+                who.addr, origin.addr
+            ),
+            &format!("email: {ALICE}"),
+        ]);
+        eprintln!("audit: {audit}");
+        let cut = running.wait(Duration::from_secs(30));
+        let after = since(banned_at, cut.ended);
+        eprintln!(
+            "{}'s transfer: {cut:?}, ended {after:?} after the ban",
+            who.name
+        );
+        assert!(
+            !cut.ok() && cut.code != 28,
+            "{}'s transfer was not cut: {cut:?}",
+            who.name
+        );
+        assert!(
+            after < CUT_WITHIN,
+            "{}'s transfer ended only {after:?} after the ban",
+            who.name
+        );
+        cut
+    }
+
     fn banned(&self, c: &Client) -> bool {
         in_set(&self.node(), set_for(c.addr), c.addr)
     }
@@ -1200,32 +1245,8 @@ fn liveness_bans_a_second_device_while_the_first_downloads() {
         });
     let latency = since(d2.started, banned_at);
     eprintln!("a2 after {silent_for:?} of alice's silence: request -> in {SET4}: {latency:?}");
-    assert!(
-        latency <= LIVE_BAN_WITHIN,
-        "a2 banned only after {latency:?}"
-    );
-    let audit = sb.audit_line(&[
-        &format!(
-            "disallowed concurrent connection from {} w/ origin {}",
-            a2.addr, a1.addr
-        ),
-        &format!("email: {ALICE}"),
-    ]);
-    eprintln!("audit: {audit}");
-
-    // a2's transfer is broken by the kill, not stalled by the DROP (28).
-    let cut = d2.wait(Duration::from_secs(20));
-    let after = since(banned_at, cut.ended);
-    eprintln!("a2's transfer: {cut:?}, ended {after:?} after the ban");
-    assert!(
-        !cut.ok() && cut.code != 28,
-        "a2's transfer was not cut: {cut:?}"
-    );
+    let cut = sb.check_liveness_ban(&a2, &a1, latency, LIVE_BAN_WITHIN, banned_at, d2);
     assert!(cut.bytes < slow_bytes(10), "a2 got the whole body: {cut:?}");
-    assert!(
-        after < CUT_WITHIN,
-        "a2's transfer ended only {after:?} after the ban"
-    );
 
     let whole = d1.wait(Duration::from_secs(30));
     assert!(whole.ok(), "a1's download broke: {whole:?}");
@@ -1409,33 +1430,10 @@ fn liveness_bans_when_an_idle_connection_resumes() {
         });
     let latency = since(resume, banned_at);
     eprintln!("a1: resume -> in {SET4}: {latency:?}");
-    assert!(
-        latency <= RESUME_BAN_WITHIN,
-        "a1 banned only after {latency:?}"
-    );
-    let audit = sb.audit_line(&[
-        &format!(
-            "disallowed concurrent connection from {} w/ origin {}",
-            a1.addr, a2.addr
-        ),
-        &format!("email: {ALICE}"),
-    ]);
-    eprintln!("audit: {audit}");
-
-    let cut = d1.wait(Duration::from_secs(30));
-    let after = since(banned_at, cut.ended);
-    eprintln!("a1's transfer: {cut:?}, ended {after:?} after the ban");
-    assert!(
-        !cut.ok() && cut.code != 28,
-        "a1's transfer was not cut: {cut:?}"
-    );
+    let cut = sb.check_liveness_ban(&a1, &a2, latency, RESUME_BAN_WITHIN, banned_at, d1);
     assert!(
         cut.bytes >= slow_bytes(BEFORE) && cut.bytes < pause_bytes(BEFORE, AFTER),
         "a1's transfer: {cut:?}"
-    );
-    assert!(
-        after < CUT_WITHIN,
-        "a1's transfer ended only {after:?} after the ban"
     );
 
     let whole = d2.wait(Duration::from_secs(30));

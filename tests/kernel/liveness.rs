@@ -19,7 +19,7 @@ use refract::nl::diag::{self, DumpRequest, Remote, TcpInfo, WITH_TCP_INFO};
 use refract::nl::socket::NlSocket;
 
 use refract::liveness::kernel::Liveness;
-use refract::liveness::track::{Locals, Tracker};
+use refract::liveness::track::{Locals, Resolved, TrackStats, Tracker};
 use refract::sys::time::monotonic;
 
 use crate::support::netns::{veth, Netns};
@@ -139,6 +139,39 @@ fn tcp_info_is_what_ss_reads_and_judges_a_download() {
     drop((server, client));
 }
 
+/// Records `peers` as `user`'s connections (a key each), starts the check
+/// of a newcomer's line, sends its lookups and reads the answers until it
+/// resolves (the kernel answers inside sendmsg; bounded all the same); the
+/// resolved checks, the tracker's table size and counters.
+fn run_check(
+    live: &mut Liveness,
+    user: &[u8],
+    peers: &[std::net::SocketAddr],
+) -> (Vec<Resolved>, (usize, usize), TrackStats) {
+    let now = monotonic();
+    let key = |p: std::net::SocketAddr| Key::new(p.ip(), 64);
+    // The user's lines, one per connection, then a newcomer's.
+    for &p in peers {
+        live.tracker.record(now, user, key(p), p, b"in", 1);
+    }
+    let newcomer: std::net::SocketAddr = "203.0.113.9:4000".parse().unwrap();
+    live.tracker
+        .record(now, user, key(newcomer), newcomer, b"in", 1);
+    assert!(live
+        .tracker
+        .check_newcomer(now, user, key(newcomer), b"line"));
+    live.pump(now);
+    let mut resolved = live.tracker.take_resolved();
+    let deadline = std::time::Instant::now() + PROMPT;
+    while resolved.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        live.ready(monotonic());
+        live.ready_udp(monotonic());
+        resolved = live.tracker.take_resolved();
+    }
+    (resolved, live.tracker.tracked(), live.tracker.stats.clone())
+}
+
 /// Attribution and lookups end to end against the kernel: a node with a
 /// dual-stack listener on [::]:443 and clients in another namespace over
 /// IPv4 (seen on the node as `::ffff:` sockets) and IPv6. One user's
@@ -190,27 +223,7 @@ fn exact_lookups_attribute_lines_and_find_what_is_in_use() {
         let locals = Locals::new(&addrs);
         assert_eq!(locals.len(), 2, "{addrs:?}");
         let mut live = Liveness::open(Tracker::new(window, &[443], locals), false).unwrap();
-        let now = monotonic();
-        let key = |p: std::net::SocketAddr| Key::new(p.ip(), 64);
-        for p in [busy_peer, idle_peer, closed_peer] {
-            live.tracker.record(now, b"alice", key(p), p, b"in", 1);
-        }
-        let newcomer: std::net::SocketAddr = "203.0.113.9:4000".parse().unwrap();
-        live.tracker
-            .record(now, b"alice", key(newcomer), newcomer, b"in", 1);
-        assert!(live
-            .tracker
-            .check_newcomer(now, b"alice", key(newcomer), b"line"));
-        live.pump(now);
-        // The kernel answers inside sendmsg; read until resolved (bounded).
-        let mut resolved = live.tracker.take_resolved();
-        let deadline = std::time::Instant::now() + PROMPT;
-        while resolved.is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-            live.ready(monotonic());
-            resolved = live.tracker.take_resolved();
-        }
-        (resolved, live.tracker.tracked(), live.tracker.stats.clone())
+        run_check(&mut live, b"alice", &[busy_peer, idle_peer, closed_peer])
     });
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     let r = &resolved[0];
@@ -275,27 +288,8 @@ fn conntrack_flows_are_looked_up_exactly() {
         let locals = Locals::new(&refract::sys::ifaddrs::local_addresses().unwrap());
         let tracker = Tracker::with_protos(window, &[443], locals, false, true);
         let mut live = Liveness::open(tracker, true).unwrap();
-        let now = monotonic();
-        let key = |p: std::net::SocketAddr| Key::new(p.ip(), 64);
         // One user, one key (the client's address), three flows.
-        for p in [peer(&quiet), peer(&busy), gone] {
-            live.tracker.record(now, b"bob", key(p), p, b"ss-in", 1);
-        }
-        let newcomer: std::net::SocketAddr = "203.0.113.9:4000".parse().unwrap();
-        live.tracker
-            .record(now, b"bob", key(newcomer), newcomer, b"ss-in", 1);
-        assert!(live
-            .tracker
-            .check_newcomer(now, b"bob", key(newcomer), b"l"));
-        live.pump(now);
-        let mut resolved = live.tracker.take_resolved();
-        let deadline = std::time::Instant::now() + PROMPT;
-        while resolved.is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-            live.ready_udp(monotonic());
-            resolved = live.tracker.take_resolved();
-        }
-        (resolved, live.tracker.tracked(), live.tracker.stats.clone())
+        run_check(&mut live, b"bob", &[peer(&quiet), peer(&busy), gone])
     });
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     let r = &resolved[0];
