@@ -335,3 +335,43 @@ fn recheck_period_follows_the_window() {
     assert_eq!(recheck_period(S), S / 2);
     assert_eq!(recheck_period(10_000), S / 10);
 }
+
+#[test]
+fn log_lines_name_connections_mux_and_mapped_alike() {
+    use crate::accesslog::{parse, Source};
+    use crate::policy::{Policy, PolicyConfig};
+    let p = Policy::new(PolicyConfig::default());
+    let mut t = tracker();
+    let lines: [&[u8]; 4] = [
+        // Direct VLESS: a Go net.Addr.
+        b"2026/01/30 17:03:38.067799 from 198.51.100.23:58676 accepted tcp:www.google.com:443 \
+          [vless-in >> direct] email: alice@example.com",
+        // A mux sub-stream of the same connection: an Xray Destination.
+        b"2026/01/30 17:03:38.100000 from tcp:198.51.100.23:58676 accepted udp:1.1.1.1:53 \
+          [vless-in -> dns-out] email: alice@example.com",
+        // IPv6 mux: bracketed.
+        b"2026/01/30 17:03:39.100001 from tcp:[2001:db8:5:6::a]:40112 accepted udp:1.1.1.1:53 \
+          [vless-in -> dns-out] email: 12.bob",
+        // Behind a CDN: port 0 names nothing (and the policy skips it).
+        b"2024/10/01 08:00:00 from 203.0.113.9:0 accepted tcp:example.org:443 [ws-in >> direct] \
+          email: carol",
+    ];
+    for l in lines {
+        let a = parse(l).unwrap();
+        let Some(probe) = p.probe(T0, &a) else {
+            assert!(matches!(a.source, Source::Ip(_, 0)), "{a:?}");
+            continue;
+        };
+        let Source::Ip(ip, port) = a.source else {
+            panic!("{a:?}")
+        };
+        t.record(T0, probe.user, probe.key, SocketAddr::new(ip, port), b"", 1);
+    }
+    // Two connections (the direct line and its mux sub-stream are one).
+    assert_eq!(t.tracked(), (2, 2));
+    assert_eq!(t.stats.attributed, 3);
+    // A newcomer of alice's looks up exactly that connection.
+    assert!(t.check_newcomer(T0, b"alice@example.com", key("192.0.2.1"), b"l"));
+    let peers: Vec<SocketAddr> = t.take_lookups().iter().map(|l| l.peer).collect();
+    assert_eq!(peers, [sa("198.51.100.23:58676"); 2]);
+}
