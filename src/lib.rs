@@ -76,6 +76,7 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod hash;
