@@ -219,6 +219,20 @@ pub struct Access<'a> {
     pub detour: Option<&'a [u8]>,
     /// The `email:` value, raw bytes (may be any text, even invalid UTF-8).
     pub email: Option<&'a [u8]>,
+    /// What refract 0.2 printed between the audit line's brackets: the text
+    /// from the first `[` of the access line (from its timestamp on, so
+    /// not a syslog prefix's `xray[2634]:`) to the first `]` after it —
+    /// usually the detour (`vless-in >> direct`), but an IPv6 source or
+    /// destination's address when one comes first. `None` without a `[`
+    /// and `]` (the audit line prints `unknown`, as 0.2 did).
+    pub bracket: Option<&'a [u8]>,
+}
+
+impl<'a> Access<'a> {
+    /// [`Access::bracket`], or `unknown`: the audit line's `[…]` content.
+    pub fn audit_tag(&self) -> &'a [u8] {
+        self.bracket.unwrap_or(b"unknown")
+    }
 }
 
 /// Why [`parse`] did not return an [`Access`]. The parser only tells what a
@@ -268,6 +282,10 @@ fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
         b"rejected" => Status::Rejected,
         _ => return None,
     };
+    let bracket = find_byte(&line[i..], b'[').and_then(|o| {
+        let open = i + o + 1;
+        find_byte(&line[open..], b']').map(|c| &line[open..open + c])
+    });
     let mut access = Access {
         ts,
         source,
@@ -275,6 +293,7 @@ fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
         inbound: None,
         detour: None,
         email: None,
+        bracket,
     };
     if status == Status::Rejected {
         match line.get(after) {
@@ -735,6 +754,8 @@ mod tests {
             inbound: inbound.map(str::as_bytes),
             detour: detour.map(str::as_bytes),
             email: email.map(str::as_bytes),
+            // Checked on its own (`the_audit_bracket_is_refract_0_2s`).
+            bracket: a.bracket,
         };
         assert_eq!(a, want, "{:?}", String::from_utf8_lossy(line));
     }
@@ -1330,6 +1351,7 @@ mod tests {
                     inbound,
                     detour: detour.map(str::as_bytes),
                     email: email.map(str::as_bytes),
+                    bracket: got.bracket,
                 },
                 "{}",
                 String::from_utf8_lossy(line)
@@ -1380,6 +1402,7 @@ mod tests {
         assert_eq!(lines.len(), v2_want.len());
         for (line, (t, source, status, email)) in lines.iter().zip(v2_want) {
             let rejected = *status == Status::Rejected;
+            let bracket = parse(line).ok().and_then(|a| a.bracket);
             assert_eq!(
                 parse(line),
                 Ok(Access {
@@ -1389,11 +1412,36 @@ mod tests {
                     inbound: None,
                     detour: if rejected { None } else { Some(b"direct") },
                     email: email.map(str::as_bytes),
+                    bracket,
                 }),
                 "{}",
                 String::from_utf8_lossy(line)
             );
         }
+    }
+
+    /// refract 0.2's rule (`strings.Index(line, "[")` to the first `]`),
+    /// on the access line: what its audit line printed.
+    #[test]
+    fn the_audit_bracket_is_refract_0_2s() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"2026/01/30 17:03:38.067799 from 198.51.100.23:58676 accepted tcp:www.google.com:443 [vless-in >> direct] email: a", b"vless-in >> direct"),
+            (b"2026/01/30 17:03:38 from 198.51.100.23:58676 accepted tcp:a.example:443 [direct] email: a", b"direct"),
+            (b"2026/01/30 17:03:38 from 198.51.100.23:58676 accepted tcp:a.example:443 [in -> out] email: a", b"in -> out"),
+            (b"2026/01/30 17:03:38 from 198.51.100.23:58676 accepted tcp:a.example:443 [VLESS TCP REALITY ==> direct] email: a", b"VLESS TCP REALITY ==> direct"),
+            // An IPv6 destination comes first: 0.2 printed the address.
+            (b"2026/01/30 17:03:38 from 198.51.100.23:58676 accepted tcp:[2001:db8::1]:443 [in >> direct] email: a", b"2001:db8::1"),
+            // A syslog prefix's brackets are not the access line's.
+            (b"Jun 30 14:16:59 host xray[2634]: 2026/01/30 17:03:38 from 198.51.100.23:1 accepted tcp:a:443 [in >> out] email: a", b"in >> out"),
+        ];
+        for (line, want) in cases {
+            let a = ok(line);
+            assert_eq!(a.audit_tag(), *want, "{}", String::from_utf8_lossy(line));
+        }
+        // No bracket at all: "unknown", as 0.2 printed it.
+        let a =
+            ok(b"2026/01/30 17:03:38 from 198.51.100.23:58676 accepted tcp:a.example:443 email: a");
+        assert_eq!((a.bracket, a.audit_tag()), (None, &b"unknown"[..]));
     }
 
     const VALID: &[&[u8]] = &[

@@ -4,6 +4,10 @@
 //!
 //! `YYYY/MM/DD HH:MM:SS disallowed concurrent connection from KEY w/ origin KEY[,KEY…] [TAG] email: USER`
 //!
+//! `TAG` is what refract 0.2 printed: the text between the access line's
+//! first `[` and the first `]` after it (the whole detour, `vless-in >>
+//! direct`), or `unknown` ([`crate::accesslog::Access::audit_tag`]).
+//!
 //! [`write_line`] is pure (the time is passed in). [`AuditLog`] writes each
 //! line with one unbuffered `write(2)` on an `O_APPEND` file, so a line is
 //! whole in the page cache when the ban goes to the kernel, and a crash
@@ -160,7 +164,7 @@ mod tests {
                 Key::V4("198.51.100.23".parse().unwrap()),
                 Key::new("2001:db8:5:6::a".parse().unwrap(), 64),
             ],
-            tag: b"vless-in"[..].into(),
+            tag: b"vless-in >> direct"[..].into(),
             until: 0,
         };
         let mut out = Vec::new();
@@ -168,7 +172,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "2026/11/21 10:00:04 disallowed concurrent connection from 192.0.2.44 \
-             w/ origin 198.51.100.23,2001:db8:5:6::/64 [vless-in] email: alice@example.com"
+             w/ origin 198.51.100.23,2001:db8:5:6::/64 [vless-in >> direct] email: alice@example.com"
         );
     }
 }

@@ -114,7 +114,7 @@ impl Core {
         if let (Some(live), Some(probe)) = (self.live.as_mut(), self.policy.probe(now, &access)) {
             let t = &mut live.tracker;
             if let accesslog::Source::Ip(ip, port) = access.source {
-                let tag = access.inbound.or(access.detour).unwrap_or_default();
+                let tag = access.audit_tag();
                 let limit = self.policy.limit(probe.user);
                 t.record(
                     now,

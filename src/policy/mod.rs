@@ -225,8 +225,8 @@ pub struct Ban {
     /// The user's other active keys at the moment of the ban (the "origin"),
     /// sorted.
     pub origins: Vec<Key>,
-    /// The tag printed in the audit line's brackets (the newcomer's line:
-    /// its inbound tag, else the bracket's content, else empty).
+    /// What the audit line prints in its brackets, as refract 0.2 did:
+    /// [`crate::accesslog::Access::audit_tag`] of the newcomer's line.
     pub tag: Box<[u8]>,
     /// Until when (policy clock).
     pub until: Micros,
@@ -359,8 +359,7 @@ impl Policy {
             Ok(x) => x,
             Err(skip) => return Verdict::Skipped(skip),
         };
-        let tag = access.inbound.or(access.detour).unwrap_or_default();
-        self.decide(t, t, key, email, tag)
+        self.decide(t, t, key, email, access.audit_tag())
     }
 
     /// What the window rule alone would do with `access` at `now`, without

@@ -26,6 +26,7 @@ fn line<'a>(user: &'a str, addr: &str, port: u16, tag: &'a str) -> Access<'a> {
         inbound: Some(tag.as_bytes()),
         detour: None,
         email: Some(user.as_bytes()),
+        bracket: Some(tag.as_bytes()),
     }
 }
 
@@ -158,6 +159,7 @@ fn switch_within_the_window_is_a_ban() {
     let mut a = line("alice", "198.51.100.2", 4000, "x");
     a.inbound = None;
     a.detour = Some(b">> direct");
+    a.bracket = Some(b">> direct");
     let b = ban_of(p.observe(T0 + 2 * S, &a));
     assert_eq!(
         b,
@@ -179,13 +181,11 @@ fn switch_within_the_window_is_a_ban() {
         Verdict::Ignored(key("198.51.100.2"))
     );
     assert_eq!(p.stats().bans, 1);
-    // No tag at all: empty brackets.
+    // No bracket in the line: "unknown", as refract 0.2 printed it.
     let mut a = line("alice", "198.51.100.3", 4000, "x");
     a.inbound = None;
-    assert_eq!(
-        ban_of(p.observe(T0 + 4 * S, &a)).tag,
-        Box::<[u8]>::default()
-    );
+    a.bracket = None;
+    assert_eq!(&*ban_of(p.observe(T0 + 4 * S, &a)).tag, b"unknown");
 }
 
 #[test]
@@ -706,6 +706,7 @@ fn mixed_log_scenario() {
                     .map(str::as_bytes),
                 detour: Some(detour.as_bytes()),
                 email: user.map(str::as_bytes),
+                bracket: Some(detour.as_bytes()),
             }
         };
     let alice = Some("alice@example.com");
@@ -812,7 +813,7 @@ fn mixed_log_scenario() {
                 key: key("192.0.2.44"),
                 user: b"alice@example.com"[..].into(),
                 origins: vec![key("198.51.100.23")],
-                tag: b"vless-in"[..].into(),
+                tag: b"vless-in >> direct"[..].into(),
                 until: ts(4, 0).as_micros() + BAN,
             }),
         ),
@@ -847,7 +848,7 @@ fn mixed_log_scenario() {
     assert_eq!(
         String::from_utf8(audit).unwrap(),
         "2026/11/21 10:00:04 disallowed concurrent connection from 192.0.2.44 \
-         w/ origin 198.51.100.23 [vless-in] email: alice@example.com"
+         w/ origin 198.51.100.23 [vless-in >> direct] email: alice@example.com"
     );
     assert_eq!(p.stats().bans, 1);
 }

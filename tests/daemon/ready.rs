@@ -39,7 +39,7 @@ fn violation_is_decided(d: &Daemon) {
                 .any(|l| {
                     l.contains(
                         "disallowed concurrent connection from 198.51.100.12 w/ origin 192.0.2.11 \
-                     [vless-in] email: alice@example.com",
+                     [vless-in >> direct] email: alice@example.com",
                     )
                 })
                 .then_some(())

@@ -64,7 +64,7 @@ fn audit_line_appears_promptly() {
         let last = audit.last().unwrap();
         assert!(
             last.ends_with(&format!(
-                " disallowed concurrent connection from 203.0.113.{i} w/ origin 198.51.100.1 [vless-in] email: {user}"
+                " disallowed concurrent connection from 203.0.113.{i} w/ origin 198.51.100.1 [vless-in >> direct] email: {user}"
             )),
             "{last}"
         );

@@ -37,7 +37,7 @@ fn violation_lands_in_the_ipset() {
     let audit = std::fs::read_to_string(&block).unwrap();
     assert!(
         audit.contains(
-            "from 203.0.113.9 w/ origin 198.51.100.7 [vless-in] email: alice@example.com"
+            "from 203.0.113.9 w/ origin 198.51.100.7 [vless-in >> direct] email: alice@example.com"
         ),
         "{audit}"
     );

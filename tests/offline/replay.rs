@@ -37,7 +37,7 @@ fn mixed_sample_has_exactly_one_ban() {
     assert_eq!(
         stdout(&o),
         "2026/11/21 10:00:04 disallowed concurrent connection from 192.0.2.44 \
-         w/ origin 198.51.100.23 [vless-in] email: alice@example.com\n"
+         w/ origin 198.51.100.23 [vless-in >> direct] email: alice@example.com\n"
     );
     let err = stderr(&o);
     assert!(err.contains("16 lines"), "{err}");
@@ -138,7 +138,7 @@ fn stdin_and_settings() {
     assert_eq!(
         stdout(&o),
         "2026/11/21 10:00:04 disallowed concurrent connection from 198.51.100.23 \
-         w/ origin 192.0.2.44 [inbound-127.0.0.1:3010] email: alice@example.com\n"
+         w/ origin 192.0.2.44 [inbound-127.0.0.1:3010 >> direct] email: alice@example.com\n"
     );
 
     // Allowlisting the newcomer.
@@ -248,11 +248,11 @@ fn replay_survives_clock_jumps() {
     assert_eq!(
         out,
         "2026/11/21 09:00:03 disallowed concurrent connection from 198.51.100.3 \
-         w/ origin 198.51.100.2 [vless-in] email: bob\n\
+         w/ origin 198.51.100.2 [vless-in >> direct] email: bob\n\
          2026/11/21 09:30:02 disallowed concurrent connection from 198.51.100.5 \
-         w/ origin 198.51.100.4 [vless-in] email: alice\n\
+         w/ origin 198.51.100.4 [vless-in >> direct] email: alice\n\
          2026/11/22 09:30:05 disallowed concurrent connection from 198.51.100.7 \
-         w/ origin 198.51.100.4 [vless-in] email: alice\n"
+         w/ origin 198.51.100.4 [vless-in >> direct] email: alice\n"
     );
     assert_eq!(
         err,
@@ -272,4 +272,44 @@ fn replay_survives_clock_jumps() {
          9 admitted 198.51.100.2 bob\n\
          10 banned 198.51.100.7 alice origin=198.51.100.4\n"
     );
+}
+
+/// The audit line is refract 0.2's, byte for byte, for the bracket shapes
+/// Xray writes. 0.2 printed `log.Printf("disallowed concurrent connection
+/// from %s w/ origin %s [%s] email: %s\n", ip, lastIP, tag, email)` with
+/// `tag` the text between the line's first `[` and first `]` (`unknown`
+/// without), under `log`'s default `2006/01/02 15:04:05 ` prefix; replay
+/// writes the line's own time there.
+#[test]
+fn audit_lines_are_refract_0_2s_for_every_bracket_shape() {
+    let shapes = [
+        ("[vless-in >> direct]", "vless-in >> direct"),
+        ("[direct]", "direct"),
+        ("[vless-in -> block]", "vless-in -> block"),
+        ("[VLESS TCP REALITY ==> direct]", "VLESS TCP REALITY ==> direct"),
+        ("[inbound-127.0.0.1:3010 >> direct]", "inbound-127.0.0.1:3010 >> direct"),
+        ("", "unknown"),
+    ];
+    let mut log = String::new();
+    let mut want = String::new();
+    for (i, (bracket, tag)) in shapes.iter().enumerate() {
+        let user = format!("u{i}");
+        let sp = if bracket.is_empty() { "" } else { " " };
+        for (s, ip) in [(0, "198.51.100.1"), (1, "203.0.113.1")] {
+            log.push_str(&format!(
+                "2026/11/21 10:0{i}:0{s} from {ip}:5000{s} accepted tcp:example.com:443{sp}{bracket} \
+                 email: {user}\n"
+            ));
+        }
+        want.push_str(&format!(
+            "2026/11/21 10:0{i}:01 disallowed concurrent connection from 203.0.113.1 w/ origin \
+             198.51.100.1 [{tag}] email: {user}\n"
+        ));
+    }
+    let dir = TempDir::new("audit-shapes");
+    let f = dir.path("access.log");
+    std::fs::write(&f, &log).unwrap();
+    let o = run(&["replay", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), want, "log:\n{log}");
 }

@@ -344,7 +344,7 @@ fn demo_shows_a_ban_and_cleans_up() {
         String::from_utf8_lossy(&o.stderr)
     );
     for want in [
-        "disallowed concurrent connection from 198.51.100.12 w/ origin 192.0.2.11 [vless-in] email: alice@example.com",
+        "disallowed concurrent connection from 198.51.100.12 w/ origin 192.0.2.11 [vless-in >> direct] email: alice@example.com",
         "198.51.100.12 timeout",
         "ended 1 tcp connection(s)",
         "phone: connection alive",
