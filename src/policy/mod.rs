@@ -565,6 +565,91 @@ impl Policy {
             .any(|e| e.key == key && !e.candidate && end_of(e, self.cfg.window, &self.bans) >= t)
     }
 
+    /// A ban by hand (`refract ban`): `key` is kept out until `now + dur`
+    /// (caller's clock), counts for nobody from now on, like any ban. A key
+    /// banned already gets the later of the two ends. Returns the end.
+    pub fn manual_ban(&mut self, now: Micros, key: Key, dur: Micros) -> Micros {
+        let t = self.advance(now);
+        let until = t.saturating_add(dur);
+        let rec = match self.bans.get(&key) {
+            Some(b) if b.until > t => BanRec {
+                start: b.start,
+                until: b.until.max(until),
+            },
+            _ => BanRec { start: t, until },
+        };
+        self.bans.insert(key, rec);
+        self.heap.push(Reverse((rec.until, Timer::Ban(key))));
+        rec.until.saturating_sub(self.offset)
+    }
+
+    /// Lifts the ban of `key` (`refract unban`): the next line from it is
+    /// judged afresh. Returns whether it was banned.
+    pub fn unban(&mut self, now: Micros, key: Key) -> bool {
+        let t = self.advance(now);
+        // Its heap entry goes stale (`expire` checks `until`).
+        self.bans.remove(&key).is_some_and(|b| b.until > t)
+    }
+
+    /// The bans in force at `now`: key, when it started and when it ends
+    /// (caller's clock), in no order.
+    pub fn bans(&self, now: Micros) -> Vec<(Key, Micros, Micros)> {
+        let t = now.saturating_add(self.offset).max(self.clock);
+        self.bans
+            .iter()
+            .filter(|(_, b)| b.until > t)
+            .map(|(&k, b)| {
+                (
+                    k,
+                    b.start.saturating_sub(self.offset),
+                    b.until.saturating_sub(self.offset),
+                )
+            })
+            .collect()
+    }
+
+    /// Every user with a key online at `now`, with those keys (admitted
+    /// ones first), in no order. O(users): for `refract status`.
+    pub fn online(&self, now: Micros) -> Vec<(Arc<[u8]>, Vec<Key>)> {
+        let t = now.saturating_add(self.offset).max(self.clock);
+        let window = self.cfg.window;
+        let mut out = Vec::new();
+        for u in self.slots.iter().filter_map(|s| s.user.as_ref()) {
+            let mut keys: Vec<(bool, Key)> = u
+                .entries
+                .as_slice()
+                .iter()
+                .filter(|e| end_of(e, window, &self.bans) >= t)
+                .map(|e| (e.candidate, e.key))
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            keys.sort_unstable();
+            out.push((u.name.clone(), keys.into_iter().map(|(_, k)| k).collect()));
+        }
+        out
+    }
+
+    /// One user's keys at `now`: (key, candidate, last seen on the
+    /// caller's clock) for every key still active; `None` for a user with
+    /// no state.
+    pub fn user(&self, now: Micros, user: &[u8]) -> Option<Vec<(Key, bool, Micros)>> {
+        let t = now.saturating_add(self.offset).max(self.clock);
+        let &slot = self.users.get(user)?;
+        let u = self.slots[slot as usize].user.as_ref()?;
+        let window = self.cfg.window;
+        let mut keys: Vec<(Key, bool, Micros)> = u
+            .entries
+            .as_slice()
+            .iter()
+            .filter(|e| end_of(e, window, &self.bans) >= t)
+            .map(|e| (e.key, e.candidate, e.last_seen.saturating_sub(self.offset)))
+            .collect();
+        keys.sort_unstable_by_key(|&(k, c, _)| (c, k));
+        Some(keys)
+    }
+
     /// Records a ban that already exists (read back from the kernel at
     /// startup), so its key is ignored until `until` (caller's clock).
     pub fn restore_ban(&mut self, key: Key, until: Micros) {

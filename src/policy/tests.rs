@@ -1160,3 +1160,49 @@ fn an_idle_connection_that_resumes_is_the_newcomer() {
     assert_eq!(ban.origins, [key("198.51.100.2")]);
     assert_eq!(&*ban.tag, b"vless-in");
 }
+
+#[test]
+fn manual_bans_and_unbans_are_judged_like_any_ban() {
+    let mut p = policy(|_| {});
+    at(&mut p, T0, "alice", "192.0.2.1");
+    // A ban by hand: the key counts for nobody, lines from it are ignored.
+    let until = p.manual_ban(T0 + S, key("192.0.2.1"), 3600 * S);
+    assert_eq!(until, T0 + S + 3600 * S);
+    assert_eq!(
+        at(&mut p, T0 + 2 * S, "alice", "192.0.2.1"),
+        Verdict::Ignored(key("192.0.2.1"))
+    );
+    // Alice's other device is admitted: the banned key holds no slot.
+    assert_eq!(
+        at(&mut p, T0 + 3 * S, "alice", "198.51.100.2"),
+        Verdict::Admitted(key("198.51.100.2"))
+    );
+    assert_eq!(p.bans(T0 + 3 * S), [(key("192.0.2.1"), T0 + S, until)]);
+    // Lifted: judged afresh. While the other device is online it is a
+    // second device again; alone later, it is admitted.
+    assert!(p.unban(T0 + 4 * S, key("192.0.2.1")));
+    assert!(!p.unban(T0 + 4 * S, key("192.0.2.1")), "unbanned twice");
+    assert!(p.bans(T0 + 4 * S).is_empty());
+    let again = ban_of(at(&mut p, T0 + 5 * S, "alice", "192.0.2.1"));
+    assert_eq!(again.origins, [key("198.51.100.2")]);
+    assert!(p.unban(T0 + 6 * S, key("192.0.2.1")));
+    assert_eq!(
+        at(&mut p, T0 + 60 * S, "alice", "192.0.2.1"),
+        Verdict::Admitted(key("192.0.2.1"))
+    );
+    // What status and user show.
+    let now = T0 + 61 * S;
+    at(&mut p, now, "bob", "203.0.113.5");
+    let mut online = p.online(now);
+    online.sort();
+    assert_eq!(online.len(), 2);
+    assert_eq!(&*online[0].0, b"alice");
+    assert_eq!(online[0].1, [key("192.0.2.1")]);
+    assert_eq!(
+        p.user(now, b"bob"),
+        Some(vec![(key("203.0.113.5"), false, now)])
+    );
+    assert_eq!(p.user(now, b"carol"), None);
+    // The stale timers of the lifted bans end nothing.
+    assert!(p.expire(T0 + 7200 * S).is_empty());
+}

@@ -1,6 +1,7 @@
 //! Process helpers: whether a descriptor is a terminal (the logger's
 //! choice between stderr and syslog) and sending a signal (tests and
-//! scripts that drive the daemon).
+//! scripts that drive the daemon), and the uid of a unix socket peer (the
+//! control socket logs who changed what).
 
 use std::io;
 
@@ -20,6 +21,34 @@ pub fn kill(pid: u32, sig: i32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The user id of the process at the other end of a connected unix socket
+/// (`SO_PEERCRED`, `unix(7)`: the credentials it had at `connect`).
+pub fn peer_uid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given;
+    // the descriptor is open (`BorrowedFd`).
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(cred.uid)
     } else {
         Err(io::Error::last_os_error())
     }

@@ -286,8 +286,14 @@ fn audit_lines_are_refract_0_2s_for_every_bracket_shape() {
         ("[vless-in >> direct]", "vless-in >> direct"),
         ("[direct]", "direct"),
         ("[vless-in -> block]", "vless-in -> block"),
-        ("[VLESS TCP REALITY ==> direct]", "VLESS TCP REALITY ==> direct"),
-        ("[inbound-127.0.0.1:3010 >> direct]", "inbound-127.0.0.1:3010 >> direct"),
+        (
+            "[VLESS TCP REALITY ==> direct]",
+            "VLESS TCP REALITY ==> direct",
+        ),
+        (
+            "[inbound-127.0.0.1:3010 >> direct]",
+            "inbound-127.0.0.1:3010 >> direct",
+        ),
         ("", "unknown"),
     ];
     let mut log = String::new();
