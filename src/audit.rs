@@ -128,6 +128,26 @@ impl AuditLog {
         })
     }
 
+    /// Appends `YYYY/MM/DD HH:MM:SS TEXT`: what an operator did by hand
+    /// (`refract ban`/`unban`). Worded so that refract 0.2's greps and
+    /// fail2ban filters, which match `disallowed concurrent connection`,
+    /// never count it as a violation.
+    pub fn note(&mut self, text: &str) -> io::Result<()> {
+        if self.rotated_away() {
+            self.reopen()?;
+        }
+        self.buf.clear();
+        let _ = write!(self.buf, "{} {text}", localtime_now());
+        self.buf.push(b'\n');
+        let (file, _) = self.file.as_mut().expect("reopened above");
+        file.write_all(&self.buf).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("audit: write {}: {e}", self.path.display()),
+            )
+        })
+    }
+
     /// Flushes the file (at exit; a no-op for an unbuffered `File`, kept so
     /// the exit path does not depend on that).
     pub fn flush(&mut self) {

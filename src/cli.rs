@@ -104,6 +104,10 @@ pub struct Args {
     /// most addresses tracked at once, bans included (default 250000)
     #[argh(option)]
     pub max_keys: Option<String>,
+    /// the control socket (default /run/refract/control.sock; none: no
+    /// socket)
+    #[argh(option)]
+    pub control: Option<String>,
     /// replay: print one line per input line with what happened
     #[argh(switch)]
     pub explain: bool,
@@ -140,6 +144,7 @@ fn usage(msg: impl Into<String>) -> UsageError {
 
 /// Flags that take a value, in their canonical (argh) spelling.
 const VALUE_FLAGS: &[&str] = &[
+    "control",
     "proto",
     "dport",
     "window",
@@ -427,6 +432,12 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
     let confirm = env.switch(args.confirm, "confirm")?;
     let dry_run = env.switch(args.dry_run, "dry-run")?;
     let from_start = env.switch(args.from_start, "from-start")?;
+    let control = match env.value(&args.control, "control") {
+        None => d.control,
+        Some((v, _)) if v == "none" => None,
+        Some((v, _)) if v.is_empty() => return Err(usage("--control: empty path")),
+        Some((v, _)) => Some(PathBuf::from(v)),
+    };
     operands(command, args)?;
 
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -457,6 +468,7 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
         set_v6,
         set_size: counts.set_size,
         max_line,
+        control,
     })
 }
 

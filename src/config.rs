@@ -51,7 +51,12 @@ pub struct Config {
     pub set_size: u32,
     /// Longest log line accepted; longer lines are counted and skipped.
     pub max_line: usize,
+    /// The control socket (`--control`; `None`: `none`, no socket).
+    pub control: Option<PathBuf>,
 }
+
+/// Where the control socket is unless `--control` says otherwise.
+pub const DEFAULT_CONTROL: &str = "/run/refract/control.sock";
 
 impl Default for Config {
     fn default() -> Config {
@@ -77,6 +82,7 @@ impl Default for Config {
             set_v6: DEFAULT_SET_V6.to_string(),
             set_size: DEFAULT_MAXELEM,
             max_line: 64 << 10,
+            control: Some(PathBuf::from(DEFAULT_CONTROL)),
         }
     }
 }

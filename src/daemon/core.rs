@@ -16,6 +16,7 @@ use crate::accesslog;
 use crate::audit::AuditLog;
 use crate::clock::{Micros, SECOND};
 use crate::enforce::Enforcer;
+use crate::key::Key;
 use crate::liveness::kernel::Liveness;
 use crate::liveness::track::Locals;
 use crate::logger::{self, RateLimit};
@@ -58,6 +59,76 @@ pub(super) struct Core {
     /// warning per [`WARN_PERIOD`].
     caps_warn: RateLimit<1>,
     pub(super) stats: DaemonStats,
+    /// Who and why, for the bans in force (`refract status`).
+    pub(super) book: BanBook,
+}
+
+/// Why a key is banned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reason {
+    /// The window rule: a newcomer beyond the limit.
+    Limit,
+    /// A newcomer beyond the limit that only the kernel's liveness facts
+    /// showed (the window rule alone had admitted it).
+    Liveness,
+    /// `refract ban`.
+    Manual,
+    /// Found in the set at start (who and why were not kept).
+    Restored,
+}
+
+impl Reason {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Reason::Limit => "limit",
+            Reason::Liveness => "liveness",
+            Reason::Manual => "manual",
+            Reason::Restored => "restored",
+        }
+    }
+}
+
+/// What `refract status` shows of a ban beyond its key and times.
+#[derive(Clone, Debug)]
+pub(super) struct BanInfo {
+    pub(super) user: Option<Box<[u8]>>,
+    pub(super) reason: Reason,
+    pub(super) origins: Vec<crate::key::Key>,
+    pub(super) note: Option<String>,
+}
+
+/// [`BanInfo`] of the most recent [`BanBook::MAX`] bans: bounded, so a
+/// flood of bans costs at most that much here (older ones show only key
+/// and times, reason `limit`).
+#[derive(Debug, Default)]
+pub(super) struct BanBook {
+    info: crate::hash::Map<crate::key::Key, BanInfo>,
+    order: std::collections::VecDeque<crate::key::Key>,
+}
+
+impl BanBook {
+    pub(super) const MAX: usize = 4096;
+
+    pub(super) fn record(&mut self, key: crate::key::Key, info: BanInfo) {
+        if self.info.insert(key, info).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.info.remove(&old);
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: crate::key::Key) {
+        if self.info.remove(&key).is_some() {
+            self.order.retain(|k| *k != key);
+        }
+    }
+
+    pub(super) fn get(&self, key: crate::key::Key) -> Option<&BanInfo> {
+        self.info.get(&key)
+    }
 }
 
 impl std::fmt::Debug for Core {
@@ -80,12 +151,22 @@ impl Core {
     ) -> Core {
         let mut policy = Policy::new(config);
         let now = monotonic();
+        let mut book = BanBook::default();
         match enforcer.existing_bans() {
             Ok(bans) => {
                 let n = bans.len();
                 for (key, left) in bans {
                     let left = left.as_micros().min(u128::from(u64::MAX)) as u64;
                     policy.restore_ban(key, now.saturating_add(left));
+                    if book.order.len() < BanBook::MAX {
+                        let info = BanInfo {
+                            user: None,
+                            reason: Reason::Restored,
+                            origins: Vec::new(),
+                            note: None,
+                        };
+                        book.record(key, info);
+                    }
                 }
                 if n > 0 {
                     logger::notice(format_args!("restored {n} bans in force"));
@@ -102,6 +183,7 @@ impl Core {
             audit_warn: RateLimit::new(60 * SECOND),
             caps_warn: RateLimit::new(WARN_PERIOD),
             stats: DaemonStats::default(),
+            book,
         }
     }
 
@@ -140,9 +222,9 @@ impl Core {
         self.decide(now, &access);
     }
 
-    /// The policy's verdict on a parsed line, and what it sets off;
-    /// whether it was a ban.
-    fn decide(&mut self, now: Micros, access: &accesslog::Access<'_>) -> bool {
+    /// The policy's verdict on a parsed line, and what it sets off; the
+    /// key it banned, if it did.
+    fn decide(&mut self, now: Micros, access: &accesslog::Access<'_>) -> Option<Key> {
         match self.policy.observe(now, access) {
             Verdict::Skipped(skip) => self.skipped(now, skip),
             Verdict::Banned(ban) => {
@@ -154,14 +236,14 @@ impl Core {
                     }
                     _ => None,
                 };
-                self.ban(now, &ban, conn);
-                return true;
+                self.ban(now, &ban, conn, Reason::Limit);
+                return Some(ban.key);
             }
             // A refusal at the memory caps is reported as `Admitted`.
             Verdict::Admitted(_) => self.caps(now),
             Verdict::Ignored(_) | Verdict::Refreshed(_) | Verdict::Candidate(_) => {}
         }
-        false
+        None
     }
 
     /// Sends the lookups planned this turn and applies every check that
@@ -187,7 +269,7 @@ impl Core {
                     self.policy.live(now, &r.user, f.key, f.at, &f.tag)
                 {
                     self.stats.liveness_bans += 1;
-                    self.ban(now, &ban, Some(f.peer));
+                    self.ban(now, &ban, Some(f.peer), Reason::Liveness);
                 }
             }
             if r.timed_out {
@@ -196,8 +278,12 @@ impl Core {
             for d in r.lines {
                 match accesslog::parse(&d.line) {
                     Ok(access) => {
-                        if self.decide(now, &access) && by_facts && d.newcomer {
+                        let banned = self.decide(now, &access);
+                        if let Some(k) = banned.filter(|_| by_facts && d.newcomer) {
                             self.stats.liveness_bans += 1;
+                            if let Some(i) = self.book.info.get_mut(&k) {
+                                i.reason = Reason::Liveness;
+                            }
                         }
                     }
                     Err(e) => self.skipped(now, e.into()),
@@ -253,8 +339,17 @@ impl Core {
         }
     }
 
-    fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>) {
+    fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>, why: Reason) {
         self.stats.bans += 1;
+        self.book.record(
+            ban.key,
+            BanInfo {
+                user: Some(ban.user.clone()),
+                reason: why,
+                origins: ban.origins.clone(),
+                note: None,
+            },
+        );
         if let Some(live) = self.live.as_mut() {
             live.tracker.banned(now, &ban.user, ban.key);
         }
@@ -299,6 +394,9 @@ impl Core {
         if self.policy.next_deadline().is_some_and(|d| d <= now) {
             let ended = self.policy.expire(now);
             self.stats.expired += ended.len() as u64;
+            for k in ended {
+                self.book.remove(k);
+            }
         }
         if self.enforcer.next_deadline().is_some_and(|d| d <= now) {
             self.enforcer.tick(now);
@@ -323,7 +421,9 @@ impl Core {
 
     /// SIGHUP's part here: reopen the audit log, re-read `limits_file`
     /// (a bad file keeps the previous limits and logs one error).
-    pub(super) fn reload(&mut self, limits_file: Option<&Path>) {
+    /// Returns how many per-user limits are in force, or the limits file's
+    /// error (the previous limits are kept then).
+    pub(super) fn reload(&mut self, limits_file: Option<&Path>) -> Result<usize, String> {
         if let Err(e) = self.audit.reopen() {
             self.stats.audit_errors += 1;
             logger::error(format_args!("reload: {e}"));
@@ -346,7 +446,7 @@ impl Core {
         }
         let Some(path) = limits_file else {
             logger::notice(format_args!("reloaded: audit log reopened"));
-            return;
+            return Ok(0);
         };
         match crate::policy::limits::load_limits(path) {
             Ok(limits) => {
@@ -358,8 +458,12 @@ impl Core {
                     "reloaded: {n} per-user limits from {}, audit log reopened",
                     path.display()
                 ));
+                Ok(n)
             }
-            Err(e) => logger::error(format_args!("reload: {e}; keeping the previous limits")),
+            Err(e) => {
+                logger::error(format_args!("reload: {e}; keeping the previous limits"));
+                Err(e.to_string())
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! | [`SIGNAL`]            | signal-hook self-pipe (`signals.rs`)     |
 //! | [`LIVENESS`]          | sock_diag lookups ([`crate::liveness`])  |
 //! | [`LIVENESS_UDP`]      | conntrack lookups (`--proto udp`)        |
+//! | [`CONTROL_FIRST`]..   | the control socket and its connections   |
 //! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
 //!
 //! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
@@ -60,6 +61,7 @@
 //! ([`crate::clock::localtime_now`]), as refract 0.2 wrote it. How the
 //! follower survives rotation and contains SIGBUS: [`crate::tail`].
 
+mod control;
 mod core;
 mod signals;
 
@@ -71,6 +73,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::audit::AuditLog;
 use crate::clock::{Micros, SECOND};
 use crate::config::Config;
+use crate::control::server::{BindError, Server};
 use crate::enforce::Enforcer;
 use crate::liveness::kernel::Liveness;
 use crate::liveness::track::{Locals, Tracker};
@@ -91,6 +94,8 @@ pub const LIVENESS_UDP: Token = Token(4);
 /// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
 pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
+/// The control server owns `CONTROL_FIRST .. CONTROL_FIRST + server::TOKENS`.
+pub const CONTROL_FIRST: usize = 64;
 const _: () = assert!(crate::enforce::TOKENS <= ENFORCER_TOKENS);
 
 /// How long shutdown waits for the enforcer's queued work.
@@ -135,6 +140,10 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
 struct Daemon {
     cfg: Config,
     poll: Poll,
+    /// The control socket (`--control`), when there is one.
+    control: Option<Server>,
+    /// When the daemon started (monotonic), for `status`.
+    started: Micros,
     tail: Tail,
     timer: TimerFd,
     armed: Option<Micros>,
@@ -166,9 +175,15 @@ impl Daemon {
             }
         }
         let core = Core::new(cfg.policy.clone(), enforcer, audit, live);
+        let mut control = open_control(&cfg)?;
+        if let Some(c) = control.as_mut() {
+            c.register(poll.registry(), CONTROL_FIRST)?;
+        }
         Ok(Daemon {
             cfg,
             poll,
+            control,
+            started: monotonic(),
             tail,
             timer,
             armed: None,
@@ -183,7 +198,7 @@ impl Daemon {
     fn ready(&self, sink: &str) {
         logger::notice(format_args!(
             "ready: following {} from its {}{}, audit log {}, enforcer {}, liveness {}, \
-             logging to {sink}, refract {}",
+             control {}, logging to {sink}, refract {}",
             self.cfg.access_log.display(),
             if self.cfg.from_start { "start" } else { "end" },
             if self.tail.is_open() {
@@ -197,6 +212,9 @@ impl Daemon {
                 Some(l) => format!("on ({} local addresses)", l.tracker.locals.len()),
                 None => "off".to_string(),
             },
+            self.control
+                .as_ref()
+                .map_or("none".to_string(), |c| c.path().display().to_string()),
             env!("CARGO_PKG_VERSION"),
         ));
         self.notify("READY=1");
@@ -209,7 +227,11 @@ impl Daemon {
         self.pump(monotonic());
         loop {
             self.rearm();
-            let timeout = self.tail.has_more().then_some(Duration::ZERO);
+            // Work left over: a log backlog, or control requests beyond
+            // this turn's share.
+            let more =
+                self.tail.has_more() || self.control.as_ref().is_some_and(|c| c.has_pending());
+            let timeout = more.then_some(Duration::ZERO);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -245,6 +267,11 @@ impl Daemon {
                     Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
                         self.core.enforcer.ready(t, now)
                     }
+                    t if self.control.as_ref().is_some_and(|c| c.owns(t)) => {
+                        if let Some(c) = self.control.as_mut() {
+                            c.event(self.poll.registry(), t, now);
+                        }
+                    }
                     Token(_) => {}
                 }
             }
@@ -253,13 +280,15 @@ impl Daemon {
             }
             self.deadlines(now);
             self.core.liveness(now);
+            self.control_turn(now);
             self.core.kill_reports();
             if self.signals.term() {
                 self.shutdown();
                 return Ok(());
             }
             if self.signals.hup() {
-                self.reload();
+                // A bad limits file is logged; SIGHUP has no one to tell.
+                let _ = self.reload();
             }
             if self.signals.usr1() {
                 logger::notice(format_args!("{}", self.stats_line()));
@@ -294,15 +323,24 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Micros> {
-        [self.core.next_deadline(), self.tail.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.core.next_deadline(),
+            self.tail.next_deadline(),
+            self.control.as_ref().and_then(Server::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs every component whose deadline has passed.
     fn deadlines(&mut self, now: Micros) {
         self.core.deadlines(now);
+        if let Some(c) = self.control.as_mut() {
+            if c.deadline().is_some_and(|d| d <= now) {
+                c.tick(self.poll.registry(), now);
+            }
+        }
         if self.tail.next_deadline().is_some_and(|d| d <= now) {
             let core = &mut self.core;
             self.tail.expire(now, &mut |l| core.line(now, l));
@@ -335,16 +373,22 @@ impl Daemon {
         }
     }
 
-    fn reload(&mut self) {
+    /// SIGHUP and `refract reload`: the limits in force, or why the limits
+    /// file was refused (the previous ones are kept).
+    fn reload(&mut self) -> Result<usize, String> {
         self.notify("RELOADING=1");
         reload_timezone();
-        self.core.reload(self.cfg.limits_file.as_deref());
+        let r = self.core.reload(self.cfg.limits_file.as_deref());
         self.cfg.policy = self.core.policy.config().clone();
         self.notify("READY=1");
+        r
     }
 
     fn shutdown(&mut self) {
         self.notify("STOPPING=1");
+        if let Some(c) = self.control.as_ref() {
+            c.remove();
+        }
         self.core.enforcer.flush(FLUSH_BUDGET);
         self.core.audit.flush();
         logger::notice(format_args!("exiting: {}", self.stats_line()));
@@ -352,6 +396,40 @@ impl Daemon {
 
     fn stats_line(&self) -> String {
         self.core.stats_line(self.tail.stats())
+    }
+}
+
+/// The control socket `--control` names. Another daemon answering on it
+/// stops this one; so does any failure on a path the operator gave (its
+/// directory is created if missing). The default path is used only when
+/// its directory exists (the service manager makes it: the unit's
+/// `RuntimeDirectory=refract`, the OpenRC script): a daemon started by
+/// hand, or by a test, never takes the service's socket by accident, and
+/// without that directory, or on a failure there, runs without a control
+/// socket and says so.
+fn open_control(cfg: &Config) -> io::Result<Option<Server>> {
+    let Some(path) = cfg.control.as_deref() else {
+        return Ok(None);
+    };
+    let default = path == std::path::Path::new(crate::config::DEFAULT_CONTROL);
+    if default && !path.parent().is_some_and(std::path::Path::is_dir) {
+        logger::notice(format_args!(
+            "control: {} does not exist (the service manager creates it); running without a \
+             control socket (--control PATH to have one)",
+            path.parent().unwrap_or(path).display()
+        ));
+        return Ok(None);
+    }
+    match Server::bind(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e @ BindError::Running(_)) => {
+            Err(io::Error::new(io::ErrorKind::AddrInUse, e.to_string()))
+        }
+        Err(e) if default => {
+            logger::warning(format_args!("{e}; running without a control socket"));
+            Ok(None)
+        }
+        Err(e) => Err(io::Error::other(e.to_string())),
     }
 }
 

@@ -102,6 +102,10 @@ struct UserConns {
     check: Option<u32>,
 }
 
+/// A tracked connection as `refract user` shows it: its peer, and whether
+/// the last look found it in use (`None`: not looked at yet).
+pub type ConnView = (SocketAddr, Option<bool>);
+
 /// A lookup to send: is `peer` connected to `local:port` (a TCP socket,
 /// or with `udp` a UDP conntrack flow)?
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -352,6 +356,26 @@ impl Tracker {
     /// Users re-checked every period now.
     pub fn suspects(&self) -> usize {
         self.suspects.len()
+    }
+
+    /// `user`'s tracked connections by key: each connection's peer and
+    /// what the last look said (`None`: not looked at yet; `Some(true)`: in
+    /// use). For `refract user`.
+    pub fn user_conns(&self, user: &[u8]) -> Vec<(Key, Vec<ConnView>)> {
+        let Some(u) = self.users.get(user) else {
+            return Vec::new();
+        };
+        u.keys
+            .iter()
+            .map(|k| {
+                let conns = k
+                    .conns
+                    .iter()
+                    .map(|c| (c.peer, c.look.map(|_| !c.idle)))
+                    .collect();
+                (k.key, conns)
+            })
+            .collect()
     }
 
     /// A counted line of `user` from `peer` (key `key`, limit `limit`):

@@ -29,6 +29,10 @@ mod signals;
 /// SIGHUP storm.
 mod faults;
 
+/// The control socket: status, user, ban, unban, reload; a flooding
+/// client; one daemon per socket, a stale one replaced.
+mod control;
+
 /// An idle daemon never wakes up (context switches over 10 s).
 mod idle;
 

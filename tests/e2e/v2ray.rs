@@ -597,6 +597,7 @@ impl Sandbox {
         cmd.args([
             "--proto=tcp".to_string(),
             "--dport=443".to_string(),
+            format!("--control={}", self.path("control.sock").display()),
             format!("--access.log={}", self.access_log().display()),
             format!("--block.log={}", self.block_log().display()),
         ]);

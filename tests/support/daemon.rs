@@ -178,6 +178,8 @@ pub struct Daemon {
     pub access: PathBuf,
     pub block: PathBuf,
     pub stderr: PathBuf,
+    /// Its control socket (unless the test named another with `--control`).
+    pub control: PathBuf,
     /// Its `$NOTIFY_SOCKET`, read for its whole life.
     pub notify: Notify,
     /// From spawn to `READY=1`.
@@ -252,6 +254,12 @@ impl Daemon {
             }
         }
         let start = Instant::now();
+        // Its own control socket, in its own dir: never the service's, never
+        // another test's (a test may name its own or `none`).
+        let control = dir.path("control.sock");
+        if !extra.iter().any(|a| a.starts_with("--control")) {
+            cmd.arg(format!("--control={}", control.display()));
+        }
         let child = cmd
             .arg(format!("--access.log={}", access.display()))
             .arg(format!("--block.log={}", block.display()))
@@ -267,6 +275,7 @@ impl Daemon {
             child,
             access,
             block,
+            control,
             stderr,
             notify,
             ready_in: Duration::ZERO,
