@@ -22,6 +22,8 @@ use crate::clock::localtime_now;
 use crate::clock::Timestamp;
 use crate::policy::Ban;
 
+const DISALLOWED: &[u8] = b"disallowed concurrent connection from ";
+
 /// Appends the audit line for `ban` decided at `ts` (without the newline) to
 /// `out`. Invalid UTF-8 in the tag or user is written as it came.
 pub fn write_line(out: &mut Vec<u8>, ts: Timestamp, ban: &Ban) {
@@ -50,7 +52,16 @@ pub struct AuditLog {
     path: PathBuf,
     file: Option<(File, (u64, u64))>,
     buf: Vec<u8>,
+    /// `--dry-run`: lines say nothing was banned ([`DRY_RUN_PREFIX`]).
+    dry_run: bool,
 }
+
+/// What a `--dry-run` daemon writes before the rest of each audit line,
+/// instead of `disallowed`: `… dry run, not banned: concurrent connection
+/// from KEY w/ origin …`. refract 0.2's greps and fail2ban filters look
+/// for `disallowed concurrent connection from`, so they never take a dry
+/// run's decision for a ban; a person reading the line sees why.
+pub const DRY_RUN_PREFIX: &str = "dry run, not banned: concurrent connection from ";
 
 impl AuditLog {
     /// Opens (creating it and its directory if needed) the audit log.
@@ -59,6 +70,7 @@ impl AuditLog {
             path: path.to_path_buf(),
             file: None,
             buf: Vec::with_capacity(256),
+            dry_run: false,
         };
         a.reopen()?;
         Ok(a)
@@ -116,6 +128,15 @@ impl AuditLog {
         }
         self.buf.clear();
         write_line(&mut self.buf, localtime_now(), ban);
+        if self.dry_run {
+            let at = self
+                .buf
+                .windows(DISALLOWED.len())
+                .position(|w| w == DISALLOWED)
+                .expect("write_line writes it");
+            self.buf
+                .splice(at..at + DISALLOWED.len(), DRY_RUN_PREFIX.bytes());
+        }
         self.buf.push(b'\n');
         let (file, _) = self.file.as_mut().expect("reopened above");
         // Unbuffered: one write(2) per line, so the line is on disk (in the
@@ -126,6 +147,11 @@ impl AuditLog {
                 format!("audit: write {}: {e}", self.path.display()),
             )
         })
+    }
+
+    /// `--dry-run`: every later line says that nothing was banned.
+    pub fn set_dry_run(&mut self, on: bool) {
+        self.dry_run = on;
     }
 
     /// Appends `YYYY/MM/DD HH:MM:SS TEXT`: what an operator did by hand
@@ -193,6 +219,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "2026/11/21 10:00:04 disallowed concurrent connection from 192.0.2.44 \
              w/ origin 198.51.100.23,2001:db8:5:6::/64 [vless-in >> direct] email: alice@example.com"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_line_never_reads_as_a_ban() {
+        let dir = std::env::temp_dir().join(format!("refract-audit-dry-{}", std::process::id()));
+        let path = dir.join("block.log");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.set_dry_run(true);
+        let ban = Ban {
+            key: Key::V4("192.0.2.44".parse().unwrap()),
+            user: b"alice"[..].into(),
+            origins: vec![Key::V4("198.51.100.23".parse().unwrap())],
+            tag: b"vless-in >> direct"[..].into(),
+            until: 0,
+        };
+        log.write(&ban).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!text.contains("disallowed"), "{text}");
+        assert!(
+            text.trim_end().ends_with(
+                " dry run, not banned: concurrent connection from 192.0.2.44 w/ origin \
+                 198.51.100.23 [vless-in >> direct] email: alice"
+            ),
+            "{text}"
         );
     }
 }

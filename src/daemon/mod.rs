@@ -164,7 +164,8 @@ impl Daemon {
         poll.registry()
             .register(&mut signals.rx, SIGNAL, Interest::READABLE)?;
         enforcer.register(poll.registry(), ENFORCER_FIRST)?;
-        let audit = AuditLog::open(&cfg.block_log)?;
+        let mut audit = AuditLog::open(&cfg.block_log)?;
+        audit.set_dry_run(cfg.dry_run);
         let mut live = open_liveness(&cfg);
         if let Some(l) = live.as_mut() {
             poll.registry()

@@ -38,7 +38,8 @@ fn violation_is_decided(d: &Daemon) {
                 .iter()
                 .any(|l| {
                     l.contains(
-                        "disallowed concurrent connection from 198.51.100.12 w/ origin 192.0.2.11 \
+                        "dry run, not banned: concurrent connection from 198.51.100.12 w/ origin \
+                     192.0.2.11 \
                      [vless-in >> direct] email: alice@example.com",
                     )
                 })

@@ -64,7 +64,8 @@ fn audit_line_appears_promptly() {
         let last = audit.last().unwrap();
         assert!(
             last.ends_with(&format!(
-                " disallowed concurrent connection from 203.0.113.{i} w/ origin 198.51.100.1 [vless-in >> direct] email: {user}"
+                // --dry-run: worded so that 0.2's filters never count it.
+                " dry run, not banned: concurrent connection from 203.0.113.{i} w/ origin 198.51.100.1 [vless-in >> direct] email: {user}"
             )),
             "{last}"
         );
