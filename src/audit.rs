@@ -123,20 +123,27 @@ impl AuditLog {
 
     /// Appends the line for `ban`, stamped with the local time now.
     pub fn write(&mut self, ban: &Ban) -> io::Result<()> {
+        let dry_run = self.dry_run;
+        self.append(|buf| {
+            write_line(buf, localtime_now(), ban);
+            if dry_run {
+                let at = buf
+                    .windows(DISALLOWED.len())
+                    .position(|w| w == DISALLOWED)
+                    .expect("write_line writes it");
+                buf.splice(at..at + DISALLOWED.len(), DRY_RUN_PREFIX.bytes());
+            }
+        })
+    }
+
+    /// Writes the line `fill` puts into the buffer, and a newline, with one
+    /// `write(2)`, reopening the file first if it was rotated away.
+    fn append(&mut self, fill: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
         if self.rotated_away() {
             self.reopen()?;
         }
         self.buf.clear();
-        write_line(&mut self.buf, localtime_now(), ban);
-        if self.dry_run {
-            let at = self
-                .buf
-                .windows(DISALLOWED.len())
-                .position(|w| w == DISALLOWED)
-                .expect("write_line writes it");
-            self.buf
-                .splice(at..at + DISALLOWED.len(), DRY_RUN_PREFIX.bytes());
-        }
+        fill(&mut self.buf);
         self.buf.push(b'\n');
         let (file, _) = self.file.as_mut().expect("reopened above");
         // Unbuffered: one write(2) per line, so the line is on disk (in the
@@ -159,18 +166,8 @@ impl AuditLog {
     /// fail2ban filters, which match `disallowed concurrent connection`,
     /// never count it as a violation.
     pub fn note(&mut self, text: &str) -> io::Result<()> {
-        if self.rotated_away() {
-            self.reopen()?;
-        }
-        self.buf.clear();
-        let _ = write!(self.buf, "{} {text}", localtime_now());
-        self.buf.push(b'\n');
-        let (file, _) = self.file.as_mut().expect("reopened above");
-        file.write_all(&self.buf).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("audit: write {}: {e}", self.path.display()),
-            )
+        self.append(|buf| {
+            let _ = write!(buf, "{} {text}", localtime_now());
         })
     }
 

@@ -139,6 +139,22 @@ fn tcp_info_is_what_ss_reads_and_judges_a_download() {
     drop((server, client));
 }
 
+/// A node (192.0.2.1, 2001:db8::1) and a client (…::2) namespace joined
+/// by a veth; `None` (skipped, with the reason) without root or `tools`.
+fn node_and_client(tag: &str, tools: &[&str]) -> Option<(Netns, Netns)> {
+    let node = Netns::with_tools(&format!("{tag}node"), tools)?;
+    let client = Netns::new(&format!("{tag}cli"))?;
+    veth(
+        &node,
+        "c0",
+        &["192.0.2.1/24", "2001:db8::1/64"],
+        &client,
+        "n0",
+        &["192.0.2.2/24", "2001:db8::2/64"],
+    );
+    Some((node, client))
+}
+
 /// Records `peers` as `user`'s connections (a key each), starts the check
 /// of a newcomer's line, sends its lookups and reads the answers until it
 /// resolves (the kernel answers inside sendmsg; bounded all the same); the
@@ -182,20 +198,9 @@ fn run_check(
 /// connection that was closed.
 #[test]
 fn exact_lookups_attribute_lines_and_find_what_is_in_use() {
-    let Some(node) = Netns::new("livenode") else {
+    let Some((node, client)) = node_and_client("live", &[]) else {
         return;
     };
-    let Some(client) = Netns::new("liveclient") else {
-        return;
-    };
-    veth(
-        &node,
-        "c0",
-        &["192.0.2.1/24", "2001:db8::1/64"],
-        &client,
-        "n0",
-        &["192.0.2.2/24", "2001:db8::2/64"],
-    );
     let listener = node.in_netns(|| std::net::TcpListener::bind("[::]:443").unwrap());
     let connect = |addr: &str| {
         let c = client.in_netns(|| TcpStream::connect(addr).unwrap());
@@ -248,20 +253,9 @@ fn exact_lookups_attribute_lines_and_find_what_is_in_use() {
 /// never existed is forgotten.
 #[test]
 fn conntrack_flows_are_looked_up_exactly() {
-    let Some(node) = Netns::with_tools("livudpnode", &["iptables", "ip6tables"]) else {
+    let Some((node, client)) = node_and_client("livudp", &["iptables", "ip6tables"]) else {
         return;
     };
-    let Some(client) = Netns::new("livudpcli") else {
-        return;
-    };
-    veth(
-        &node,
-        "c0",
-        &["192.0.2.1/24", "2001:db8::1/64"],
-        &client,
-        "n0",
-        &["192.0.2.2/24", "2001:db8::2/64"],
-    );
     crate::support::rules::track_connections(&node);
     let server = node.in_netns(|| std::net::UdpSocket::bind("0.0.0.0:443").unwrap());
     let send = |sock: &std::net::UdpSocket| sock.send_to(b"ping", "192.0.2.1:443").unwrap();
