@@ -90,7 +90,9 @@ fn unit_keeps_refract_0_2_interface() {
         "EnvironmentFile=-/etc/default/refract",
         "--proto=${REFRACT_PROTO} --dport=${REFRACT_DPORT} --window=${REFRACT_WINDOW} --timeout=${REFRACT_TIMEOUT} --access.log=${REFRACT_ACCESS_LOG} --block.log=${REFRACT_BLOCK_LOG}",
         "Type=notify",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/local/bin/refract reload",
+        "RuntimeDirectory=refract",
+        "RuntimeDirectoryMode=0750",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -194,6 +196,9 @@ fn install_and_uninstall_touch_exactly_their_files() {
             "opt/refract/refract",
             unit,
             settings,
+            "usr/share/man/man8/refract.8.gz",
+            "usr/share/bash-completion/completions/refract",
+            "etc/logrotate.d/refract",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -253,8 +258,15 @@ fn debian_package_builds_with_its_files_and_scripts() {
         "./lib/systemd/system/refract.service",
         "./etc/default/refract",
         "./usr/share/doc/refract/copyright",
+        "./usr/share/man/man8/refract.8.gz",
+        "./usr/share/bash-completion/completions/refract",
+        "./etc/logrotate.d/refract",
     ] {
         assert!(list.contains(f), "{f} missing from {list}");
+    }
+    let conffiles = std::fs::read_to_string(repo().join("packaging/debian/conffiles")).unwrap();
+    for f in ["/etc/default/refract", "/etc/logrotate.d/refract"] {
+        assert!(conffiles.lines().any(|l| l == f), "{f} not a conffile");
     }
     let info = Command::new("dpkg-deb")
         .args(["-I", &deb])
@@ -271,11 +283,23 @@ fn debian_package_builds_with_its_files_and_scripts() {
     ] {
         assert!(info.contains(f), "{f} missing from {info}");
     }
-    let unit = Command::new("dpkg-deb")
-        .args(["--fsys-tarfile", &deb])
+    let tree = TempDir::new("deb-tree");
+    let o = Command::new("dpkg-deb")
+        .args(["-x", &deb])
+        .arg(&tree.0)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&unit.stdout).contains("ExecStart=/usr/bin/refract "));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |f: &str| std::fs::read_to_string(tree.0.join(f)).unwrap();
+    let unit = read("lib/systemd/system/refract.service");
+    assert!(unit.contains("ExecStart=/usr/bin/refract "));
+    assert!(unit.contains("ExecReload=/usr/bin/refract reload"));
+    // The logrotate file calls the package's binary, not /usr/local's.
+    let logrotate = read("etc/logrotate.d/refract");
+    assert!(logrotate.contains("/usr/bin/refract reload"), "{logrotate}");
+    assert!(!logrotate.contains("/usr/local/bin"), "{logrotate}");
+    let completion = read("usr/share/bash-completion/completions/refract");
+    assert!(completion.contains("complete -F _refract refract"));
     // postinst enables but never starts.
     let postinst = std::fs::read_to_string(repo().join("packaging/debian/postinst")).unwrap();
     assert!(
