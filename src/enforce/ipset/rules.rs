@@ -14,10 +14,11 @@
 //! or an nf_tables deletion notification: [`Watch`]); nothing per ban
 //! spawns a process. Installation is
 //! idempotent: `-C` first, `-I INPUT 1` only when the rule is missing.
-//! Rules stay in place on exit (bans persist across restarts); [`Firewall::remove`]
-//! deletes them (`-D` until `-C` says none is left). Child processes inherit
-//! the calling thread's network namespace, which is what the tests use.
-
+//! Rules stay in place on exit (bans persist across restarts);
+//! [`Firewall::remove`] deletes this configuration's rules (`-D` until `-C`
+//! says none is left), and `refract cleanup` every rule on the sets
+//! (below). Child processes inherit the calling thread's network
+//! namespace, which is what the tests use.
 //!
 //! # The ruleset watch
 //!
@@ -292,9 +293,11 @@ impl Firewall {
         Ok(true)
     }
 
-    /// Deletes every copy of every rule (`-D` until `-C` finds none; at
-    /// most 64 copies per rule). Returns how many were deleted. A missing
-    /// set counts as "no rule": iptables cannot have a rule on it.
+    /// Deletes every copy of every rule of this configuration (`-D` until
+    /// `-C` finds none; at most 64 copies per rule). Returns how many were
+    /// deleted. A missing set counts as "no rule": iptables cannot have a
+    /// rule on it. Rules on the sets with other ports or protocols stay:
+    /// `refract cleanup` uses [`referencing`] instead.
     pub fn remove(&self) -> io::Result<usize> {
         if self.mode == FirewallMode::None {
             return Ok(0);

@@ -460,6 +460,15 @@ fn rules_on_sets(cfg: &KernelConfig) -> io::Result<Vec<Listed>> {
 pub fn cleanup_plan(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
     let running = lock::held(&[&cfg.set_v4, &cfg.set_v6])
         .map_err(|e| io::Error::new(e.kind(), format!("ipset: instance lock: {e}")))?;
+    Ok(CleanupPlan {
+        running,
+        ..find(cfg)?
+    })
+}
+
+/// The rules and sets [`cleanup`] would remove now (`running` unset: the
+/// callers know it).
+fn find(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
     let found = rules_on_sets(cfg)?;
     let (rules, kept) = match cfg.firewall {
         FirewallMode::Iptables => (found, Vec::new()),
@@ -496,7 +505,7 @@ pub fn cleanup_plan(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
         rules,
         kept,
         sets,
-        running,
+        running: None,
     })
 }
 
@@ -511,13 +520,24 @@ const CLEANUP_PASSES: usize = 3;
 /// Idempotent: missing rules and sets are not errors. An error says what
 /// is left. Runs synchronously; not for the loop.
 pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
-    let plan = cleanup_plan(cfg)?;
-    if let Some(set) = &plan.running {
-        return Err(io::Error::other(format!(
-            "refract is running on set {set} in this network namespace: stop it first \
-             (systemctl stop refract), then run cleanup again; nothing was removed"
-        )));
-    }
+    // Held until cleanup returns: a daemon starting meanwhile is refused
+    // rather than racing it.
+    let _held = match lock::acquire(&[&cfg.set_v4, &cfg.set_v6]) {
+        Ok(l) => l,
+        Err(LockError::Held(set)) => {
+            return Err(io::Error::other(format!(
+                "refract is running on set {set} in this network namespace: stop it first \
+                 (systemctl stop refract), then run cleanup again; nothing was removed"
+            )))
+        }
+        Err(LockError::Io(set, e)) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("ipset: instance lock @{}: {e}", lock::name(&set)),
+            ))
+        }
+    };
+    let plan = find(cfg)?;
     let mut rules_removed = 0;
     let mut left = plan.rules;
     // Rules first: a set referenced by a rule cannot be destroyed.
@@ -627,5 +647,57 @@ fn typename(f: Family) -> &'static str {
     match f {
         Family::V4 => "hash:ip",
         Family::V6 => "hash:net",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(v6: bool, set: &str) -> Listed {
+        Listed {
+            v6,
+            table: "filter".into(),
+            chain: "INPUT".into(),
+            spec: ["-m", "set", "--match-set", set, "src", "-j", "DROP"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    #[test]
+    fn dry_run_output_names_each_rule_and_set_and_says_nothing_changed() {
+        let plan = CleanupPlan {
+            rules: vec![listed(false, "s4"), listed(true, "s6")],
+            kept: vec![],
+            sets: vec![("s4".into(), Some(3)), ("s6".into(), None)],
+            running: Some("s4".into()),
+        };
+        assert_eq!(
+            plan.to_string(),
+            "refuses: refract is running on set s4; stop it first (systemctl stop refract)\n\
+             would delete: iptables -t filter -D INPUT -m set --match-set s4 src -j DROP\n\
+             would delete: ip6tables -t filter -D INPUT -m set --match-set s6 src -j DROP\n\
+             would destroy: ipset destroy s4 (3 entries)\n\
+             would destroy: ipset destroy s6\n\
+             refract cleanup --dry-run: 2 DROP rule(s) and 2 set(s) would go; nothing was changed\n"
+        );
+        let none = CleanupPlan {
+            kept: vec![listed(false, "s4")],
+            ..CleanupPlan::default()
+        };
+        let text = none.to_string();
+        assert!(text.starts_with("would keep (--firewall none: your rule): iptables"));
+        assert!(text.contains("nothing to remove\n"), "{text}");
+    }
+
+    #[test]
+    fn running_is_one_line_naming_the_set_and_the_way_out() {
+        let e = StartError::Running("refract_banned_users".into()).to_string();
+        assert!(
+            e.starts_with("ipset: another refract is already running on set refract_banned_users"),
+            "{e}"
+        );
+        assert!(e.contains("@refract:set:refract_banned_users") && !e.contains('\n'));
     }
 }
