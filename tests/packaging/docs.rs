@@ -7,6 +7,7 @@
 //! reopens the log through `refract reload`.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -316,11 +317,17 @@ fn logrotate_file_passes_logrotate_debug_and_reopens_through_reload() {
         return;
     }
     let state = TempDir::new("logrotate");
+    // As installed (install -m644): logrotate ignores a config file that
+    // is group- or world-writable, which a checkout made with umask 002
+    // would be.
+    let conf = state.path("refract");
+    std::fs::write(&conf, &text).unwrap();
+    std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = Command::new("logrotate")
         .arg("-d")
         .arg("-s")
         .arg(state.path("state"))
-        .arg(&file)
+        .arg(&conf)
         .output()
         .unwrap();
     let out = format!(
