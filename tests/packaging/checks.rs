@@ -92,7 +92,7 @@ fn unit_keeps_refract_0_2_interface() {
         "Type=notify",
         "ExecReload=/usr/local/bin/refract reload",
         "RuntimeDirectory=refract",
-        "RuntimeDirectoryMode=0750",
+        "RuntimeDirectoryMode=2750",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -329,6 +329,12 @@ fn container_and_alpine_files_are_consistent() {
     let apk = std::fs::read_to_string(repo().join("packaging/alpine/APKBUILD")).unwrap();
     let version = format!("pkgver={}", env!("CARGO_PKG_VERSION"));
     assert!(apk.contains(&version), "APKBUILD {version}");
+    // OpenRC has no RuntimeDirectory=: the script makes the control
+    // socket's directory, and reloads through the control socket too.
+    let openrc = std::fs::read_to_string(repo().join("packaging/openrc/refract")).unwrap();
+    assert!(openrc.contains("checkpath --directory --mode 2750 --owner root:refract /run/refract"));
+    assert!(openrc.contains("checkpath --directory --mode 0750 /run/refract"));
+    assert!(openrc.contains("\"${command}\" reload"));
     for f in ["packaging/openrc/refract", "packaging/openrc/refract.confd"] {
         assert!(apk.contains(f) && repo().join(f).exists(), "{f}");
     }
