@@ -413,7 +413,7 @@ impl fmt::Display for CleanupPlan {
         }
         writeln!(
             f,
-            "refract cleanup --dry-run: {} DROP rule(s) and {} set(s) would go; nothing was changed",
+            "refract cleanup --dry-run: {} rule(s) and {} set(s) would go; nothing was changed",
             self.rules.len(),
             self.sets.len()
         )
@@ -680,7 +680,7 @@ mod tests {
              would delete: ip6tables -t filter -D INPUT -m set --match-set s6 src -j DROP\n\
              would destroy: ipset destroy s4 (3 entries)\n\
              would destroy: ipset destroy s6\n\
-             refract cleanup --dry-run: 2 DROP rule(s) and 2 set(s) would go; nothing was changed\n"
+             refract cleanup --dry-run: 2 rule(s) and 2 set(s) would go; nothing was changed\n"
         );
         let none = CleanupPlan {
             kept: vec![listed(false, "s4")],
