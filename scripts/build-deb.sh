@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds a Debian package from this checkout with dpkg-deb (no cargo-deb
-# needed): /usr/bin/refract, the unit (ExecStart pointed at /usr/bin), the
-# env file as a conffile, and the maintainer scripts of packaging/debian.
+# needed): /usr/bin/refract, the unit (ExecStart and ExecReload pointed at
+# /usr/bin), the env file and the logrotate file as conffiles, the man page
+# refract(8), bash completion, and the maintainer scripts of
+# packaging/debian.
 #
 #   scripts/build-deb.sh [--bin PATH] [--out DIR]
 set -euo pipefail
@@ -28,6 +30,13 @@ sed 's|/usr/local/bin/refract|/usr/bin/refract|' refract.service >"$root/lib/sys
 chmod 644 "$root/lib/systemd/system/refract.service"
 install -Dm644 packaging/default/refract "$root/etc/default/refract"
 install -Dm644 README.md "$root/usr/share/doc/refract/README.md"
+install -d "$root/usr/share/man/man8"
+gzip -9n <packaging/man/refract.8 >"$root/usr/share/man/man8/refract.8.gz"
+chmod 644 "$root/usr/share/man/man8/refract.8.gz"
+install -Dm644 packaging/completion/refract.bash "$root/usr/share/bash-completion/completions/refract"
+install -d "$root/etc/logrotate.d"
+sed 's|/usr/local/bin/refract|/usr/bin/refract|' packaging/logrotate/refract >"$root/etc/logrotate.d/refract"
+chmod 644 "$root/etc/logrotate.d/refract"
 install -Dm644 LICENSE "$root/usr/share/doc/refract/copyright"
 install -d "$root/DEBIAN"
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" packaging/debian/control >"$root/DEBIAN/control"

@@ -49,19 +49,12 @@ fn daemon(cfg: Config) -> i32 {
     refract::daemon::run(cfg, enforcer)
 }
 
-/// `refract cleanup`: the DROP rules and both sets go.
+/// `refract cleanup [--dry-run]`: the rules on refract's sets and both
+/// sets go (or, with `--dry-run`, are only listed).
 fn cleanup(cfg: &Config) -> i32 {
-    match enforce::cleanup(&KernelConfig::from_config(cfg)) {
-        Ok(c) => {
-            let sets = if c.sets_destroyed.is_empty() {
-                "no sets".to_string()
-            } else {
-                c.sets_destroyed.join(", ")
-            };
-            println!(
-                "refract cleanup: removed {} DROP rule(s), destroyed {sets}",
-                c.rules_removed
-            );
+    match enforce::cleanup_report(&KernelConfig::from_config(cfg), cfg.dry_run) {
+        Ok(report) => {
+            print!("{report}");
             0
         }
         Err(e) => {

@@ -33,7 +33,10 @@ pub mod kill;
 
 pub use dry_run::DryRun;
 pub use ipset::rules::Firewall;
-pub use ipset::{cleanup, probe, Cleanup, KernelConfig, KernelEnforcer, Probe, StartError, TOKENS};
+pub use ipset::{
+    cleanup, cleanup_plan, cleanup_report, probe, Cleanup, CleanupPlan, KernelConfig,
+    KernelEnforcer, Probe, StartError, TOKENS,
+};
 
 /// Most requests sent and not yet answered, per socket. Each answer holds
 /// about 1 KiB of the receive buffer until read; staying far below the

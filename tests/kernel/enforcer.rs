@@ -615,13 +615,39 @@ fn cleanup_removes_rules_and_sets_and_is_idempotent() {
     assert!(!n.exec(&["ipset", "list", S6]).status.success());
 }
 
+/// A rule on our set on a port this configuration does not name (made
+/// by an earlier run, or by hand) is found by the set's name and goes too.
 #[test]
-fn cleanup_of_a_set_still_in_use_names_the_cause() {
+fn cleanup_finds_rules_by_set_name_whatever_their_ports() {
     let Some(n) = ns("enfcb") else { return };
     n.ok(&["ipset", "create", S4, "hash:ip", "timeout", "60"]);
-    // Someone else's rule on our set, on a port refract does not manage.
     rules::append(&n, &rules::tcp4(22, S4));
+    rules::append(&n, &rule(false, "udp", &[8443, 2053], S4));
     let c = cfg(60, FirewallMode::Iptables);
+    let plan = n.in_netns(|| refract::enforce::cleanup_plan(&c)).unwrap();
+    assert_eq!(plan.rules.len(), 2, "{plan}");
+    assert_eq!(plan.sets, vec![(S4.to_string(), Some(0))]);
+    assert!(plan.kept.is_empty() && plan.running.is_none());
+    assert_eq!(drop_rules(&n), 0);
+    assert!(
+        rules::present(&n, &rules::tcp4(22, S4)),
+        "the plan changed nothing"
+    );
+    let done = n.in_netns(|| refract::enforce::cleanup(&c)).unwrap();
+    assert_eq!(done.rules_removed, 2);
+    assert_eq!(done.sets_destroyed, vec![S4.to_string()]);
+    assert!(!n.ok(&["iptables", "-S"]).contains("--match-set"));
+}
+
+/// With `--firewall none` the rules are the operator's: cleanup keeps them,
+/// and then cannot destroy the set they use; the error names them.
+#[test]
+fn cleanup_with_firewall_none_keeps_your_rules_and_names_them() {
+    let Some(n) = ns("enfcn") else { return };
+    n.ok(&["ipset", "create", S4, "hash:ip", "timeout", "60"]);
+    let yours = rules::tcp4(22, S4);
+    rules::append(&n, &yours);
+    let c = cfg(60, FirewallMode::None);
     let e = n
         .in_netns(|| refract::enforce::cleanup(&c))
         .unwrap_err()
@@ -630,7 +656,11 @@ fn cleanup_of_a_set_still_in_use_names_the_cause() {
         e.starts_with("ipset: destroy refract_banned_users: set is in use"),
         "{e}"
     );
-    assert!(e.contains("iptables -S INPUT"), "{e}");
+    assert!(
+        e.contains("kept because of --firewall none: iptables -t filter -D INPUT -p tcp"),
+        "{e}"
+    );
+    assert!(rules::present(&n, &yours));
 }
 
 /// Helper for `missing_iptables_is_one_clear_line`: runs only in the child

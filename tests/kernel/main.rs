@@ -43,6 +43,10 @@ mod enforcer;
 /// set; `check`, run, restart and `cleanup` as an operator runs them.
 mod daemon;
 
+/// `refract cleanup` finds rules by set name (other ports, both
+/// protocols), its dry run, and one daemon per set (the instance lock).
+mod cleanup;
+
 /// Faults against the running daemon in a namespace: the set destroyed,
 /// the rule deleted, thousands of connections of one key, SIGTERM during
 /// a burst of bans.

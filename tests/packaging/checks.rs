@@ -90,7 +90,9 @@ fn unit_keeps_refract_0_2_interface() {
         "EnvironmentFile=-/etc/default/refract",
         "--proto=${REFRACT_PROTO} --dport=${REFRACT_DPORT} --window=${REFRACT_WINDOW} --timeout=${REFRACT_TIMEOUT} --access.log=${REFRACT_ACCESS_LOG} --block.log=${REFRACT_BLOCK_LOG}",
         "Type=notify",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecReload=/usr/local/bin/refract reload",
+        "RuntimeDirectory=refract",
+        "RuntimeDirectoryMode=2750",
         "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_DAC_READ_SEARCH",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -194,6 +196,9 @@ fn install_and_uninstall_touch_exactly_their_files() {
             "opt/refract/refract",
             unit,
             settings,
+            "usr/share/man/man8/refract.8.gz",
+            "usr/share/bash-completion/completions/refract",
+            "etc/logrotate.d/refract",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -253,8 +258,15 @@ fn debian_package_builds_with_its_files_and_scripts() {
         "./lib/systemd/system/refract.service",
         "./etc/default/refract",
         "./usr/share/doc/refract/copyright",
+        "./usr/share/man/man8/refract.8.gz",
+        "./usr/share/bash-completion/completions/refract",
+        "./etc/logrotate.d/refract",
     ] {
         assert!(list.contains(f), "{f} missing from {list}");
+    }
+    let conffiles = std::fs::read_to_string(repo().join("packaging/debian/conffiles")).unwrap();
+    for f in ["/etc/default/refract", "/etc/logrotate.d/refract"] {
+        assert!(conffiles.lines().any(|l| l == f), "{f} not a conffile");
     }
     let info = Command::new("dpkg-deb")
         .args(["-I", &deb])
@@ -271,11 +283,23 @@ fn debian_package_builds_with_its_files_and_scripts() {
     ] {
         assert!(info.contains(f), "{f} missing from {info}");
     }
-    let unit = Command::new("dpkg-deb")
-        .args(["--fsys-tarfile", &deb])
+    let tree = TempDir::new("deb-tree");
+    let o = Command::new("dpkg-deb")
+        .args(["-x", &deb])
+        .arg(&tree.0)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&unit.stdout).contains("ExecStart=/usr/bin/refract "));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |f: &str| std::fs::read_to_string(tree.0.join(f)).unwrap();
+    let unit = read("lib/systemd/system/refract.service");
+    assert!(unit.contains("ExecStart=/usr/bin/refract "));
+    assert!(unit.contains("ExecReload=/usr/bin/refract reload"));
+    // The logrotate file calls the package's binary, not /usr/local's.
+    let logrotate = read("etc/logrotate.d/refract");
+    assert!(logrotate.contains("/usr/bin/refract reload"), "{logrotate}");
+    assert!(!logrotate.contains("/usr/local/bin"), "{logrotate}");
+    let completion = read("usr/share/bash-completion/completions/refract");
+    assert!(completion.contains("complete -F _refract refract"));
     // postinst enables but never starts.
     let postinst = std::fs::read_to_string(repo().join("packaging/debian/postinst")).unwrap();
     assert!(
@@ -305,6 +329,12 @@ fn container_and_alpine_files_are_consistent() {
     let apk = std::fs::read_to_string(repo().join("packaging/alpine/APKBUILD")).unwrap();
     let version = format!("pkgver={}", env!("CARGO_PKG_VERSION"));
     assert!(apk.contains(&version), "APKBUILD {version}");
+    // OpenRC has no RuntimeDirectory=: the script makes the control
+    // socket's directory, and reloads through the control socket too.
+    let openrc = std::fs::read_to_string(repo().join("packaging/openrc/refract")).unwrap();
+    assert!(openrc.contains("checkpath --directory --mode 2750 --owner root:refract /run/refract"));
+    assert!(openrc.contains("checkpath --directory --mode 0750 /run/refract"));
+    assert!(openrc.contains("\"${command}\" reload"));
     for f in ["packaging/openrc/refract", "packaging/openrc/refract.confd"] {
         assert!(apk.contains(f) && repo().join(f).exists(), "{f}");
     }
@@ -382,4 +412,138 @@ fn demo_shows_a_ban_and_cleans_up() {
         !String::from_utf8_lossy(&rules.stdout).contains("refract"),
         "a rule is left on the host"
     );
+}
+
+/// `install.sh --uninstall` cleans up with the installed settings (their
+/// set names; other ports, both protocols, and a dry-run service still
+/// get a real cleanup), and when something remains it says so, exits 1
+/// and removes no file. Runs the DESTDIR install's own cleanup
+/// (`--with-cleanup`) inside a network namespace of its own.
+#[test]
+fn uninstall_cleans_up_with_the_installed_settings_and_says_what_remains() {
+    use crate::support::daemon::{access_line, append, Daemon};
+    use crate::support::netns::{Netns, FIREWALL};
+    let Some(ns) = Netns::with_tools("uninstall", FIREWALL) else {
+        return;
+    };
+    let root = TempDir::new("uninstall-root");
+    let script = repo().join("scripts/install.sh");
+    let destdir = root.0.display().to_string();
+    let install = || {
+        let o = Command::new("bash")
+            .arg(&script)
+            .args(["--init", "systemd", "--bin", BIN])
+            .env("DESTDIR", &root.0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let uninstall = || {
+        let s = script.display().to_string();
+        ns.exec(&[
+            "env",
+            &format!("DESTDIR={destdir}"),
+            "bash",
+            &s,
+            "--init",
+            "systemd",
+            "--uninstall",
+            "--with-cleanup",
+        ])
+    };
+    let settings = root.0.join("etc/default/refract");
+    let witness = || {
+        (
+            ns.ok(&["iptables", "-S"]),
+            ns.ok(&["ip6tables", "-S"]),
+            ns.ok(&["ipset", "list", "-n"]),
+        )
+    };
+
+    install();
+    std::fs::write(
+        &settings,
+        "REFRACT_SET_NAME=rf_un4\nREFRACT_SET_NAME6=rf_un6\nREFRACT_DPORT=8443,2053\n\
+         REFRACT_PROTO=tcp,udp\nREFRACT_DRY_RUN=true\n",
+    )
+    .unwrap();
+    // An earlier run (not a dry run) made the sets and rules.
+    let dir = TempDir::new("uninstall-run");
+    let mut d = Daemon::start_in(
+        &ns,
+        &dir,
+        &[
+            "--set-name=rf_un4",
+            "--set-name6=rf_un6",
+            "--dport=8443,2053",
+            "--proto=tcp,udp",
+            "--window=1h",
+        ],
+    );
+    append(&d.access, &access_line("erin@example.com", "198.51.100.41"));
+    append(&d.access, &access_line("erin@example.com", "203.0.113.41"));
+    d.wait_log("ban 203.0.113.41");
+    assert_eq!(d.terminate().0.code(), Some(0), "{}", d.log());
+    let (v4, _, sets) = witness();
+    assert!(
+        v4.contains("rf_un4") && sets.contains("rf_un6"),
+        "{v4}{sets}"
+    );
+
+    let o = uninstall();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("install: cleanup: removed 4 DROP rule(s), destroyed rf_un4, rf_un6"),
+        "{out}"
+    );
+    assert!(out.contains("refract removed"), "{out}");
+    let (v4, v6, sets) = witness();
+    assert!(
+        !v4.contains("--match-set") && !v6.contains("--match-set"),
+        "{v4}{v6}"
+    );
+    assert_eq!(sets.trim(), "");
+    // Only the edited settings are left.
+    assert_eq!(
+        files_under(&root.0),
+        ["etc/default/refract".to_string()].into_iter().collect()
+    );
+
+    // Something cleanup must not remove: --firewall none, and the
+    // operator's own rule on the set. Uninstall says so and keeps every file.
+    std::fs::remove_file(&settings).unwrap();
+    install();
+    let installed = files_under(&root.0);
+    std::fs::write(
+        &settings,
+        "REFRACT_SET_NAME=rf_un4\nREFRACT_SET_NAME6=rf_un6\nREFRACT_FIREWALL=none\n",
+    )
+    .unwrap();
+    ns.ok(&["ipset", "create", "rf_un4", "hash:ip", "timeout", "60"]);
+    ns.ok(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "set",
+        "--match-set",
+        "rf_un4",
+        "src",
+        "-j",
+        "DROP",
+    ]);
+    let o = uninstall();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        err.contains("refract: cleanup: ipset: destroy rf_un4: set is in use"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was uninstalled"), "{err}");
+    assert!(!out.contains("refract removed"), "{out}");
+    assert_eq!(files_under(&root.0), installed);
+    assert!(ns.ok(&["ipset", "list", "-n"]).contains("rf_un4"));
 }

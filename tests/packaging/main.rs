@@ -9,3 +9,7 @@ mod support;
 /// `scripts/install.sh` in a DESTDIR, `scripts/build-deb.sh`, static
 /// checks of the Dockerfile and APKBUILD, and `scripts/demo.sh` (root).
 mod checks;
+
+/// The man page against the binary's flags, the bash completion driven in
+/// a bash subprocess, the logrotate file through `logrotate -d`.
+mod docs;

@@ -8,6 +8,7 @@
 //! - [`ops`]: ADD/DEL from the loop and the repair of a set destroyed
 //!   behind our back.
 //! - [`rules`]: the DROP rules and the watch that restores them.
+//! - [`lock`]: one enforcer per set in a network namespace.
 //!
 //! After startup nothing blocks. Every kernel socket is one mio token
 //! ([`TOKENS`]) and one [`crate::nl::channel::Channel`]; sockets are told
@@ -33,13 +34,16 @@ use crate::key::Key;
 use crate::nl::ipset::{self as nl_ipset, Family};
 use crate::policy::Ban;
 
+pub mod lock;
 pub mod ops;
 pub mod rules;
 pub mod startup;
 
 use ops::{Effect, Op, Ops};
 use rules::{Firewall, Watch};
-pub use startup::{cleanup, probe, Cleanup, Probe, StartError};
+pub use startup::{
+    cleanup, cleanup_plan, cleanup_report, probe, Cleanup, CleanupPlan, Probe, StartError,
+};
 
 /// Tokens the enforcer registers, starting at the `first` given to
 /// [`Enforcer::register`] (offsets below).
@@ -137,6 +141,8 @@ pub struct KernelEnforcer {
     /// The latest `now` the loop gave us (for deadlines set in `ready`).
     now: Micros,
     stats: EnforceStats,
+    /// Held for the enforcer's life: no second one on these sets.
+    _lock: lock::InstanceLock,
 }
 
 impl KernelEnforcer {

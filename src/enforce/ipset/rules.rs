@@ -14,10 +14,11 @@
 //! or an nf_tables deletion notification: [`Watch`]); nothing per ban
 //! spawns a process. Installation is
 //! idempotent: `-C` first, `-I INPUT 1` only when the rule is missing.
-//! Rules stay in place on exit (bans persist across restarts); [`Firewall::remove`]
-//! deletes them (`-D` until `-C` says none is left). Child processes inherit
-//! the calling thread's network namespace, which is what the tests use.
-
+//! Rules stay in place on exit (bans persist across restarts);
+//! [`Firewall::remove`] deletes this configuration's rules (`-D` until `-C`
+//! says none is left), and `refract cleanup` every rule on the sets
+//! (below). Child processes inherit the calling thread's network
+//! namespace, which is what the tests use.
 //!
 //! # The ruleset watch
 //!
@@ -36,6 +37,22 @@
 //! ruleset, and the processes run only when somebody deleted something.
 //! Limit: legacy (non-nf_tables) iptables sends no notifications; there the
 //! rule is re-checked only after a set repair.
+//!
+//! # Finding the rules by set name (`refract cleanup`)
+//!
+//! [`Firewall::remove`] deletes the rules this configuration would make;
+//! rules made by an earlier run with other ports or protocols would be
+//! missed, and the set then cannot be destroyed (`set is in use`). So
+//! cleanup lists the ruleset instead ([`referencing`]): `iptables-save` /
+//! `ip6tables-save` (every table the kernel has, without loading modules
+//! the way `iptables -t nat -S` may), falling back to `iptables -S` (the
+//! filter table) where the save binaries are missing, and keeps each rule
+//! whose spec has `--match-set NAME` for one of refract's sets
+//! ([`parse_listing`], pure). Each one is deleted by its own spec as
+//! listed (`iptables -t TABLE -D CHAIN SPEC…`: iptables-save's output is
+//! the input format of iptables, iptables-save(8)). Why the binaries and
+//! not nfnetlink: the same reason as above (xt-compat expressions), and
+//! they work for iptables-legacy too.
 
 use std::fmt;
 use std::io;
@@ -154,40 +171,58 @@ enum Check {
     Absent,
 }
 
+/// Runs a firewall binary (stdin closed) and collects its output; a
+/// missing binary is one line saying what to do.
+fn output(mut cmd: Command, binary: &str) -> io::Result<std::process::Output> {
+    cmd.stdin(Stdio::null()).output().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("firewall: {binary} not found in PATH: install iptables"),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("firewall: {binary}: {e}"))
+        }
+    })
+}
+
 fn run(rule: &Rule, op: &str) -> io::Result<std::process::Output> {
     let mut cmd = Command::new(rule.binary());
     cmd.args(["-w", LOCK_WAIT, op, "INPUT"]);
     if op == "-I" {
         cmd.arg("1");
     }
-    cmd.args(rule.spec())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!(
-                        "firewall: {} not found in PATH: install iptables, or run with \
-                         --firewall none and add the rule yourself: {rule}",
-                        rule.binary()
-                    ),
-                )
-            } else {
-                io::Error::new(e.kind(), format!("firewall: {}: {e}", rule.binary()))
-            }
-        })
+    cmd.args(rule.spec());
+    output(cmd, rule.binary()).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "firewall: {} not found in PATH: install iptables, or run with \
+                     --firewall none and add the rule yourself: {rule}",
+                    rule.binary()
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// iptables says why it failed on stderr only.
+fn permission_or_other(out: &std::process::Output) -> io::ErrorKind {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("Permission denied") || stderr.contains("you must be root") {
+        io::ErrorKind::PermissionDenied
+    } else {
+        io::ErrorKind::Other
+    }
 }
 
 fn failed(rule: &Rule, op: &str, out: &std::process::Output) -> io::Error {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let kind = if stderr.contains("Permission denied") || stderr.contains("you must be root") {
-        io::ErrorKind::PermissionDenied
-    } else {
-        io::ErrorKind::Other
-    };
     io::Error::new(
-        kind,
+        permission_or_other(out),
         format!(
             "firewall: {} {op} INPUT {}: {} ({})",
             rule.binary(),
@@ -258,9 +293,11 @@ impl Firewall {
         Ok(true)
     }
 
-    /// Deletes every copy of every rule (`-D` until `-C` finds none; at
-    /// most 64 copies per rule). Returns how many were deleted. A missing
-    /// set counts as "no rule": iptables cannot have a rule on it.
+    /// Deletes every copy of every rule of this configuration (`-D` until
+    /// `-C` finds none; at most 64 copies per rule). Returns how many were
+    /// deleted. A missing set counts as "no rule": iptables cannot have a
+    /// rule on it. Rules on the sets with other ports or protocols stay:
+    /// `refract cleanup` uses [`referencing`] instead.
     pub fn remove(&self) -> io::Result<usize> {
         if self.mode == FirewallMode::None {
             return Ok(0);
@@ -290,6 +327,164 @@ impl Firewall {
         let lines: Vec<String> = self.rules.iter().map(Rule::to_string).collect();
         lines.join("\n")
     }
+}
+
+/// A rule found in the ruleset that references one of refract's sets,
+/// as `iptables-save` listed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Found by `ip6tables-save` rather than `iptables-save`.
+    pub v6: bool,
+    pub table: String,
+    pub chain: String,
+    /// The words after `-A CHAIN`, unquoted.
+    pub spec: Vec<String>,
+}
+
+impl Listed {
+    pub fn binary(&self) -> &'static str {
+        if self.v6 {
+            "ip6tables"
+        } else {
+            "iptables"
+        }
+    }
+
+    /// Deletes this rule (one copy: `-D` removes the first match).
+    pub fn delete(&self) -> io::Result<()> {
+        let mut cmd = Command::new(self.binary());
+        cmd.args(["-w", LOCK_WAIT, "-t", &self.table, "-D", &self.chain])
+            .args(&self.spec);
+        let out = output(cmd, self.binary())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            permission_or_other(&out),
+            format!(
+                "firewall: {self}: {} ({})",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                out.status
+            ),
+        ))
+    }
+}
+
+/// The command that deletes the rule, as an operator would type it into a
+/// shell (words with other characters single-quoted).
+impl fmt::Display for Listed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -t {} -D {}", self.binary(), self.table, self.chain)?;
+        for w in &self.spec {
+            f.write_str(" ")?;
+            if !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.,:/!".contains(&b))
+            {
+                f.write_str(w)?;
+            } else {
+                // Shell single quotes: nothing inside them is special.
+                write!(f, "'{}'", w.replace('\'', "'\\''"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits one line of iptables-save output into words: blanks separate
+/// them, and a value with other characters than `[A-Za-z0-9_-]` is
+/// printed in double quotes with `"`, `\` and `'` escaped by a backslash
+/// (`xtables_save_string()`, iptables' libxtables/xtables.c). `None` for an
+/// unterminated quote.
+fn words(line: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        let mut w = String::new();
+        let mut quoted = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => quoted = !quoted,
+                '\\' => w.push(chars.next()?),
+                c if c.is_ascii_whitespace() && !quoted => break,
+                c => w.push(c),
+            }
+        }
+        if quoted {
+            return None;
+        }
+        out.push(w);
+    }
+}
+
+/// The rules of an `iptables-save` (or `iptables -S`, which has no table
+/// lines: the filter table) listing that name one of `sets` after
+/// `--match-set`, in listing order. Pure: the tests feed it text.
+pub fn parse_listing(text: &str, v6: bool, sets: &[&str]) -> Vec<Listed> {
+    let mut table = "filter".to_string();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+            continue;
+        }
+        let Some(w) = words(line) else { continue };
+        let [a, chain, spec @ ..] = &w[..] else {
+            continue;
+        };
+        let ours = spec
+            .windows(2)
+            .any(|p| p[0] == "--match-set" && sets.contains(&p[1].as_str()));
+        if a == "-A" && ours {
+            out.push(Listed {
+                v6,
+                table: table.clone(),
+                chain: chain.clone(),
+                spec: spec.to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// Every rule in the running ruleset (IPv4 and IPv6, every table) that
+/// matches on one of `sets`: module docs.
+pub fn referencing(sets: &[&str]) -> io::Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for (v6, bin, save) in [
+        (false, "iptables", "iptables-save"),
+        (true, "ip6tables", "ip6tables-save"),
+    ] {
+        let listing = match output(Command::new(save), save) {
+            Ok(o) => o,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut c = Command::new(bin);
+                c.args(["-w", LOCK_WAIT, "-S"]);
+                output(c, bin)?
+            }
+            Err(e) => return Err(e),
+        };
+        if !listing.status.success() {
+            return Err(io::Error::new(
+                permission_or_other(&listing),
+                format!(
+                    "firewall: listing the {bin} rules: {} ({})",
+                    String::from_utf8_lossy(&listing.stderr).trim(),
+                    listing.status
+                ),
+            ));
+        }
+        out.extend(parse_listing(
+            &String::from_utf8_lossy(&listing.stdout),
+            v6,
+            sets,
+        ));
+    }
+    Ok(out)
 }
 
 /// The nf_tables notification socket and the rule check it schedules
@@ -423,6 +618,90 @@ mod tests {
         assert_eq!(r.len(), 4);
         assert_eq!(r[0].ports.len(), 15);
         assert_eq!(r[1].ports, (1015..1020).collect::<Vec<_>>());
+    }
+
+    /// iptables-save v1.8.9 (nf_tables) as it printed these rules in a
+    /// test namespace: a rule made with other ports (multiport), one with
+    /// a quoted comment, one in another table, someone else's rule.
+    const SAVE: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables) on Tue Dec  1 11:51:38 2026
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -m set ! --match-set s4 src -j ACCEPT
+COMMIT
+# Completed on Tue Dec  1 11:51:38 2026
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -p tcp -m multiport --dports 8443,2053 -m set --match-set s4 src -j DROP
+-A INPUT -p udp -m udp --dport 443 -m set --match-set s4 src -m comment --comment "my \"odd\" rule" -j DROP
+-A INPUT -m set --match-set other src -j DROP
+-A INPUT -m set --match-set s4x src -j DROP
+COMMIT
+"#;
+
+    #[test]
+    fn listing_finds_every_rule_on_the_sets_in_every_table() {
+        let found = parse_listing(SAVE, false, &["s4", "s6"]);
+        let shown: Vec<String> = found.iter().map(Listed::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "iptables -t raw -D PREROUTING -m set ! --match-set s4 src -j ACCEPT",
+                "iptables -t filter -D INPUT -p tcp -m multiport --dports 8443,2053 -m set \
+                 --match-set s4 src -j DROP",
+                "iptables -t filter -D INPUT -p udp -m udp --dport 443 -m set --match-set s4 \
+                 src -m comment --comment 'my \"odd\" rule' -j DROP",
+            ]
+        );
+        // The quoted comment is one word again, unescaped.
+        assert!(found[2].spec.contains(&"my \"odd\" rule".to_string()));
+        assert_eq!(found[1].chain, "INPUT");
+        assert!(!found[0].v6);
+        // `iptables -S` has no table lines: the filter table.
+        let s = "-P INPUT ACCEPT\n-A INPUT -p tcp -m set --match-set s6 src -j DROP\n";
+        let found = parse_listing(s, true, &["s4", "s6"]);
+        assert_eq!(
+            found,
+            vec![Listed {
+                v6: true,
+                table: "filter".into(),
+                chain: "INPUT".into(),
+                spec: [
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "set",
+                    "--match-set",
+                    "s6",
+                    "src",
+                    "-j",
+                    "DROP"
+                ]
+                .map(String::from)
+                .to_vec(),
+            }]
+        );
+        assert!(parse_listing(SAVE, false, &["nothing"]).is_empty());
+    }
+
+    #[test]
+    fn words_unquote_like_xtables_save_string() {
+        assert_eq!(
+            words(r#"a "b c" "d\"e\\f" 'g'"#).unwrap(),
+            ["a", "b c", "d\"e\\f", "'g'"]
+        );
+        assert_eq!(words("  ").unwrap(), Vec::<String>::new());
+        assert_eq!(words(r#"-A "open"#), None);
+        let l = Listed {
+            v6: false,
+            table: "filter".into(),
+            chain: "INPUT".into(),
+            spec: vec!["it's".into()],
+        };
+        assert_eq!(l.to_string(), r"iptables -t filter -D INPUT 'it'\''s'");
     }
 
     #[test]

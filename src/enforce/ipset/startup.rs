@@ -9,7 +9,15 @@
 //! can destroy sockets. [`KernelEnforcer::new`] then creates the missing
 //! sets, watches the ruleset, installs the DROP rules and reads back the
 //! bans already in the sets, so a restart forgets nothing. Each failure is
-//! one clear line ([`StartError`]).
+//! one clear line ([`StartError`]). Before any of it, the enforcer takes the
+//! sets' instance lock ([`super::lock`]): a second daemon on the same sets
+//! changes nothing and fails with [`StartError::Running`].
+//!
+//! [`cleanup`] finds refract's rules by the set names they match on (every
+//! table, whatever ports and protocols made them: [`rules::referencing`]),
+//! deletes them, checks that none is left, then destroys the sets;
+//! [`cleanup_plan`] is the same search without any change (`cleanup
+//! --dry-run`), and [`cleanup_report`] is the command's whole output.
 
 use std::fmt;
 use std::io;
@@ -24,8 +32,9 @@ use crate::nl::diag::{self, SockId};
 use crate::nl::ipset::{self, Family};
 use crate::nl::socket::NlSocket;
 
+use super::lock::{self, LockError};
 use super::ops::Ops;
-use super::rules::Watch;
+use super::rules::{self, Listed, Watch};
 use super::{create_request, log, KernelConfig, KernelEnforcer};
 
 /// Timeout for the blocking startup exchanges.
@@ -50,6 +59,9 @@ pub enum StartError {
     WrongSet(String),
     /// The DROP rule could not be installed (missing binary, …).
     Firewall(io::Error),
+    /// Another refract in this network namespace holds the lock of this
+    /// set ([`super::lock`]).
+    Running(String),
     /// Anything else, already prefixed with its subsystem.
     Other(String),
 }
@@ -66,6 +78,13 @@ impl fmt::Display for StartError {
                 f,
                 "ipset: the kernel has no ip_set support ({e}); load it with \
                  `modprobe ip_set` or use a kernel with CONFIG_IP_SET"
+            ),
+            StartError::Running(set) => write!(
+                f,
+                "ipset: another refract is already running on set {set} in this network \
+                 namespace (`ss -xlp | grep @{}` shows it); stop it first, or give this \
+                 one other sets (--set-name, --set-name6)",
+                lock::name(set)
             ),
             StartError::WrongSet(s) | StartError::Other(s) => f.write_str(s),
             StartError::Firewall(e) => write!(f, "{e}"),
@@ -252,6 +271,13 @@ impl KernelEnforcer {
     /// Startup: [`probe`], then creates the missing sets, installs the DROP
     /// rules (unless `--firewall none`) and reads back existing bans.
     pub fn new(cfg: KernelConfig) -> Result<KernelEnforcer, StartError> {
+        // First: a refused second daemon must not have changed anything.
+        let held = lock::acquire(&[&cfg.set_v4, &cfg.set_v6]).map_err(|e| match e {
+            LockError::Held(set) => StartError::Running(set),
+            LockError::Io(set, e) => {
+                StartError::Other(format!("ipset: instance lock @{}: {e}", lock::name(&set)))
+            }
+        })?;
         let probe = probe(&cfg)?;
         if probe.destroy == Some(false) {
             log(format_args!(
@@ -316,6 +342,7 @@ impl KernelEnforcer {
             first_token: 0,
             now: 0,
             stats: EnforceStats::default(),
+            _lock: held,
         })
     }
 }
@@ -345,15 +372,194 @@ pub struct Cleanup {
     pub sets_destroyed: Vec<String>,
 }
 
-/// `refract cleanup`: deletes the DROP rules (unless `--firewall none`),
-/// then destroys both sets with everything in them. Idempotent: missing
-/// rules and sets are not errors. Runs synchronously; not for the loop.
+/// What [`cleanup`] would do now ([`cleanup_plan`]); its `Display` is the
+/// dry run's output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupPlan {
+    /// The rules that match on refract's sets: deleted first.
+    pub rules: Vec<Listed>,
+    /// With `--firewall none`, the rules on the sets are the operator's:
+    /// cleanup leaves them, and cannot destroy a set one of them uses.
+    pub kept: Vec<Listed>,
+    /// The sets that exist, with their number of entries when the kernel
+    /// says it.
+    pub sets: Vec<(String, Option<u32>)>,
+    /// A running refract holds this set's instance lock: cleanup refuses.
+    pub running: Option<String>,
+}
+
+impl fmt::Display for CleanupPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(set) = &self.running {
+            writeln!(
+                f,
+                "refuses: refract is running on set {set}; stop it first (systemctl stop refract)"
+            )?;
+        }
+        for r in &self.rules {
+            writeln!(f, "would delete: {r}")?;
+        }
+        for r in &self.kept {
+            writeln!(f, "would keep (--firewall none: your rule): {r}")?;
+        }
+        for (name, n) in &self.sets {
+            match n {
+                Some(n) => writeln!(f, "would destroy: ipset destroy {name} ({n} entries)")?,
+                None => writeln!(f, "would destroy: ipset destroy {name}")?,
+            }
+        }
+        if self.rules.is_empty() && self.sets.is_empty() {
+            writeln!(f, "nothing to remove")?;
+        }
+        writeln!(
+            f,
+            "refract cleanup --dry-run: {} rule(s) and {} set(s) would go; nothing was changed",
+            self.rules.len(),
+            self.sets.len()
+        )
+    }
+}
+
+fn ipset_error(what: &str, e: io::Error) -> io::Error {
+    let errno = e.raw_os_error().unwrap_or(0);
+    let kind = if errno == libc::EPERM {
+        io::ErrorKind::PermissionDenied
+    } else {
+        io::ErrorKind::Other
+    };
+    let why = if errno == libc::EPERM {
+        "permission denied (refract cleanup needs CAP_NET_ADMIN: run it as root)".to_string()
+    } else if errno != 0 {
+        ipset::strerror(errno).to_string()
+    } else {
+        e.to_string()
+    };
+    io::Error::new(kind, format!("ipset: {what}: {why}"))
+}
+
+fn cleanup_socket() -> io::Result<NlSocket> {
+    NlSocket::open(NETLINK_NETFILTER, RCVBUF)
+        .map_err(|e| io::Error::new(e.kind(), format!("ipset: netlink socket: {e}")))
+}
+
+/// The rules on refract's sets as the ruleset has them now. Without
+/// iptables installed and with `--firewall none` there is nothing to
+/// list: refract never made a rule.
+fn rules_on_sets(cfg: &KernelConfig) -> io::Result<Vec<Listed>> {
+    match rules::referencing(&[&cfg.set_v4, &cfg.set_v6]) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && cfg.firewall == FirewallMode::None => {
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+/// `refract cleanup --dry-run`: what [`cleanup`] would remove, found the
+/// same way; changes nothing (it lists rules, lists set headers and binds
+/// and releases the instance lock's names).
+pub fn cleanup_plan(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
+    let running = lock::held(&[&cfg.set_v4, &cfg.set_v6])
+        .map_err(|e| io::Error::new(e.kind(), format!("ipset: instance lock: {e}")))?;
+    Ok(CleanupPlan {
+        running,
+        ..find(cfg)?
+    })
+}
+
+/// The rules and sets [`cleanup`] would remove now (`running` unset: the
+/// callers know it).
+fn find(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
+    let found = rules_on_sets(cfg)?;
+    let (rules, kept) = match cfg.firewall {
+        FirewallMode::Iptables => (found, Vec::new()),
+        FirewallMode::None => (Vec::new(), found),
+    };
+    let mut sock = cleanup_socket()?;
+    let mut sets = Vec::new();
+    for name in [&cfg.set_v4, &cfg.set_v6] {
+        let mut buf = NlBuf::new();
+        let seq = sock.next_seq();
+        ipset::List {
+            set: Some(name),
+            header_only: true,
+        }
+        .emit(&mut buf, seq);
+        let msgs = match sock.request(&buf, STARTUP_TIMEOUT) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(ipset_error(&format!("list {name}"), e)),
+        };
+        let mut p = ipset::ListParser::new();
+        for m in &msgs {
+            p.feed(&m.as_msg())
+                .map_err(|e| io::Error::other(format!("{e} (set {name})")))?;
+        }
+        let elements = p
+            .sets
+            .iter()
+            .find(|s| &s.name == name)
+            .and_then(|s| s.elements);
+        sets.push((name.clone(), elements));
+    }
+    Ok(CleanupPlan {
+        rules,
+        kept,
+        sets,
+        running: None,
+    })
+}
+
+/// Passes of delete-then-list before cleanup gives up on rules that keep
+/// coming back (someone re-adding them while it runs).
+const CLEANUP_PASSES: usize = 3;
+
+/// `refract cleanup`: deletes every rule that matches on refract's sets
+/// (unless `--firewall none`), whatever ports and protocols made it, checks
+/// that none is left, then destroys both sets with everything in them.
+/// Refuses while a refract runs on the sets (it would put them back).
+/// Idempotent: missing rules and sets are not errors. An error says what
+/// is left. Runs synchronously; not for the loop.
 pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
-    let firewall = cfg.firewall();
+    // Held until cleanup returns: a daemon starting meanwhile is refused
+    // rather than racing it.
+    let _held = match lock::acquire(&[&cfg.set_v4, &cfg.set_v6]) {
+        Ok(l) => l,
+        Err(LockError::Held(set)) => {
+            return Err(io::Error::other(format!(
+                "refract is running on set {set} in this network namespace: stop it first \
+                 (systemctl stop refract), then run cleanup again; nothing was removed"
+            )))
+        }
+        Err(LockError::Io(set, e)) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("ipset: instance lock @{}: {e}", lock::name(&set)),
+            ))
+        }
+    };
+    let plan = find(cfg)?;
+    let mut rules_removed = 0;
+    let mut left = plan.rules;
     // Rules first: a set referenced by a rule cannot be destroyed.
-    let rules_removed = firewall.remove()?;
-    let mut sock = NlSocket::open(NETLINK_NETFILTER, 0)
-        .map_err(|e| io::Error::new(e.kind(), format!("ipset: netlink socket: {e}")))?;
+    for _ in 0..CLEANUP_PASSES {
+        if left.is_empty() {
+            break;
+        }
+        for r in &left {
+            r.delete()?;
+            rules_removed += 1;
+        }
+        left = rules_on_sets(cfg)?;
+    }
+    if !left.is_empty() {
+        let list: Vec<String> = left.iter().map(Listed::to_string).collect();
+        return Err(io::Error::other(format!(
+            "firewall: rules on refract's sets keep coming back after {rules_removed} \
+             deletions (is a refract or a firewall manager running?): {}",
+            list.join(" ; ")
+        )));
+    }
+    let mut sock = cleanup_socket()?;
     let mut sets_destroyed = Vec::new();
     for name in [&cfg.set_v4, &cfg.set_v6] {
         let mut buf = NlBuf::new();
@@ -363,20 +569,28 @@ pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
             Ok(_) => sets_destroyed.push(name.clone()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => {
-                let errno = e.raw_os_error().unwrap_or(0);
-                let hint = if errno == IPSET_ERR_BUSY {
-                    " (an iptables rule still uses it: list them with \
-                     `iptables -S INPUT` and delete them with `iptables -D INPUT …`)"
-                } else {
-                    ""
-                };
-                let msg = format!("ipset: destroy {name}: {}{hint}", ipset::strerror(errno));
-                let kind = if errno == libc::EPERM {
-                    io::ErrorKind::PermissionDenied
-                } else {
-                    io::ErrorKind::Other
-                };
-                return Err(io::Error::new(kind, msg));
+                let busy = e.raw_os_error() == Some(IPSET_ERR_BUSY);
+                let mut err = ipset_error(&format!("destroy {name}"), e);
+                if busy {
+                    let kept: Vec<String> = plan
+                        .kept
+                        .iter()
+                        .filter(|r| r.spec.iter().any(|w| w == name))
+                        .map(Listed::to_string)
+                        .collect();
+                    let hint = if kept.is_empty() {
+                        " (something other than an iptables rule uses it: a list:set \
+                         set (`ipset list -t`), or a rule iptables-save cannot show)"
+                            .to_string()
+                    } else {
+                        format!(
+                            " (your rules use it, kept because of --firewall none: {})",
+                            kept.join(" ; ")
+                        )
+                    };
+                    err = io::Error::new(err.kind(), format!("{err}{hint}"));
+                }
+                return Err(err);
             }
         }
     }
@@ -384,6 +598,26 @@ pub fn cleanup(cfg: &KernelConfig) -> io::Result<Cleanup> {
         rules_removed,
         sets_destroyed,
     })
+}
+
+/// `refract cleanup [--dry-run]`, the whole command: the text for standard
+/// output, or the one-line error (exit 1). `dry_run` comes from the
+/// command's own `--dry-run` flag (not the daemon's `REFRACT_DRY_RUN`: an
+/// uninstall of a service that ran as a dry run must still clean up).
+pub fn cleanup_report(cfg: &KernelConfig, dry_run: bool) -> io::Result<String> {
+    if dry_run {
+        return Ok(cleanup_plan(cfg)?.to_string());
+    }
+    let c = cleanup(cfg)?;
+    let sets = if c.sets_destroyed.is_empty() {
+        "no sets".to_string()
+    } else {
+        c.sets_destroyed.join(", ")
+    };
+    Ok(format!(
+        "refract cleanup: removed {} DROP rule(s), destroyed {sets}\n",
+        c.rules_removed
+    ))
 }
 
 /// Asks the kernel to destroy a socket that cannot exist: `ENOENT` means
@@ -413,5 +647,57 @@ fn typename(f: Family) -> &'static str {
     match f {
         Family::V4 => "hash:ip",
         Family::V6 => "hash:net",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(v6: bool, set: &str) -> Listed {
+        Listed {
+            v6,
+            table: "filter".into(),
+            chain: "INPUT".into(),
+            spec: ["-m", "set", "--match-set", set, "src", "-j", "DROP"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    #[test]
+    fn dry_run_output_names_each_rule_and_set_and_says_nothing_changed() {
+        let plan = CleanupPlan {
+            rules: vec![listed(false, "s4"), listed(true, "s6")],
+            kept: vec![],
+            sets: vec![("s4".into(), Some(3)), ("s6".into(), None)],
+            running: Some("s4".into()),
+        };
+        assert_eq!(
+            plan.to_string(),
+            "refuses: refract is running on set s4; stop it first (systemctl stop refract)\n\
+             would delete: iptables -t filter -D INPUT -m set --match-set s4 src -j DROP\n\
+             would delete: ip6tables -t filter -D INPUT -m set --match-set s6 src -j DROP\n\
+             would destroy: ipset destroy s4 (3 entries)\n\
+             would destroy: ipset destroy s6\n\
+             refract cleanup --dry-run: 2 rule(s) and 2 set(s) would go; nothing was changed\n"
+        );
+        let none = CleanupPlan {
+            kept: vec![listed(false, "s4")],
+            ..CleanupPlan::default()
+        };
+        let text = none.to_string();
+        assert!(text.starts_with("would keep (--firewall none: your rule): iptables"));
+        assert!(text.contains("nothing to remove\n"), "{text}");
+    }
+
+    #[test]
+    fn running_is_one_line_naming_the_set_and_the_way_out() {
+        let e = StartError::Running("refract_banned_users".into()).to_string();
+        assert!(
+            e.starts_with("ipset: another refract is already running on set refract_banned_users"),
+            "{e}"
+        );
+        assert!(e.contains("@refract:set:refract_banned_users") && !e.contains('\n'));
     }
 }
