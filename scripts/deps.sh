@@ -150,6 +150,26 @@ refract_install_rust() {
     fi
 }
 
+# promtool (checks the metrics exposition in the tests), taken out of
+# Debian's prometheus package without installing it: installing would start
+# a Prometheus server on the host. Lands in $REFRACT_TOOLS (default
+# /var/cache/refract-tools), where the tests look for it.
+refract_install_promtool() {
+    local dir=${REFRACT_TOOLS:-/var/cache/refract-tools}
+    command -v promtool >/dev/null 2>&1 && return 0
+    [[ -x $dir/promtool ]] && return 0
+    [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1 || return 0
+    local tmp
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && refract_apt_update && apt-get download prometheus >/dev/null 2>&1 &&
+        dpkg-deb -x prometheus_*.deb x && mkdir -p "$dir" && cp x/usr/bin/promtool "$dir/"); then
+        echo "deps: promtool from Debian's prometheus package in $dir" >&2
+    else
+        echo "deps: could not fetch promtool (the metrics test will skip its check)" >&2
+    fi
+    rm -rf "$tmp"
+}
+
 refract_install_deps() {
     local what=${1:-build}
     # command -> Debian package
@@ -169,6 +189,7 @@ refract_install_deps() {
         *) echo "deps: unknown set '$what' (build, demo, test, bench)" >&2; return 2 ;;
     esac
     refract_install_rust "$what"
+    [[ $what == test ]] && refract_install_promtool
     local missing
     missing=$(refract_need_cmds "${cmds[@]}")
     [[ -z $missing ]] && return 0

@@ -108,6 +108,13 @@ pub struct Args {
     /// socket)
     #[argh(option)]
     pub control: Option<String>,
+    /// serve Prometheus metrics on ADDR:PORT (GET /metrics; default off)
+    #[argh(option)]
+    pub metrics: Option<String>,
+    /// write the metrics to PATH every few seconds while they change, for
+    /// node_exporter's textfile collector (default off)
+    #[argh(option)]
+    pub metrics_file: Option<String>,
     /// replay: print one line per input line with what happened
     #[argh(switch)]
     pub explain: bool,
@@ -145,6 +152,8 @@ fn usage(msg: impl Into<String>) -> UsageError {
 /// Flags that take a value, in their canonical (argh) spelling.
 const VALUE_FLAGS: &[&str] = &[
     "control",
+    "metrics",
+    "metrics-file",
     "proto",
     "dport",
     "window",
@@ -438,6 +447,19 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
         Some((v, _)) if v.is_empty() => return Err(usage("--control: empty path")),
         Some((v, _)) => Some(PathBuf::from(v)),
     };
+    let metrics = match env.value(&args.metrics, "metrics") {
+        None => None,
+        Some((v, l)) => Some(v.parse::<std::net::SocketAddr>().map_err(|_| {
+            usage(format!(
+                "{l}: {v:?} is not ADDR:PORT (e.g. 127.0.0.1:9433 or [::1]:9433)"
+            ))
+        })?),
+    };
+    let metrics_file = match env.value(&args.metrics_file, "metrics-file") {
+        None => None,
+        Some((v, _)) if v.is_empty() => return Err(usage("--metrics-file: empty path")),
+        Some((v, _)) => Some(PathBuf::from(v)),
+    };
     operands(command, args)?;
 
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -469,6 +491,8 @@ pub fn build_config(command: Command, args: &Args, env: &Env<'_>) -> Result<Conf
         set_size: counts.set_size,
         max_line,
         control,
+        metrics,
+        metrics_file,
     })
 }
 

@@ -53,6 +53,10 @@ pub struct Config {
     pub max_line: usize,
     /// The control socket (`--control`; `None`: `none`, no socket).
     pub control: Option<PathBuf>,
+    /// `--metrics ADDR:PORT`: the Prometheus scrape listener.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// `--metrics-file PATH`: the same text, for a textfile collector.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// Where the control socket is unless `--control` says otherwise.
@@ -83,6 +87,8 @@ impl Default for Config {
             set_size: DEFAULT_MAXELEM,
             max_line: 64 << 10,
             control: Some(PathBuf::from(DEFAULT_CONTROL)),
+            metrics: None,
+            metrics_file: None,
         }
     }
 }

@@ -84,6 +84,7 @@ pub mod key;
 pub mod lines;
 pub mod liveness;
 pub mod logger;
+pub mod metrics;
 pub mod nl;
 pub mod notify;
 pub mod policy;

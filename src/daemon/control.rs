@@ -306,6 +306,7 @@ impl Daemon {
         };
         let ttl = Duration::from_micros(until.saturating_sub(now).max(SECOND));
         self.core.enforcer.ban(&ban, ttl, now);
+        self.core.stats.bans_by[Reason::Manual as usize] += 1;
         self.core.book.record(
             key,
             BanInfo {
@@ -361,6 +362,7 @@ impl Daemon {
                 continue;
             }
             self.core.enforcer.unban(key, now);
+            self.core.stats.unbans_manual += 1;
             self.core.book.remove(key);
             lifted.push(key.to_string());
             let line = format!("manual unban of {key} by uid {uid}");

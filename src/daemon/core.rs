@@ -43,7 +43,19 @@ pub struct DaemonStats {
     pub deferred_timeouts: u64,
     /// `users_refused + keys_refused` of the policy at the last check.
     pub refused_seen: u64,
+    /// Counted lines by verdict: admitted, refreshed, ignored (banned
+    /// already), candidate, banned.
+    pub verdicts: [u64; 5],
+    /// Bans by [`Reason`] (restored ones are not new bans).
+    pub bans_by: [u64; 4],
+    /// Bans lifted by hand.
+    pub unbans_manual: u64,
+    /// The newest parsed line's own time (for the log lag).
+    pub last_ts: Option<crate::clock::Timestamp>,
 }
+
+/// Verdict names in [`DaemonStats::verdicts`] order.
+pub const VERDICTS: [&str; 5] = ["admitted", "refreshed", "ignored", "candidate", "banned"];
 
 /// What a line touches: everything but the follower, so the follower can
 /// lend lines to it.
@@ -61,6 +73,8 @@ pub(super) struct Core {
     pub(super) stats: DaemonStats,
     /// Who and why, for the bans in force (`refract status`).
     pub(super) book: BanBook,
+    /// Line read → its ban's set entry in the kernel.
+    pub(super) latency: crate::metrics::Histogram,
 }
 
 /// Why a key is banned.
@@ -184,6 +198,7 @@ impl Core {
             caps_warn: RateLimit::new(WARN_PERIOD),
             stats: DaemonStats::default(),
             book,
+            latency: crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS),
         }
     }
 
@@ -193,6 +208,7 @@ impl Core {
             Ok(a) => a,
             Err(e) => return self.skipped(now, e.into()),
         };
+        self.stats.last_ts = Some(access.ts);
         if let (Some(live), Some(probe)) = (self.live.as_mut(), self.policy.probe(now, &access)) {
             let t = &mut live.tracker;
             if let accesslog::Source::Ip(ip, port) = access.source {
@@ -225,7 +241,19 @@ impl Core {
     /// The policy's verdict on a parsed line, and what it sets off; the
     /// key it banned, if it did.
     fn decide(&mut self, now: Micros, access: &accesslog::Access<'_>) -> Option<Key> {
-        match self.policy.observe(now, access) {
+        let verdict = self.policy.observe(now, access);
+        let i = match verdict {
+            Verdict::Skipped(_) => None,
+            Verdict::Admitted(_) => Some(0),
+            Verdict::Refreshed(_) => Some(1),
+            Verdict::Ignored(_) => Some(2),
+            Verdict::Candidate(_) => Some(3),
+            Verdict::Banned(_) => Some(4),
+        };
+        if let Some(i) = i {
+            self.stats.verdicts[i] += 1;
+        }
+        match verdict {
             Verdict::Skipped(skip) => self.skipped(now, skip),
             Verdict::Banned(ban) => {
                 // The line that made the newcomer names its connection: the
@@ -284,6 +312,8 @@ impl Core {
                             if let Some(i) = self.book.info.get_mut(&k) {
                                 i.reason = Reason::Liveness;
                             }
+                            self.stats.bans_by[Reason::Limit as usize] -= 1;
+                            self.stats.bans_by[Reason::Liveness as usize] += 1;
                         }
                     }
                     Err(e) => self.skipped(now, e.into()),
@@ -341,6 +371,7 @@ impl Core {
 
     fn ban(&mut self, now: Micros, ban: &Ban, conn: Option<std::net::SocketAddr>, why: Reason) {
         self.stats.bans += 1;
+        self.stats.bans_by[why as usize] += 1;
         self.book.record(
             ban.key,
             BanInfo {
@@ -367,6 +398,8 @@ impl Core {
             _ => Duration::from_micros(self.policy.config().ban),
         };
         self.enforcer.ban_conn(ban, ttl, now, conn);
+        // Line read → set entry: the ADD ran inside that sendmsg.
+        self.latency.observe_micros(monotonic().saturating_sub(now));
         let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
         logger::notice(format_args!(
             "ban {} for {}s: user {} already online from {}",

@@ -8,6 +8,7 @@
 //! | [`LIVENESS`]          | sock_diag lookups ([`crate::liveness`])  |
 //! | [`LIVENESS_UDP`]      | conntrack lookups (`--proto udp`)        |
 //! | [`CONTROL_FIRST`]..   | the control socket and its connections   |
+//! | [`METRICS_FIRST`]..   | the metrics listener (`--metrics`)       |
 //! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
 //!
 //! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
@@ -63,6 +64,7 @@
 
 mod control;
 mod core;
+mod metrics;
 mod signals;
 
 use std::io;
@@ -96,6 +98,9 @@ pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
 /// The control server owns `CONTROL_FIRST .. CONTROL_FIRST + server::TOKENS`.
 pub const CONTROL_FIRST: usize = 64;
+/// The metrics listener owns `METRICS_FIRST .. METRICS_FIRST + metrics::TOKENS`.
+pub const METRICS_FIRST: usize = 96;
+const _: () = assert!(CONTROL_FIRST + crate::control::server::TOKENS <= METRICS_FIRST);
 const _: () = assert!(crate::enforce::TOKENS <= ENFORCER_TOKENS);
 
 /// How long shutdown waits for the enforcer's queued work.
@@ -144,6 +149,11 @@ struct Daemon {
     control: Option<Server>,
     /// When the daemon started (monotonic), for `status`.
     started: Micros,
+    /// The Prometheus listener (`--metrics`).
+    metrics: Option<crate::metrics::Http>,
+    /// `--metrics-file`: the fingerprint last written, the next write.
+    metrics_written: Option<u64>,
+    metrics_due: Option<Micros>,
     tail: Tail,
     timer: TimerFd,
     armed: Option<Micros>,
@@ -180,11 +190,23 @@ impl Daemon {
         if let Some(c) = control.as_mut() {
             c.register(poll.registry(), CONTROL_FIRST)?;
         }
+        let mut metrics = match cfg.metrics {
+            Some(addr) => Some(crate::metrics::Http::bind(addr)?),
+            None => None,
+        };
+        if let Some(m) = metrics.as_mut() {
+            m.register(poll.registry(), METRICS_FIRST)?;
+        }
+        let now = monotonic();
         Ok(Daemon {
+            metrics,
+            metrics_written: None,
+            // The file exists from the start, then follows changes.
+            metrics_due: cfg.metrics_file.as_ref().map(|_| now),
             cfg,
             poll,
             control,
-            started: monotonic(),
+            started: now,
             tail,
             timer,
             armed: None,
@@ -199,7 +221,7 @@ impl Daemon {
     fn ready(&self, sink: &str) {
         logger::notice(format_args!(
             "ready: following {} from its {}{}, audit log {}, enforcer {}, liveness {}, \
-             control {}, logging to {sink}, refract {}",
+             control {}, metrics {}, logging to {sink}, refract {}",
             self.cfg.access_log.display(),
             if self.cfg.from_start { "start" } else { "end" },
             if self.tail.is_open() {
@@ -216,6 +238,14 @@ impl Daemon {
             self.control
                 .as_ref()
                 .map_or("none".to_string(), |c| c.path().display().to_string()),
+            match (
+                self.metrics.as_ref().and_then(|m| m.local_addr().ok()),
+                &self.cfg.metrics_file
+            ) {
+                (Some(a), _) => format!("http://{a}/metrics"),
+                (None, Some(f)) => f.display().to_string(),
+                (None, None) => "off".to_string(),
+            },
             env!("CARGO_PKG_VERSION"),
         ));
         self.notify("READY=1");
@@ -268,6 +298,14 @@ impl Daemon {
                     Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
                         self.core.enforcer.ready(t, now)
                     }
+                    t if self.metrics.as_ref().is_some_and(|m| m.owns(t)) => {
+                        if let Some(mut m) = self.metrics.take() {
+                            m.event(self.poll.registry(), t, now, &mut || {
+                                self.render_metrics(now)
+                            });
+                            self.metrics = Some(m);
+                        }
+                    }
                     t if self.control.as_ref().is_some_and(|c| c.owns(t)) => {
                         if let Some(c) = self.control.as_mut() {
                             c.event(self.poll.registry(), t, now);
@@ -282,6 +320,7 @@ impl Daemon {
             self.deadlines(now);
             self.core.liveness(now);
             self.control_turn(now);
+            self.metrics_file_turn(now);
             self.core.kill_reports();
             if self.signals.term() {
                 self.shutdown();
@@ -328,6 +367,10 @@ impl Daemon {
             self.core.next_deadline(),
             self.tail.next_deadline(),
             self.control.as_ref().and_then(Server::deadline),
+            self.metrics
+                .as_ref()
+                .and_then(crate::metrics::Http::deadline),
+            self.metrics_due,
         ]
         .into_iter()
         .flatten()
@@ -340,6 +383,11 @@ impl Daemon {
         if let Some(c) = self.control.as_mut() {
             if c.deadline().is_some_and(|d| d <= now) {
                 c.tick(self.poll.registry(), now);
+            }
+        }
+        if let Some(m) = self.metrics.as_mut() {
+            if m.deadline().is_some_and(|d| d <= now) {
+                m.tick(self.poll.registry(), now);
             }
         }
         if self.tail.next_deadline().is_some_and(|d| d <= now) {

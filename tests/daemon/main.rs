@@ -33,6 +33,10 @@ mod faults;
 /// client; one daemon per socket, a stale one replaced.
 mod control;
 
+/// Prometheus metrics: a scrape after a ban, an unban and a skipped line,
+/// `promtool check metrics`, the metrics file.
+mod metrics;
+
 /// An idle daemon never wakes up (context switches over 10 s).
 mod idle;
 
