@@ -53,3 +53,21 @@ pub fn peer_uid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// A pidfd for child `pid` (`pidfd_open(2)`, Linux 5.3+): readable once
+/// the process has exited, so the loop reaps children by readiness, not by
+/// signal. `ENOSYS` on older kernels (the caller then polls).
+pub fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // SAFETY: pidfd_open takes a pid and flags, no pointers; a negative
+    // return is an error. The descriptor is new and ours (close-on-exec by
+    // definition of pidfd_open).
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
