@@ -69,22 +69,23 @@ pub fn read_limits(path: &Path) -> Result<(Limits, Vec<String>), String> {
     }
 }
 
-/// `limits: PATH: 2 bad lines: line 3: …; line 7: …`.
+/// `limits: PATH:3: why` for one bad line; for more,
+/// `limits: PATH:3: why; line 7: why (2 bad lines)` (the first keeps the
+/// `PATH:LINE:` shape editors and grep know).
 fn format_errors(path: &Path, bad: &[(usize, String)]) -> String {
-    let mut out = format!("limits: {}: ", path.display());
-    if let [(line, why)] = bad {
-        out.push_str(&format!("line {line}: {why}"));
-        return out;
+    let mut out = format!("limits: {}:", path.display());
+    for (i, (line, why)) in bad.iter().take(MAX_LISTED).enumerate() {
+        if i == 0 {
+            out.push_str(&format!("{line}: {why}"));
+        } else {
+            out.push_str(&format!("; line {line}: {why}"));
+        }
     }
-    out.push_str(&format!("{} bad lines: ", bad.len()));
-    let listed: Vec<String> = bad
-        .iter()
-        .take(MAX_LISTED)
-        .map(|(line, why)| format!("line {line}: {why}"))
-        .collect();
-    out.push_str(&listed.join("; "));
     if bad.len() > MAX_LISTED {
         out.push_str(&format!("; and {} more", bad.len() - MAX_LISTED));
+    }
+    if bad.len() > 1 {
+        out.push_str(&format!(" ({} bad lines)", bad.len()));
     }
     out
 }
@@ -193,21 +194,19 @@ mod tests {
         let msg = format_errors(Path::new("/etc/refract/limits"), &bad);
         assert_eq!(
             msg,
-            "limits: /etc/refract/limits: 3 bad lines: line 2: expected \"EMAIL N\"; \
+            "limits: /etc/refract/limits:2: expected \"EMAIL N\"; \
              line 3: invalid limit \"0\" (a whole number >= 1); \
-             line 5: invalid limit \"x\" (a whole number >= 1)"
+             line 5: invalid limit \"x\" (a whole number >= 1) (3 bad lines)"
         );
         assert!(!msg.contains('\n'));
         let one = format_errors(Path::new("f"), &bad[..1]);
-        assert_eq!(one, "limits: f: line 2: expected \"EMAIL N\"");
+        assert_eq!(one, "limits: f:2: expected \"EMAIL N\"");
         // A flood of bad lines stays one bounded line.
         let many: Vec<u8> = b"x\n".repeat(1000);
         let msg = format_errors(Path::new("f"), &parse_limits(&many).unwrap_err());
-        assert!(
-            msg.starts_with("limits: f: 1000 bad lines: line 1:"),
-            "{msg}"
-        );
-        assert!(msg.ends_with("; and 980 more"), "{msg}");
+        assert!(msg.starts_with("limits: f:1: expected"), "{msg}");
+        assert!(msg.ends_with("; and 980 more (1000 bad lines)"), "{msg}");
+        assert!(msg.len() < 2000, "{}", msg.len());
     }
 
     #[test]
