@@ -35,7 +35,7 @@ use argh::FromArgs;
 use ipnet::IpNet;
 
 use crate::config::{format_duration, Config, FirewallMode, Protos};
-use crate::control::client::Request;
+use crate::control::client::{Request, Unban};
 use crate::enforce::ipset::rules::MULTIPORT_MAX;
 use crate::nl::consts::IPSET_MAXNAMELEN;
 use crate::policy::limits::{read_limits, Limits};
@@ -1521,15 +1521,15 @@ fn operands(command: Command, args: &Args) -> Result<Option<Request>, UsageError
                 ));
             }
             if let Some(u) = &args.user {
-                Some(Request::UnbanUser(text("--user", u, 1024)?))
+                Some(Request::Unban(Unban::User(text("--user", u, 1024)?)))
             } else if args.all {
-                Some(Request::UnbanAll)
+                Some(Request::Unban(Unban::All))
             } else {
                 let addrs = ops
                     .iter()
                     .map(|a| addr("unban", a))
                     .collect::<Result<Vec<_>, _>>()?;
-                Some(Request::UnbanAddrs(addrs))
+                Some(Request::Unban(Unban::Addrs(addrs)))
             }
         }
     })
@@ -2166,16 +2166,16 @@ mod tests {
         );
         assert_eq!(
             req(&["unban", "192.0.2.7", "2001:db8::1"]),
-            Ok(Request::UnbanAddrs(vec![
+            Ok(Request::Unban(Unban::Addrs(vec![
                 "192.0.2.7".into(),
                 "2001:db8::1".into()
-            ]))
+            ])))
         );
         assert_eq!(
             req(&["unban", "--user", "bob"]),
-            Ok(Request::UnbanUser("bob".into()))
+            Ok(Request::Unban(Unban::User("bob".into())))
         );
-        assert_eq!(req(&["unban", "--all"]), Ok(Request::UnbanAll));
+        assert_eq!(req(&["unban", "--all"]), Ok(Request::Unban(Unban::All)));
         let (cmd, args) = parse_args(&s(&["status", "--control", "/tmp/x.sock"])).unwrap();
         let c = build_config(cmd, &args, &Env::new(&no_env)).unwrap();
         assert_eq!(c.control, Some(PathBuf::from("/tmp/x.sock")));

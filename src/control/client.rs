@@ -43,7 +43,9 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_NOT_FOUND: i32 = 3;
 pub const EXIT_NOT_RUNNING: i32 = 4;
 
-/// One request, as the client commands make them.
+/// One request, as the client commands make them; the same shape as the
+/// server's reading of a request line (`control::protocol::Request` on the
+/// lead's branch), so that the two can become one type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
@@ -55,10 +57,16 @@ pub enum Request {
         /// `None`: `manual`.
         reason: Option<String>,
     },
-    UnbanAddrs(Vec<String>),
-    UnbanUser(String),
-    UnbanAll,
+    Unban(Unban),
     Reload,
+}
+
+/// Which bans `unban` lifts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unban {
+    Addrs(Vec<String>),
+    User(String),
+    All,
 }
 
 impl Request {
@@ -87,17 +95,19 @@ impl Request {
                 }
                 Value::Obj(m)
             }
-            Request::UnbanAddrs(addrs) => Value::obj([
+            Request::Unban(Unban::Addrs(addrs)) => Value::obj([
                 ("cmd", "unban".into()),
                 (
                     "addrs",
                     Value::Arr(addrs.iter().map(|a| a.as_str().into()).collect()),
                 ),
             ]),
-            Request::UnbanUser(u) => {
+            Request::Unban(Unban::User(u)) => {
                 Value::obj([("cmd", "unban".into()), ("user", u.as_str().into())])
             }
-            Request::UnbanAll => Value::obj([("cmd", "unban".into()), ("all", true.into())]),
+            Request::Unban(Unban::All) => {
+                Value::obj([("cmd", "unban".into()), ("all", true.into())])
+            }
         }
     }
 }
@@ -364,17 +374,20 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Seconds as a duration (`window_s` may be a fraction: `0.5` is `500ms`).
 fn secs(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_u64) {
-        Some(s) => format_duration(Duration::from_secs(s)),
-        None => "-".to_string(),
+    match v.and_then(Value::as_f64) {
+        Some(s) if s.is_finite() && s >= 0.0 && s < 1e12 => {
+            format_duration(Duration::from_secs_f64(s))
+        }
+        _ => "-".to_string(),
     }
 }
 
 fn ago(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_u64) {
-        Some(s) => format!("{} ago", format_duration(Duration::from_secs(s))),
-        None => "-".to_string(),
+    match secs(v) {
+        s if s == "-" => s,
+        s => format!("{s} ago"),
     }
 }
 
@@ -430,7 +443,18 @@ fn bans(v: &Value) -> String {
             note,
         ]);
     }
-    format!("bans: {}\n{}", list.len(), table(&rows))
+    let total = v
+        .get("bans_total")
+        .and_then(Value::as_u64)
+        .unwrap_or(list.len() as u64);
+    let mut out = format!("bans: {total}\n{}", table(&rows));
+    if v.get("bans_truncated").and_then(Value::as_bool) == Some(true) {
+        out.push_str(&format!(
+            "  ... the newest {} only (--json has the same; ipset list has them all)\n",
+            list.len()
+        ));
+    }
+    out
 }
 
 /// The text for people of a successful reply.
@@ -444,7 +468,7 @@ pub fn render(req: &Request, reply: &Value) -> String {
             text(reply.get("key")),
             secs(reply.get("for_s"))
         ),
-        Request::UnbanAddrs(_) | Request::UnbanUser(_) | Request::UnbanAll => {
+        Request::Unban(_) => {
             let list = items(reply, "unbanned");
             let names: Vec<String> = list.iter().map(|a| text(Some(a))).collect();
             if names.is_empty() {
@@ -607,17 +631,20 @@ mod tests {
             r#"{"cmd":"ban","addr":"2001:db8:1::/64"}"#
         );
         assert_eq!(
-            line(Request::UnbanAddrs(vec![
+            line(Request::Unban(Unban::Addrs(vec![
                 "192.0.2.7".into(),
                 "2001:db8:1::/64".into()
-            ])),
+            ]))),
             r#"{"cmd":"unban","addrs":["192.0.2.7","2001:db8:1::/64"]}"#
         );
         assert_eq!(
-            line(Request::UnbanUser("a@b".into())),
+            line(Request::Unban(Unban::User("a@b".into()))),
             r#"{"cmd":"unban","user":"a@b"}"#
         );
-        assert_eq!(line(Request::UnbanAll), r#"{"cmd":"unban","all":true}"#);
+        assert_eq!(
+            line(Request::Unban(Unban::All)),
+            r#"{"cmd":"unban","all":true}"#
+        );
         assert_eq!(line(Request::Reload), r#"{"cmd":"reload"}"#);
     }
 
@@ -699,6 +726,27 @@ bans: 2
     }
 
     #[test]
+    fn fractions_of_seconds_and_truncated_bans() {
+        let r = reply(
+            r#"{"ok":true,"version":"0.3.0","pid":1,"uptime_s":0,"settings":{"window_s":0.5},
+                "users_online":0,"keys_online":0,"online":[],"online_truncated":false,
+                "bans_total":1500,"bans_truncated":true,
+                "bans":[{"addr":"192.0.2.7","user":null,"reason":"restored","remaining_s":9,
+                         "since_s":1,"origin":[],"note":null}]}"#,
+        );
+        let text = render(&Request::Status, &r);
+        assert!(text.contains("settings\n  window  500ms\n"), "{text}");
+        assert!(text.contains("bans: 1500\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "  ... the newest 1 only (--json has the same; ipset list has them all)\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("the first"), "{text}");
+    }
+
+    #[test]
     fn user_text() {
         let r = reply(
             r#"{"ok":true,"user":"alice@example.com","limit":2,
@@ -737,7 +785,7 @@ bans: none
         );
         assert_eq!(
             render(
-                &Request::UnbanAll,
+                &Request::Unban(Unban::All),
                 &reply(r#"{"ok":true,"unbanned":["192.0.2.7","2001:db8:1::/64"]}"#)
             ),
             "unbanned 2: 192.0.2.7, 2001:db8:1::/64\n"
