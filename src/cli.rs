@@ -133,17 +133,17 @@ pub struct Args {
     /// most addresses tracked at once, bans included (default 250000)
     #[argh(option)]
     pub max_keys: Option<String>,
-    /// the control socket, or none for no socket (default
-    /// /run/refract/control.sock)
+    /// the control socket (default /run/refract/control.sock; none: no
+    /// socket)
     #[argh(option)]
     pub control: Option<String>,
+    /// replay: print one line per input line with what happened
+    #[argh(switch)]
+    pub explain: bool,
     /// the service's environment file of REFRACT_* settings, or none (default
     /// /etc/default/refract, else /etc/conf.d/refract, when it exists)
     #[argh(option)]
     pub env_file: Option<String>,
-    /// replay: print one line per input line with what happened
-    #[argh(switch)]
-    pub explain: bool,
     /// print the daemon's reply as one JSON object on one line
     #[argh(switch)]
     pub json: bool,
@@ -358,6 +358,7 @@ fn usage(msg: impl Into<String>) -> UsageError {
 
 /// Flags that take a value, in their canonical (argh) spelling.
 const VALUE_FLAGS: &[&str] = &[
+    "control",
     "proto",
     "dport",
     "window",
@@ -375,7 +376,6 @@ const VALUE_FLAGS: &[&str] = &[
     "max-line",
     "max-users",
     "max-keys",
-    "control",
     "env-file",
     "for",
     "reason",
@@ -1100,6 +1100,24 @@ fn build(
     warnings: &mut Vec<String>,
 ) -> Result<(Config, Option<Request>), UsageError> {
     let env = &env.for_command(command);
+    let cfg = config(command, args, env, warnings)?;
+    // Pure, and `config` has checked the operands already.
+    let request = operands(command, args)?;
+    if command.is_client() && cfg.control.is_none() {
+        return Err(usage(
+            "--control none: there is no control socket to talk to",
+        ));
+    }
+    Ok((cfg, request))
+}
+
+/// The body of [`build`]: every flag group, then the operands.
+fn config(
+    command: Command,
+    args: &Args,
+    env: &Env<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Config, UsageError> {
     let d = Config::default();
     let protos = protocols(args, env, d.protos)?;
     let ports = ports(args, env, &d.ports)?;
@@ -1111,18 +1129,19 @@ fn build(
     let (set_v4, set_v6) = set_names(args, env, d.set_v4, d.set_v6)?;
     let (access_log, block_log) = log_paths(args, env, d.access_log, d.block_log)?;
     let (limits_file, limits) = limits_file(args, env, warnings)?;
-    let control = control(args, env, d.control)?;
     let confirm = env.switch(args.confirm, "confirm")?;
     let dry_run = env.switch(args.dry_run, "dry-run")?;
     let from_start = env.switch(args.from_start, "from-start")?;
-    let request = operands(command, args)?;
-    if command.is_client() && control.is_none() {
-        return Err(usage(
-            "--control none: there is no control socket to talk to",
-        ));
-    }
+    let control = match env.value(&args.control, "control") {
+        None => d.control,
+        Some((v, _)) if v == "none" => None,
+        Some((v, _)) if v.is_empty() => return Err(usage("--control: empty path")),
+        Some((v, _)) => Some(PathBuf::from(v)),
+    };
+    operands(command, args)?;
 
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+    let control = socket_path(args, env, control)?;
     let policy = PolicyConfig {
         window: micros(window),
         ban: micros(timeout),
@@ -1134,7 +1153,7 @@ fn build(
         max_users: counts.max_users,
         max_keys: counts.max_keys,
     };
-    let cfg = Config {
+    Ok(Config {
         access_log,
         block_log,
         limits_file,
@@ -1151,8 +1170,7 @@ fn build(
         set_size: counts.set_size,
         max_line,
         control,
-    };
-    Ok((cfg, request))
+    })
 }
 
 /// `--proto`: tcp, udp or both.
@@ -1395,26 +1413,27 @@ fn limits_file(
     Ok((Some(path), limits))
 }
 
-/// `--control PATH|none`: where the daemon serves and the client commands
-/// connect.
-fn control(
+/// `--control PATH`: a path a unix socket address can hold (`none` and
+/// the empty path are dealt with where it is read).
+fn socket_path(
     args: &Args,
     env: &Env<'_>,
-    default: Option<PathBuf>,
+    control: Option<PathBuf>,
 ) -> Result<Option<PathBuf>, UsageError> {
-    let Some((v, l)) = env.value(&args.control, "control") else {
-        return Ok(default);
-    };
-    let v = v.trim();
-    if v == "none" {
+    let Some(p) = control else {
         return Ok(None);
-    }
-    if v.is_empty() || v.len() > SUN_PATH_MAX || v.contains('\0') {
+    };
+    let len = p.as_os_str().len();
+    if len > SUN_PATH_MAX || p.as_os_str().to_string_lossy().contains('\0') {
+        let l = env
+            .value(&args.control, "control")
+            .map_or_else(|| "--control".to_string(), |(_, l)| l);
         return Err(usage(format!(
-            "{l}: invalid socket path {v:?} (1-{SUN_PATH_MAX} bytes, or none)"
+            "{l}: invalid socket path {:?} (1-{SUN_PATH_MAX} bytes, or none)",
+            p.display()
         )));
     }
-    Ok(Some(PathBuf::from(v)))
+    Ok(Some(p))
 }
 
 /// An address `ban` and `unban` take: IPv4, IPv6, or a CIDR (a key's
@@ -1951,7 +1970,7 @@ mod tests {
             ),
             (&["--explain"], "--explain: not a flag of refract (it is one of refract replay)"),
             (&["replay"], "replay: expected exactly one FILE"),
-            (&["--control="], "--control: invalid socket path"),
+            (&["--control="], "--control: empty path"),
             (&["status", "--control=none"], "--control none: there is no control socket"),
             (&["ban", "192.0.2.300"], "ban: invalid address \"192.0.2.300\""),
             (&["ban", "192.0.2.7", "--for=4w"], "--for: \"4w\" is longer than the kernel's longest"),

@@ -51,13 +51,11 @@ pub struct Config {
     pub set_size: u32,
     /// Longest log line accepted; longer lines are counted and skipped.
     pub max_line: usize,
-    /// The control socket (`--control`); `None` after `--control none`.
+    /// The control socket (`--control`; `None`: `none`, no socket).
     pub control: Option<PathBuf>,
 }
 
-/// Where the daemon serves its control socket unless told otherwise; the
-/// client commands connect there. Under `/run/refract`, the unit's
-/// `RuntimeDirectory=refract` (systemd.exec(5)).
+/// Where the control socket is unless `--control` says otherwise.
 pub const DEFAULT_CONTROL: &str = "/run/refract/control.sock";
 
 impl Default for Config {

@@ -377,9 +377,7 @@ fn table(rows: &[Vec<String>]) -> String {
 /// Seconds as a duration (`window_s` may be a fraction: `0.5` is `500ms`).
 fn secs(v: Option<&Value>) -> String {
     match v.and_then(Value::as_f64) {
-        Some(s) if s.is_finite() && s >= 0.0 && s < 1e12 => {
-            format_duration(Duration::from_secs_f64(s))
-        }
+        Some(s) if (0.0..1e12).contains(&s) => format_duration(Duration::from_secs_f64(s)),
         _ => "-".to_string(),
     }
 }
