@@ -71,14 +71,14 @@ fn cleanup(cfg: &Config) -> i32 {
             } else {
                 c.sets_destroyed.join(", ")
             };
-            cli::out(&format!(
-                "refract cleanup: removed {} DROP rule(s), destroyed {sets}\n",
+            println!(
+                "refract cleanup: removed {} DROP rule(s), destroyed {sets}",
                 c.rules_removed
-            ));
+            );
             0
         }
         Err(e) => {
-            cli::err(&format!("cleanup: {e}"));
+            eprintln!("refract: cleanup: {e}");
             1
         }
     }
