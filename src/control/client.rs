@@ -506,10 +506,15 @@ fn render_status(v: &Value) -> String {
         out.push_str(&table(&rows));
     }
     if let Some(Value::Obj(counters)) = v.get("counters") {
+        // Three name/value pairs a line: the stats line has some forty.
         out.push_str("counters\n");
         let rows: Vec<Vec<String>> = counters
-            .iter()
-            .map(|(k, val)| vec![k.clone(), text(Some(val))])
+            .chunks(3)
+            .map(|c| {
+                c.iter()
+                    .flat_map(|(k, val)| [k.clone(), text(Some(val))])
+                    .collect()
+            })
             .collect();
         out.push_str(&table(&rows));
     }
@@ -661,7 +666,7 @@ mod tests {
           "users_with_own_limit":0,"ipv6_prefix":64,"confirm":false,"dry_run":false,
           "firewall":"iptables","set_v4":"refract_banned_users","set_v6":"refract_banned_users6",
           "liveness":true},
-        "counters":{"lines":120,"bans":2},
+        "counters":{"lines":120,"bans":2,"expired":0,"audit_errors":0},
         "users_online":2,"keys_online":3,
         "online":[{"user":"alice@example.com","keys":["192.0.2.1","2001:db8:1::/64"]},
                   {"user":"bob","keys":["198.51.100.9"]}],
@@ -693,8 +698,8 @@ settings
   set v6                refract_banned_users6
   liveness              on
 counters
-  lines  120
-  bans   2
+  lines         120  bans  2  expired  0
+  audit_errors  0
 online: 2 users, 3 keys
   alice@example.com  192.0.2.1, 2001:db8:1::/64
   bob                198.51.100.9
