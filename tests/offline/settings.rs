@@ -108,6 +108,23 @@ fn a_closed_stdout_or_stderr_is_not_a_crash() {
         .unwrap();
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(2));
+    // replay: its audit lines on a closed stdout, its summary on a closed
+    // stderr.
+    let log = fixture("mixed.log");
+    for closed_stdout in [true, false] {
+        let mut cmd = bin();
+        cmd.args(["replay", "--explain", "--env-file=none"])
+            .arg(&log);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if closed_stdout {
+            drop(child.stdout.take());
+        } else {
+            drop(child.stderr.take());
+        }
+        let code = child.wait().unwrap().code();
+        assert_eq!(code, Some(0), "replay, stdout closed: {closed_stdout}");
+    }
     // And through a real shell pipe.
     let o = run(Command::new("sh")
         .arg("-c")
