@@ -1891,6 +1891,38 @@ mod tests {
         assert_eq!(d.timeout, Duration::from_micros(p.ban));
     }
 
+    /// Every flag has its row in the README's flags table, and a setting's
+    /// row names its `REFRACT_*` twin.
+    #[test]
+    fn readme_has_a_row_for_every_flag() {
+        let readme = include_str!("../README.md");
+        for flag in VALUE_FLAGS
+            .iter()
+            .chain(SWITCHES)
+            .filter(|f| !matches!(**f, "help" | "version"))
+        {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `--{flag}`")))
+                .unwrap_or_else(|| panic!("README: no row for --{flag}"));
+            if SETTINGS.contains(flag) {
+                assert!(
+                    row.contains(&format!("`{}`", env_name(flag))),
+                    "README: --{flag} lacks {}: {row}",
+                    env_name(flag)
+                );
+            }
+        }
+        // And every flag is some command's.
+        for flag in VALUE_FLAGS.iter().chain(SWITCHES) {
+            assert!(
+                matches!(*flag, "help" | "version")
+                    || COMMANDS.iter().any(|c| c.flags.contains(flag)),
+                "--{flag} belongs to no command"
+            );
+        }
+    }
+
     #[test]
     fn new_flags() {
         let c = cfg(&[
