@@ -2340,4 +2340,71 @@ mod tests {
             "--env-file: /srv/missing does not exist (use none for no file)"
         );
     }
+
+    /// Random argument vectors from the flags' own vocabulary (and some
+    /// junk) never panic the parser, and what it accepts builds or is
+    /// refused with one line. A small in-tree stand-in for the `args` fuzz
+    /// target, deterministic (xorshift), bounded.
+    #[test]
+    fn random_argument_vectors_never_panic() {
+        let mut words: Vec<String> = Vec::new();
+        for f in VALUE_FLAGS.iter().chain(SWITCHES) {
+            words.push(format!("--{f}"));
+            words.push(format!("-{f}=1"));
+            words.push(format!("--{f}=yes"));
+        }
+        for c in COMMANDS.iter().filter(|c| !c.name.is_empty()) {
+            words.push(c.name.to_string());
+        }
+        for w in [
+            "-",
+            "--",
+            "-h",
+            "-V",
+            "help",
+            "443",
+            "0",
+            "1h",
+            "4w",
+            "none",
+            "192.0.2.7",
+            "2001:db8::/64",
+            "x",
+            "",
+            "=",
+            "--=",
+            "---",
+            "-x",
+            "\u{e9}",
+            "a b",
+            "/tmp/s",
+        ] {
+            words.push(w.to_string());
+        }
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 7) as usize;
+            let argv: Vec<String> = (0..n)
+                .map(|_| words[(next() % words.len() as u64) as usize].clone())
+                .collect();
+            match parse_args(&argv) {
+                Ok((cmd, args)) => {
+                    if args.limits.is_some() {
+                        continue;
+                    }
+                    if let Err(e) = build(cmd, &args, &Env::new(&no_env), &mut Vec::new()) {
+                        assert!(!e.0.contains('\n'), "{argv:?}: {e}");
+                    }
+                }
+                Err(Ok(help)) => assert!(help.starts_with("Usage: refract"), "{argv:?}"),
+                Err(Err(e)) => assert!(!e.0.is_empty() && !e.0.contains('\n'), "{argv:?}: {e}"),
+            }
+        }
+    }
 }
