@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
+use crate::cli::{EnvFile, ENV_FILES};
 use crate::config::{Config, FirewallMode};
 use crate::enforce::{self, Firewall, KernelConfig};
 use crate::nl::ipset::Family;
@@ -197,36 +198,62 @@ fn which(cmd: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
 }
 
+/// Where the settings came from: the environment file the service reads
+/// and the `REFRACT_*` variables it set, so that what `check` checks is
+/// visibly what the service runs.
+fn settings_source(r: &mut Report, env_file: Option<&EnvFile>) {
+    match env_file {
+        Some(f) => {
+            let mut keys: Vec<&str> = f
+                .vars
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .filter(|k| k.starts_with("REFRACT_"))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let vars: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{k}={}", f.get(k).unwrap_or_default()))
+                .collect();
+            r.ok(
+                "env file",
+                format!(
+                    "{}: {}",
+                    f.path.display(),
+                    if vars.is_empty() {
+                        "no REFRACT_* settings".to_string()
+                    } else {
+                        vars.join(" ")
+                    }
+                ),
+            );
+            for (line, why) in &f.skipped {
+                r.note(
+                    "env file",
+                    format!("{}:{line}: {why}, line skipped", f.path.display()),
+                );
+            }
+        }
+        None => r.note(
+            "env file",
+            format!(
+                "none read (the service reads the first of {} that exists)",
+                ENV_FILES.join(", ")
+            ),
+        ),
+    }
+}
+
 /// Runs the checks; returns the report and whether the daemon would start.
-pub fn run(cfg: &Config) -> (String, bool) {
+/// `env_file` is the environment file the settings were read from.
+pub fn run(cfg: &Config, env_file: Option<&EnvFile>) -> (String, bool) {
     let mut r = Report {
         out: String::new(),
         problems: 0,
     };
-    let ports: Vec<String> = cfg.ports.iter().map(u16::to_string).collect();
-    let proto = match (cfg.protos.tcp, cfg.protos.udp) {
-        (true, true) => "tcp,udp",
-        (false, true) => "udp",
-        _ => "tcp",
-    };
-    r.ok(
-        "config",
-        format!(
-            "{proto} port {}, window {:?}, timeout {:?}, limit {}{}, ipv6 /{}, confirm {}, {} allowlisted network(s)",
-            ports.join(","),
-            cfg.window,
-            cfg.timeout,
-            cfg.policy.limit,
-            if cfg.policy.limits.is_empty() {
-                String::new()
-            } else {
-                format!(" ({} per-user limits)", cfg.policy.limits.len())
-            },
-            cfg.policy.v6_prefix,
-            if cfg.policy.confirm { "on" } else { "off" },
-            cfg.policy.allow.len()
-        ),
-    );
+    settings_source(&mut r, env_file);
+    r.ok("settings", cfg.summary().trim_start_matches("settings: "));
     access_log(&mut r, &cfg.access_log);
     audit_log(&mut r, &cfg.block_log);
     if cfg.dry_run {

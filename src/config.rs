@@ -92,3 +92,128 @@ impl Default for Config {
         }
     }
 }
+
+impl Config {
+    /// The settings in force on one line, for the daemon's start message and
+    /// `refract check`: every value an operator may have set, in the flags'
+    /// own spellings (durations as `--window` takes them).
+    pub fn summary(&self) -> String {
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let proto = match (self.protos.tcp, self.protos.udp) {
+            (true, true) => "tcp,udp",
+            (false, true) => "udp",
+            _ => "tcp",
+        };
+        let on = |b: bool| if b { "on" } else { "off" };
+        let limits = match &self.limits_file {
+            Some(p) => format!(
+                " ({} per-user from {})",
+                self.policy.limits.len(),
+                p.display()
+            ),
+            None => String::new(),
+        };
+        let firewall = match self.firewall {
+            FirewallMode::Iptables => "iptables",
+            FirewallMode::None => "none",
+        };
+        let allow: Vec<String> = self.policy.allow.iter().map(ToString::to_string).collect();
+        format!(
+            "settings: access-log {}, block-log {}, proto {proto}, dport {}, window {}, \
+             timeout {}, limit {}{limits}, ipv6-prefix {}, allow {}, confirm {}, dry-run {}, \
+             from-start {}, firewall {firewall}, sets {}/{} (size {}), max-line {}, \
+             max-users {}, max-keys {}, control {}",
+            self.access_log.display(),
+            self.block_log.display(),
+            ports.join(","),
+            format_duration(self.window),
+            format_duration(self.timeout),
+            self.policy.limit,
+            self.policy.v6_prefix,
+            if allow.is_empty() {
+                "none".to_string()
+            } else {
+                allow.join(",")
+            },
+            on(self.policy.confirm),
+            on(self.dry_run),
+            on(self.from_start),
+            self.set_v4,
+            self.set_v6,
+            self.set_size,
+            self.max_line,
+            self.policy.max_users,
+            self.policy.max_keys,
+            self.control
+                .as_ref()
+                .map_or("none".to_string(), |p| p.display().to_string()),
+        )
+    }
+}
+
+/// A duration as `--window` takes it back: `500ms`, `5s`, `1m`, `1h30m`,
+/// `2d`, `1w` (whole units, largest first; sub-second rest in ms).
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    for (unit, len) in [
+        ("w", 604_800_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+        ("ms", 1),
+    ] {
+        if ms >= len {
+            out.push_str(&format!("{}{unit}", ms / len));
+            ms %= len;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_back() {
+        let f = |ms| format_duration(Duration::from_millis(ms));
+        assert_eq!(f(0), "0s");
+        assert_eq!(f(500), "500ms");
+        assert_eq!(f(5000), "5s");
+        assert_eq!(f(60_000), "1m");
+        assert_eq!(f(5_400_000), "1h30m");
+        assert_eq!(f(86_400_000 * 9), "1w2d");
+        assert_eq!(f(1500), "1s500ms");
+    }
+
+    #[test]
+    fn summary_is_one_line_with_every_setting() {
+        let s = Config::default().summary();
+        assert!(!s.contains('\n'));
+        assert_eq!(
+            s,
+            "settings: access-log /var/log/xray/access.log, block-log /var/log/refract/block.log, \
+             proto tcp, dport 443, window 5s, timeout 1m, limit 1, ipv6-prefix 64, allow none, \
+             confirm off, dry-run off, from-start off, firewall iptables, \
+             sets refract_banned_users/refract_banned_users6 (size 65536), max-line 65536, \
+             max-users 50000, max-keys 250000, control /run/refract/control.sock"
+        );
+        let c = Config {
+            control: None,
+            dry_run: true,
+            ports: vec![443, 8443],
+            ..Config::default()
+        };
+        let s = c.summary();
+        assert!(
+            s.contains("dport 443,8443") && s.contains("dry-run on"),
+            "{s}"
+        );
+        assert!(s.ends_with("control none"), "{s}");
+    }
+}

@@ -1,9 +1,13 @@
-//! The `refract` binary: [`cli::invocation`] reads argv and the
-//! environment into a validated configuration, and this file runs the
-//! subcommand it names. Nothing else lives here.
+//! The `refract` binary: [`cli::invocation`] reads argv, the environment
+//! and the service's environment file into a validated configuration, and
+//! this file runs the subcommand it names. Nothing else lives here.
+//!
+//! Output goes through [`cli::out`] and [`cli::err`], which ignore a closed
+//! stdout or stderr instead of panicking as `println!` does.
 
 use refract::cli::{self, Command, Invocation};
 use refract::config::Config;
+use refract::control::client;
 use refract::enforce::{self, DryRun, Enforcer, KernelConfig, KernelEnforcer};
 
 fn main() {
@@ -19,8 +23,8 @@ fn run(inv: Invocation) -> i32 {
     match inv.command {
         Command::Replay => refract::replay::main(&inv.cfg, &inv.file, inv.explain),
         Command::Check => {
-            let (report, ok) = refract::check::run(&inv.cfg);
-            print!("{report}");
+            let (report, ok) = refract::check::run(&inv.cfg, inv.env_file.as_ref());
+            cli::out(&report);
             if ok {
                 0
             } else {
@@ -29,6 +33,15 @@ fn run(inv: Invocation) -> i32 {
         }
         Command::Cleanup => cleanup(&inv.cfg),
         Command::Daemon => daemon(inv.cfg),
+        Command::Status | Command::User | Command::Ban | Command::Unban | Command::Reload => {
+            // `cli` refuses a client command without a socket or request.
+            match (&inv.cfg.control, &inv.request) {
+                (Some(path), Some(req)) => client::run(path, req, inv.json, &cli::out, &|e| {
+                    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), e.as_bytes());
+                }),
+                _ => cli::EXIT_USAGE,
+            }
+        }
     }
 }
 
@@ -41,7 +54,7 @@ fn daemon(cfg: Config) -> i32 {
         match KernelEnforcer::new(KernelConfig::from_config(&cfg)) {
             Ok(k) => Box::new(k),
             Err(e) => {
-                eprintln!("refract: {e}");
+                cli::err(&e.to_string());
                 return 1;
             }
         }

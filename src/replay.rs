@@ -237,7 +237,8 @@ pub fn replay_file<W: Write>(
 /// `refract replay`: returns the exit code.
 pub fn main(cfg: &Config, path: &str, explain: bool) -> i32 {
     if explain {
-        eprintln!("{LIVENESS_OFFLINE}");
+        // Not `eprintln!`, which panics when standard error is closed.
+        let _ = writeln!(io::stderr().lock(), "{LIVENESS_OFFLINE}");
     }
     let stdout = io::stdout();
     let mut rep = Replayer::new(
@@ -262,10 +263,10 @@ pub fn main(cfg: &Config, path: &str, explain: bool) -> i32 {
         if e.kind() == io::ErrorKind::BrokenPipe {
             return 0;
         }
-        eprintln!("refract: replay: {path}: {e}");
+        let _ = writeln!(io::stderr().lock(), "refract: replay: {path}: {e}");
         return 1;
     }
-    eprintln!("{}", format_summary(&summary));
+    let _ = writeln!(io::stderr().lock(), "{}", format_summary(&summary));
     0
 }
 

@@ -8,7 +8,7 @@ _refract() {
     local cur prev cmd i w
     local commands="status user ban unban reload check replay cleanup help"
     # Flags that configure the daemon; check, replay and cleanup read them.
-    local settings="--proto --dport --window --timeout --access-log --block-log --limit --limits --ipv6-prefix --allow --confirm --dry-run --from-start --firewall --set-name --set-name6 --set-size --max-line --max-users --max-keys"
+    local settings="--proto --dport --window --timeout --access-log --block-log --limit --limits --ipv6-prefix --allow --confirm --dry-run --from-start --firewall --set-name --set-name6 --set-size --max-line --max-users --max-keys --metrics --metrics-file"
     local common="--control --env-file --help -h"
     COMPREPLY=()
     cur=${COMP_WORDS[COMP_CWORD]}
@@ -37,7 +37,7 @@ _refract() {
     done
 
     case $prev in
-        --access-log | --access.log | --block-log | --block.log | --limits | --env-file | --control)
+        --access-log | --access.log | --block-log | --block.log | --limits | --env-file | --control | --metrics-file)
             compopt -o filenames 2>/dev/null
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
             return 0
@@ -50,7 +50,7 @@ _refract() {
             mapfile -t COMPREPLY < <(compgen -W "iptables none" -- "$cur")
             return 0
             ;;
-        --dport | --window | --timeout | --limit | --ipv6-prefix | --allow | --set-name | --set-name6 | --set-size | --max-line | --max-users | --max-keys | --for | --reason | --user)
+        --dport | --window | --timeout | --limit | --ipv6-prefix | --allow | --set-name | --set-name6 | --set-size | --max-line | --max-users | --max-keys | --metrics | --for | --reason | --user)
             # A value of the operator's own: nothing to offer.
             return 0
             ;;

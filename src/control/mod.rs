@@ -3,6 +3,7 @@
 //! ([`server`]), served from the daemon's one loop; what each request does
 //! to the running daemon is `crate::daemon`'s (`control.rs`).
 
+pub mod client;
 pub mod json;
 pub mod protocol;
 pub mod server;
