@@ -1141,7 +1141,14 @@ fn config(
     let (access_log, block_log) = log_paths(args, env, d.access_log, d.block_log)?;
     let (limits_file, limits) = limits_file(args, env, warnings)?;
     let confirm = env.switch(args.confirm, "confirm")?;
-    let dry_run = env.switch(args.dry_run, "dry-run")?;
+    // `cleanup --dry-run` only from its own command line: a REFRACT_DRY_RUN
+    // meant for the daemon (in the environment file) must not turn an
+    // uninstall's cleanup into a no-op.
+    let dry_run = if command == Command::Cleanup {
+        args.dry_run
+    } else {
+        env.switch(args.dry_run, "dry-run")?
+    };
     let from_start = env.switch(args.from_start, "from-start")?;
     let control = match env.value(&args.control, "control") {
         None => d.control,

@@ -67,11 +67,11 @@ fn daemon(cfg: Config) -> i32 {
 fn cleanup(cfg: &Config) -> i32 {
     match enforce::cleanup_report(&KernelConfig::from_config(cfg), cfg.dry_run) {
         Ok(report) => {
-            print!("{report}");
+            cli::out(&report);
             0
         }
         Err(e) => {
-            eprintln!("refract: cleanup: {e}");
+            cli::err(&format!("cleanup: {e}"));
             1
         }
     }

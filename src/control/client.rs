@@ -43,74 +43,7 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_NOT_FOUND: i32 = 3;
 pub const EXIT_NOT_RUNNING: i32 = 4;
 
-/// One request, as the client commands make them; the same shape as the
-/// server's reading of a request line (`control::protocol::Request` on the
-/// lead's branch), so that the two can become one type.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    Status,
-    User(String),
-    Ban {
-        addr: String,
-        /// `None`: the daemon's `--timeout`.
-        for_s: Option<u64>,
-        /// `None`: `manual`.
-        reason: Option<String>,
-    },
-    Unban(Unban),
-    Reload,
-}
-
-/// Which bans `unban` lifts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Unban {
-    Addrs(Vec<String>),
-    User(String),
-    All,
-}
-
-impl Request {
-    /// The request object (one line on the wire).
-    pub fn to_value(&self) -> Value {
-        match self {
-            Request::Status => Value::obj([("cmd", "status".into())]),
-            Request::Reload => Value::obj([("cmd", "reload".into())]),
-            Request::User(email) => {
-                Value::obj([("cmd", "user".into()), ("email", email.as_str().into())])
-            }
-            Request::Ban {
-                addr,
-                for_s,
-                reason,
-            } => {
-                let mut m = vec![
-                    ("cmd".to_string(), Value::from("ban")),
-                    ("addr".to_string(), Value::from(addr.as_str())),
-                ];
-                if let Some(s) = for_s {
-                    m.push(("for_s".to_string(), Value::from(*s)));
-                }
-                if let Some(r) = reason {
-                    m.push(("reason".to_string(), Value::from(r.as_str())));
-                }
-                Value::Obj(m)
-            }
-            Request::Unban(Unban::Addrs(addrs)) => Value::obj([
-                ("cmd", "unban".into()),
-                (
-                    "addrs",
-                    Value::Arr(addrs.iter().map(|a| a.as_str().into()).collect()),
-                ),
-            ]),
-            Request::Unban(Unban::User(u)) => {
-                Value::obj([("cmd", "unban".into()), ("user", u.as_str().into())])
-            }
-            Request::Unban(Unban::All) => {
-                Value::obj([("cmd", "unban".into()), ("all", true.into())])
-            }
-        }
-    }
-}
+pub use super::protocol::{Request, Unban};
 
 /// Why there is no reply.
 #[derive(Debug)]

@@ -42,6 +42,49 @@ pub enum Unban {
     All,
 }
 
+impl Request {
+    /// The request object (one line on the wire).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Request::Status => Value::obj([("cmd", "status".into())]),
+            Request::Reload => Value::obj([("cmd", "reload".into())]),
+            Request::User(email) => {
+                Value::obj([("cmd", "user".into()), ("email", email.as_str().into())])
+            }
+            Request::Ban {
+                addr,
+                for_s,
+                reason,
+            } => {
+                let mut m = vec![
+                    ("cmd".to_string(), Value::from("ban")),
+                    ("addr".to_string(), Value::from(addr.as_str())),
+                ];
+                if let Some(s) = for_s {
+                    m.push(("for_s".to_string(), Value::from(*s)));
+                }
+                if let Some(r) = reason {
+                    m.push(("reason".to_string(), Value::from(r.as_str())));
+                }
+                Value::Obj(m)
+            }
+            Request::Unban(Unban::Addrs(addrs)) => Value::obj([
+                ("cmd", "unban".into()),
+                (
+                    "addrs",
+                    Value::Arr(addrs.iter().map(|a| a.as_str().into()).collect()),
+                ),
+            ]),
+            Request::Unban(Unban::User(u)) => {
+                Value::obj([("cmd", "unban".into()), ("user", u.as_str().into())])
+            }
+            Request::Unban(Unban::All) => {
+                Value::obj([("cmd", "unban".into()), ("all", true.into())])
+            }
+        }
+    }
+}
+
 /// A failed reply's `code`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
@@ -231,6 +274,31 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(parse_request(line.as_bytes()).as_ref(), Ok(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn what_the_client_sends_is_what_the_server_reads() {
+        for req in [
+            Request::Status,
+            Request::Reload,
+            Request::User("älice".into()),
+            Request::Ban {
+                addr: "192.0.2.7".into(),
+                for_s: Some(60),
+                reason: Some("x \"y\"".into()),
+            },
+            Request::Ban {
+                addr: "2001:db8::/64".into(),
+                for_s: None,
+                reason: None,
+            },
+            Request::Unban(Unban::Addrs(vec!["192.0.2.7".into()])),
+            Request::Unban(Unban::User("bob".into())),
+            Request::Unban(Unban::All),
+        ] {
+            let line = req.to_value().to_line();
+            assert_eq!(parse_request(line.as_bytes()), Ok(req), "{line}");
         }
     }
 

@@ -219,6 +219,8 @@ impl Daemon {
     /// line, then `READY=1` to the service manager (a no-op outside
     /// systemd). Called once, after [`Daemon::new`] and the privilege drop.
     fn ready(&self, sink: &str) {
+        // The settings in force, in one line, before the ready line.
+        logger::notice(format_args!("settings: {}", self.cfg.summary()));
         logger::notice(format_args!(
             "ready: following {} from its {}{}, audit log {}, enforcer {}, liveness {}, \
              control {}, metrics {}, logging to {sink}, refract {}",

@@ -72,6 +72,15 @@ fn check_ready_line(d: &Daemon, state: &str) {
         ready[0]
     );
     assert!(ready[0].contains("enforcer dry-run"), "{}", ready[0]);
+    // The settings in force, in one line, just before.
+    let settings = text
+        .lines()
+        .position(|l| l.starts_with("refract: settings: "));
+    let ready_at = text.lines().position(|l| l.starts_with("refract: ready: "));
+    assert!(
+        settings.is_some() && settings < ready_at,
+        "no settings line before the ready line:\n{text}"
+    );
     // Started as root the capabilities line comes first: dropping them is
     // part of getting ready.
     let first = text.lines().position(|l| l.starts_with("refract: ready: "));

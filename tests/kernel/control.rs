@@ -93,7 +93,10 @@ fn ban_unban_status_and_restart_in_the_kernel() {
     );
     let (code, s) = ctl(&control, &["status"]);
     assert_eq!(code, 0);
-    assert!(ban_reasons(&s).contains(&("192.0.2.2".into(), "manual".into())), "{s:?}");
+    assert!(
+        ban_reasons(&s).contains(&("192.0.2.2".into(), "manual".into())),
+        "{s:?}"
+    );
 
     // A violation from the log; unban lifts it from the set and the
     // policy: alone later, the same address is admitted.
@@ -130,7 +133,10 @@ fn ban_unban_status_and_restart_in_the_kernel() {
     let (code, s) = ctl(&d2.control, &["status"]);
     assert_eq!(code, 0);
     let bans = ban_reasons(&s);
-    assert!(bans.contains(&("192.0.2.2".into(), "restored".into())), "{bans:?}");
+    assert!(
+        bans.contains(&("192.0.2.2".into(), "restored".into())),
+        "{bans:?}"
+    );
     assert!(!bans.iter().any(|(a, _)| a == "192.0.2.3"), "{bans:?}");
     assert!(in_set(&node, "192.0.2.2") && !in_set(&node, "192.0.2.3"));
 }

@@ -56,6 +56,10 @@ mod faults;
 /// nothing lost, the set within maxelem (heavy).
 mod bans;
 
+/// The control commands (`refract ban`, `unban`, `status`, `user`)
+/// against the kernel enforcer: set entries, a reset connection, restart.
+mod control;
+
 /// Least privilege: the capabilities the daemon keeps, and that they are
 /// enough for a ban and a repair.
 mod privilege;
