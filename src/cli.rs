@@ -144,6 +144,19 @@ pub struct Args {
     /// node_exporter's textfile collector (default off)
     #[argh(option)]
     pub metrics_file: Option<String>,
+    /// run this command on every ban (split into words, no shell; the event
+    /// as JSON on stdin and REFRACT_* variables) (default none)
+    #[argh(option)]
+    pub on_ban: Option<String>,
+    /// run this command on every unban, like --on-ban (default none)
+    #[argh(option)]
+    pub on_unban: Option<String>,
+    /// a hook still running after this long is killed (default 10s)
+    #[argh(option)]
+    pub hook_timeout: Option<String>,
+    /// most hooks running at once, 1-64 (default 4)
+    #[argh(option)]
+    pub hook_max: Option<String>,
     /// replay: print one line per input line with what happened
     #[argh(switch)]
     pub explain: bool,
@@ -247,6 +260,10 @@ const DAEMON_FLAGS: &[&str] = &[
     "control",
     "metrics",
     "metrics-file",
+    "on-ban",
+    "on-unban",
+    "hook-timeout",
+    "hook-max",
     "env-file",
 ];
 
@@ -370,6 +387,10 @@ const VALUE_FLAGS: &[&str] = &[
     "control",
     "metrics",
     "metrics-file",
+    "on-ban",
+    "on-unban",
+    "hook-timeout",
+    "hook-max",
     "proto",
     "dport",
     "window",
@@ -786,13 +807,22 @@ const SETTINGS: &[&str] = &[
 /// `REFRACT_*` variables that are not flags: the log target
 /// ([`crate::logger`]) and the ones refract's own scripts and tests read
 /// (`scripts/demo.sh`, `scripts/footprint.sh`, the policy tests), which
-/// reach refract in their environment.
+/// reach refract in their environment; and the event a hook's environment
+/// carries ([`crate::hooks`]), for a hook that runs `refract status`.
 const OTHER_VARS: &[&str] = &[
     "REFRACT_LOG",
     "REFRACT_BIN",
     "REFRACT_GEN_LOG",
     "REFRACT_RUST_MIN",
     "REFRACT_POLICY_TRACE",
+    "REFRACT_TOOLS",
+    "REFRACT_EVENT",
+    "REFRACT_ADDR",
+    "REFRACT_USER",
+    "REFRACT_ORIGIN",
+    "REFRACT_TAG",
+    "REFRACT_DURATION",
+    "REFRACT_REASON",
 ];
 
 /// Why a `REFRACT_*` variable deserves a warning: unknown (with the nearest
@@ -1169,6 +1199,7 @@ fn config(
         Some((v, _)) if v.is_empty() => return Err(usage("--metrics-file: empty path")),
         Some((v, _)) => Some(PathBuf::from(v)),
     };
+    let hooks = hooks(args, env, d.hooks.clone())?;
     operands(command, args)?;
 
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -1203,6 +1234,50 @@ fn config(
         control,
         metrics,
         metrics_file,
+        hooks,
+    })
+}
+
+/// `--on-ban`, `--on-unban`, `--hook-timeout`, `--hook-max`.
+fn hooks(
+    args: &Args,
+    env: &Env<'_>,
+    d: crate::hooks::HookConfig,
+) -> Result<crate::hooks::HookConfig, UsageError> {
+    let command = |given: &Option<String>, flag: &str| -> Result<Option<Vec<String>>, UsageError> {
+        match env.value(given, flag) {
+            None => Ok(None),
+            Some((v, l)) => crate::hooks::split_argv(&v)
+                .map(Some)
+                .map_err(|e| usage(format!("{l}: {e} in {v:?}"))),
+        }
+    };
+    let timeout = match env.value(&args.hook_timeout, "hook-timeout") {
+        None => d.timeout,
+        Some((v, l)) => parse_duration(&v)
+            .filter(|t| !t.is_zero())
+            .map(|t| t.as_micros().min(u128::from(u64::MAX)) as u64)
+            .ok_or_else(|| usage(format!("{l}: invalid duration {v:?} (use e.g. 10s, 1m)")))?,
+    };
+    let max = match env.value(&args.hook_max, "hook-max") {
+        None => d.max,
+        Some((v, l)) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=crate::hooks::MAX_SLOTS).contains(n))
+            .ok_or_else(|| {
+                usage(format!(
+                    "{l}: invalid value {v:?} (a whole number from 1 to {})",
+                    crate::hooks::MAX_SLOTS
+                ))
+            })?,
+    };
+    Ok(crate::hooks::HookConfig {
+        on_ban: command(&args.on_ban, "on-ban")?,
+        on_unban: command(&args.on_unban, "on-unban")?,
+        timeout,
+        max,
     })
 }
 

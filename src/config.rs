@@ -57,6 +57,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--metrics-file PATH`: the same text, for a textfile collector.
     pub metrics_file: Option<PathBuf>,
+    /// `--on-ban`, `--on-unban`, `--hook-timeout`, `--hook-max`.
+    pub hooks: crate::hooks::HookConfig,
 }
 
 /// Where the control socket is unless `--control` says otherwise.
@@ -89,6 +91,12 @@ impl Default for Config {
             control: Some(PathBuf::from(DEFAULT_CONTROL)),
             metrics: None,
             metrics_file: None,
+            hooks: crate::hooks::HookConfig {
+                on_ban: None,
+                on_unban: None,
+                timeout: 10 * crate::clock::SECOND,
+                max: 4,
+            },
         }
     }
 }

@@ -80,6 +80,7 @@ pub mod control;
 pub mod daemon;
 pub mod enforce;
 pub mod hash;
+pub mod hooks;
 pub mod key;
 pub mod lines;
 pub mod liveness;

@@ -307,6 +307,18 @@ impl Daemon {
         let ttl = Duration::from_micros(until.saturating_sub(now).max(SECOND));
         self.core.enforcer.ban(&ban, ttl, now);
         self.core.stats.bans_by[Reason::Manual as usize] += 1;
+        if let Some(ev) = self.core.events.as_mut() {
+            ev.push(crate::hooks::Event {
+                kind: "ban",
+                addr: key.to_string(),
+                user: String::new(),
+                origin: Vec::new(),
+                tag: String::new(),
+                duration_s: ttl.as_secs(),
+                reason: "manual",
+                time: crate::clock::localtime_now().to_string(),
+            });
+        }
         self.core.book.record(
             key,
             BanInfo {
@@ -363,6 +375,21 @@ impl Daemon {
             }
             self.core.enforcer.unban(key, now);
             self.core.stats.unbans_manual += 1;
+            if let Some(ev) = self.core.events.as_mut() {
+                let user = self.core.book.get(key).and_then(|i| i.user.as_deref());
+                ev.push(crate::hooks::Event {
+                    kind: "unban",
+                    addr: key.to_string(),
+                    user: user
+                        .map(|u| String::from_utf8_lossy(u).into_owned())
+                        .unwrap_or_default(),
+                    origin: Vec::new(),
+                    tag: String::new(),
+                    duration_s: 0,
+                    reason: "manual",
+                    time: crate::clock::localtime_now().to_string(),
+                });
+            }
             self.core.book.remove(key);
             lifted.push(key.to_string());
             let line = format!("manual unban of {key} by uid {uid}");

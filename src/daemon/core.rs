@@ -75,6 +75,9 @@ pub(super) struct Core {
     pub(super) book: BanBook,
     /// Line read → its ban's set entry in the kernel.
     pub(super) latency: crate::metrics::Histogram,
+    /// Bans and unbans for the hooks (only with `--on-ban`/`--on-unban`);
+    /// the daemon hands them over every turn.
+    pub(super) events: Option<Vec<crate::hooks::Event>>,
 }
 
 /// Why a key is banned.
@@ -199,6 +202,7 @@ impl Core {
             stats: DaemonStats::default(),
             book,
             latency: crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS),
+            events: None,
         }
     }
 
@@ -400,6 +404,18 @@ impl Core {
         self.enforcer.ban_conn(ban, ttl, now, conn);
         // Line read → set entry: the ADD ran inside that sendmsg.
         self.latency.observe_micros(monotonic().saturating_sub(now));
+        if let Some(ev) = self.events.as_mut() {
+            ev.push(crate::hooks::Event {
+                kind: "ban",
+                addr: ban.key.to_string(),
+                user: String::from_utf8_lossy(&ban.user).into_owned(),
+                origin: ban.origins.iter().map(|k| k.to_string()).collect(),
+                tag: String::from_utf8_lossy(&ban.tag).into_owned(),
+                duration_s: ttl.as_secs(),
+                reason: why.name(),
+                time: crate::clock::localtime_now().to_string(),
+            });
+        }
         let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
         logger::notice(format_args!(
             "ban {} for {}s: user {} already online from {}",
@@ -428,6 +444,21 @@ impl Core {
             let ended = self.policy.expire(now);
             self.stats.expired += ended.len() as u64;
             for k in ended {
+                if let Some(ev) = self.events.as_mut() {
+                    let user = self.book.get(k).and_then(|i| i.user.as_deref());
+                    ev.push(crate::hooks::Event {
+                        kind: "unban",
+                        addr: k.to_string(),
+                        user: user
+                            .map(|u| String::from_utf8_lossy(u).into_owned())
+                            .unwrap_or_default(),
+                        origin: Vec::new(),
+                        tag: String::new(),
+                        duration_s: 0,
+                        reason: "expired",
+                        time: crate::clock::localtime_now().to_string(),
+                    });
+                }
                 self.book.remove(k);
             }
         }

@@ -242,6 +242,22 @@ impl Daemon {
                 ),
             ],
         );
+        let h = self
+            .hooks
+            .as_ref()
+            .map(|h| h.stats.clone())
+            .unwrap_or_default();
+        e.counter(
+            "refract_hook_runs_total",
+            "Hook runs (--on-ban, --on-unban) by result; dropped: not run, the queue was full.",
+            &[
+                (&[("result", "ok")], h.ok),
+                (&[("result", "failed")], h.failed),
+                (&[("result", "timeout")], h.timeout),
+                (&[("result", "spawn_error")], h.spawn_errors),
+                (&[("result", "dropped")], h.dropped),
+            ],
+        );
         e.counter(
             "refract_control_requests_total",
             "Requests served on the control socket.",

@@ -9,6 +9,7 @@
 //! | [`LIVENESS_UDP`]      | conntrack lookups (`--proto udp`)        |
 //! | [`CONTROL_FIRST`]..   | the control socket and its connections   |
 //! | [`METRICS_FIRST`]..   | the metrics listener (`--metrics`)       |
+//! | [`HOOKS_FIRST`]..     | hook children's pidfds (`--on-ban`)      |
 //! | [`ENFORCER_FIRST`]..  | the enforcer's sockets ([`ENFORCER_TOKENS`]) |
 //!
 //! Every handler drains its source to `WouldBlock` (mio is edge-triggered).
@@ -101,6 +102,9 @@ pub const CONTROL_FIRST: usize = 64;
 /// The metrics listener owns `METRICS_FIRST .. METRICS_FIRST + metrics::TOKENS`.
 pub const METRICS_FIRST: usize = 96;
 const _: () = assert!(CONTROL_FIRST + crate::control::server::TOKENS <= METRICS_FIRST);
+/// Hook children own `HOOKS_FIRST .. HOOKS_FIRST + hooks::TOKENS`.
+pub const HOOKS_FIRST: usize = 112;
+const _: () = assert!(METRICS_FIRST + crate::metrics::TOKENS <= HOOKS_FIRST);
 const _: () = assert!(crate::enforce::TOKENS <= ENFORCER_TOKENS);
 
 /// How long shutdown waits for the enforcer's queued work.
@@ -151,6 +155,8 @@ struct Daemon {
     started: Micros,
     /// The Prometheus listener (`--metrics`).
     metrics: Option<crate::metrics::Http>,
+    /// `--on-ban`/`--on-unban`.
+    hooks: Option<crate::hooks::Hooks>,
     /// `--metrics-file`: the fingerprint last written, the next write.
     metrics_written: Option<u64>,
     metrics_due: Option<Micros>,
@@ -185,7 +191,13 @@ impl Daemon {
                     .register(s, LIVENESS_UDP, Interest::READABLE)?;
             }
         }
-        let core = Core::new(cfg.policy.clone(), enforcer, audit, live);
+        let mut core = Core::new(cfg.policy.clone(), enforcer, audit, live);
+        let hooks = cfg.hooks.enabled().then(|| {
+            let mut h = crate::hooks::Hooks::new(cfg.hooks.clone());
+            h.set_first_token(HOOKS_FIRST);
+            core.events = Some(Vec::new());
+            h
+        });
         let mut control = open_control(&cfg)?;
         if let Some(c) = control.as_mut() {
             c.register(poll.registry(), CONTROL_FIRST)?;
@@ -199,6 +211,7 @@ impl Daemon {
         }
         let now = monotonic();
         Ok(Daemon {
+            hooks,
             metrics,
             metrics_written: None,
             // The file exists from the start, then follows changes.
@@ -300,6 +313,11 @@ impl Daemon {
                     Token(t) if (ENFORCER_FIRST..ENFORCER_FIRST + ENFORCER_TOKENS).contains(&t) => {
                         self.core.enforcer.ready(t, now)
                     }
+                    t if self.hooks.as_ref().is_some_and(|h| h.owns(t)) => {
+                        if let Some(h) = self.hooks.as_mut() {
+                            h.ready(self.poll.registry(), t, now);
+                        }
+                    }
                     t if self.metrics.as_ref().is_some_and(|m| m.owns(t)) => {
                         if let Some(mut m) = self.metrics.take() {
                             m.event(self.poll.registry(), t, now, &mut || {
@@ -322,6 +340,7 @@ impl Daemon {
             self.deadlines(now);
             self.core.liveness(now);
             self.control_turn(now);
+            self.hooks_turn(now);
             self.metrics_file_turn(now);
             self.core.kill_reports();
             if self.signals.term() {
@@ -392,6 +411,11 @@ impl Daemon {
                 m.tick(self.poll.registry(), now);
             }
         }
+        if let Some(h) = self.hooks.as_mut() {
+            if h.deadline().is_some_and(|d| d <= now) {
+                h.tick(self.poll.registry(), now);
+            }
+        }
         if self.tail.next_deadline().is_some_and(|d| d <= now) {
             let core = &mut self.core;
             self.tail.expire(now, &mut |l| core.line(now, l));
@@ -435,8 +459,22 @@ impl Daemon {
         r
     }
 
+    /// Hands this turn's bans and unbans to the hooks and starts what fits.
+    fn hooks_turn(&mut self, now: Micros) {
+        let (Some(h), Some(events)) = (self.hooks.as_mut(), self.core.events.as_mut()) else {
+            return;
+        };
+        for ev in events.drain(..) {
+            h.push(ev);
+        }
+        h.start(self.poll.registry(), now);
+    }
+
     fn shutdown(&mut self) {
         self.notify("STOPPING=1");
+        if let Some(h) = self.hooks.as_mut() {
+            h.shutdown();
+        }
         if let Some(c) = self.control.as_ref() {
             c.remove();
         }
@@ -446,7 +484,18 @@ impl Daemon {
     }
 
     fn stats_line(&self) -> String {
-        self.core.stats_line(self.tail.stats())
+        let mut line = self.core.stats_line(self.tail.stats());
+        if let Some(h) = self.hooks.as_ref() {
+            let s = &h.stats;
+            let (running, queued) = h.busy();
+            line.push_str(&format!(
+                " hooks_started={} hooks_ok={} hooks_failed={} hooks_timeout={} \
+                 hooks_spawn_errors={} hooks_dropped={} hooks_running={running} \
+                 hooks_queued={queued}",
+                s.started, s.ok, s.failed, s.timeout, s.spawn_errors, s.dropped
+            ));
+        }
+        line
     }
 }
 

@@ -37,6 +37,10 @@ mod control;
 /// `promtool check metrics`, the metrics file.
 mod metrics;
 
+/// Hooks on bans and unbans: the event on stdin and in the environment,
+/// a flood with slow hooks (bounded, no zombies), a hung hook killed.
+mod hooks;
+
 /// An idle daemon never wakes up (context switches over 10 s).
 mod idle;
 

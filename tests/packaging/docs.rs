@@ -209,7 +209,20 @@ fn man_page_documents_every_refract_variable() {
     }
     let missing: Vec<&String> = twins.difference(&named).collect();
     assert!(missing.is_empty(), "man page lacks {missing:?}");
-    let other = ["REFRACT_LOG", "REFRACT_ARGS", "REFRACT_CONTROL"];
+    // Besides settings: the logger's, OpenRC's, the client's, and the ones
+    // a hook's environment carries (set by refract, not read).
+    let other = [
+        "REFRACT_LOG",
+        "REFRACT_ARGS",
+        "REFRACT_CONTROL",
+        "REFRACT_EVENT",
+        "REFRACT_ADDR",
+        "REFRACT_USER",
+        "REFRACT_ORIGIN",
+        "REFRACT_TAG",
+        "REFRACT_DURATION",
+        "REFRACT_REASON",
+    ];
     let extra: Vec<&String> = named
         .iter()
         .filter(|v| !twins.contains(*v) && !other.contains(&v.as_str()))
