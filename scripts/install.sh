@@ -59,6 +59,7 @@ bin_path=/usr/local/bin/refract
 compat_link=/opt/refract/refract
 man_page=/usr/share/man/man8/refract.8.gz
 completion=/usr/share/bash-completion/completions/refract
+hooks=/usr/share/refract/hooks
 logrotate=/etc/logrotate.d/refract
 if [[ $init == systemd ]]; then
     unit=/etc/systemd/system/refract.service
@@ -122,6 +123,8 @@ if ((uninstall)); then
         refract_cleanup
     fi
     rm -f "$root$bin_path" "$root$compat_link" "$root$unit" "$root$man_page" "$root$completion"
+    rm -f "$root$hooks/webhook" "$root$hooks/telegram"
+    rmdir "$root$hooks" "$root${hooks%/hooks}" 2>/dev/null || true
     rmdir "$root/opt/refract" 2>/dev/null || true
     keep_if_changed "$root$settings" "$settings_src" "$settings"
     keep_if_changed "$root$logrotate" packaging/logrotate/refract "$logrotate"
@@ -168,6 +171,8 @@ install -d "$root${man_page%/*}"
 gzip -9n <packaging/man/refract.8 >"$root$man_page"
 chmod 644 "$root$man_page"
 install -Dm644 packaging/completion/refract.bash "$root$completion"
+install -Dm755 packaging/hooks/webhook "$root$hooks/webhook"
+install -Dm755 packaging/hooks/telegram "$root$hooks/telegram"
 if [[ -e $root$logrotate ]] && ! cmp -s "$root$logrotate" packaging/logrotate/refract; then
     say "kept your $logrotate"
 else

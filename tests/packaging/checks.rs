@@ -199,6 +199,8 @@ fn install_and_uninstall_touch_exactly_their_files() {
             "usr/share/man/man8/refract.8.gz",
             "usr/share/bash-completion/completions/refract",
             "etc/logrotate.d/refract",
+            "usr/share/refract/hooks/webhook",
+            "usr/share/refract/hooks/telegram",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -261,6 +263,8 @@ fn debian_package_builds_with_its_files_and_scripts() {
         "./usr/share/man/man8/refract.8.gz",
         "./usr/share/bash-completion/completions/refract",
         "./etc/logrotate.d/refract",
+        "./usr/share/refract/hooks/webhook",
+        "./usr/share/refract/hooks/telegram",
     ] {
         assert!(list.contains(f), "{f} missing from {list}");
     }

@@ -13,3 +13,8 @@ mod checks;
 /// The man page against the binary's flags, the bash completion driven in
 /// a bash subprocess, the logrotate file through `logrotate -d`.
 mod docs;
+
+/// The hook scripts (`packaging/hooks/`) against a local receiver: the
+/// webhook's signature, retries and replay protection; the daemon's ban
+/// delivered through it; the Telegram notifier's coalescing.
+mod hooks;
