@@ -138,12 +138,12 @@ refract_pid=$!
 # capabilities are dropped. The simulated lines are written only after it.
 ready() {
     # -s: the background shell may not have created the file yet.
-    grep -qs '^refract: ready: ' "$work/refract.err" && return 0
+    grep -qs 'refract: ready: ' "$work/refract.err" && return 0
     kill -0 "$refract_pid" 2>/dev/null || { cat "$work/refract.err" >&2; exit 1; }
     return 1
 }
 wait_for 60 "ready line from refract" ready || { cat "$work/refract.err" >&2; exit 1; }
-grep '^refract: ready: ' "$work/refract.err" | sed 's/^/  /'
+grep 'refract: ready: ' "$work/refract.err" | sed 's/^/  /'
 
 step "alice's phone (192.0.2.11) and laptop (198.51.100.12) connect"
 ip netns exec "$c1" python3 "$work/client.py" phone 4 >"$work/phone.out" &

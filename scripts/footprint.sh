@@ -61,7 +61,7 @@ start() {
         --block.log="$dir/block.log" "$@" 2>"$dir/err" &
     pid=$!
     for _ in $(seq 500); do
-        grep -q '^refract: ready: ' "$dir/err" && return 0
+        grep -q 'refract: ready: ' "$dir/err" && return 0
         sleep 0.01
     done
     cat "$dir/err" >&2

@@ -29,7 +29,7 @@ REFRACT_LOG=stderr "$bin" --dry-run --window=200ms --timeout=300ms \
     --access.log="$log" --block.log="$dir/block.log" 2>"$dir/stderr" &
 pid=$!
 for _ in $(seq 500); do
-    grep -q '^refract: ready: ' "$dir/stderr" 2>/dev/null && break
+    grep -q 'refract: ready: ' "$dir/stderr" 2>/dev/null && break
     sleep 0.01
 done
 line() { printf '2026/01/30 17:03:38.067799 from %s:58676 accepted tcp:www.example.com:443 [vless-in >> direct] email: %s\n' "$2" "$1"; }

@@ -33,10 +33,10 @@ REFRACT_LOG=stderr "$bin" --dry-run --window=1h --timeout=1h \
     --access.log="$log" --block.log="$block" 2>"$dir/stderr" &
 pid=$!
 for _ in $(seq 500); do
-    grep -q '^refract: ready: ' "$dir/stderr" 2>/dev/null && break
+    grep -q 'refract: ready: ' "$dir/stderr" 2>/dev/null && break
     sleep 0.01
 done
-grep -q '^refract: ready: ' "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
+grep -q 'refract: ready: ' "$dir/stderr" || { cat "$dir/stderr" >&2; exit 1; }
 
 line() { printf '2026/01/30 17:03:38.067799 from %s:58676 accepted tcp:www.example.com:443 [vless-in >> direct] email: %s\n' "$2" "$1"; }
 

@@ -11,6 +11,15 @@
 //! Warnings about misconfiguration (loopback sources, masked addresses,
 //! X-Forwarded-For sources) would otherwise be written once per log line;
 //! [`RateLimit`] lets one per class through per period and counts the rest.
+//!
+//! Every message is one line: a newline inside one (a tool's multi-line
+//! error) is folded into ` / `. On standard error a line starts with the
+//! local time (`2026-12-01 12:00:00.123 refract: …`) unless journald reads
+//! it (`JOURNAL_STREAM` names standard error's device and inode,
+//! systemd.exec(5)): journald and syslog stamp lines themselves. Event
+//! lines (a ban, an unban, a kill's result, a reload, a rotation, a kernel
+//! repair) end in a stable `| key=value …` part ([`kv`]) for log
+//! pipelines, after the text for people.
 
 use std::fmt;
 use std::io::Write;
@@ -64,6 +73,57 @@ enum Sink {
 
 static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 
+/// Whether stderr lines get a time stamp (module docs).
+static STAMP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether journald reads standard error: `JOURNAL_STREAM=DEV:INODE` is
+/// standard error's own (systemd sets it for the service's stdout/stderr;
+/// a child's redirected stderr no longer matches).
+fn journald_reads_stderr() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// `| key=value …`: the stable part of an event line. A value with a space,
+/// `=`, `"`, `\` or nothing at all is quoted, `"` and `\` escaped (logfmt).
+pub fn kv(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("|");
+    for (k, v) in pairs {
+        out.push(' ');
+        out.push_str(k);
+        out.push('=');
+        let plain = !v.is_empty()
+            && !v
+                .chars()
+                .any(|c| c == ' ' || c == '=' || c == '"' || c == '\\' || c.is_control());
+        if plain {
+            out.push_str(v);
+            continue;
+        }
+        out.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                c if c.is_control() => out.push(' '),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
 /// Chooses the sink. Until called (and in tests), messages go to stderr.
 /// Returns the name of the sink chosen, for the startup line.
 pub fn init(target: Target) -> &'static str {
@@ -90,6 +150,10 @@ pub fn init(target: Target) -> &'static str {
         Sink::Stderr => "stderr",
         Sink::Syslog(_) => "syslog",
     };
+    STAMP.store(
+        matches!(sink, Sink::Stderr) && !journald_reads_stderr(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     *SINK.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     if let Some(e) = failed {
         log(
@@ -103,9 +167,13 @@ pub fn init(target: Target) -> &'static str {
 /// Writes one message. Never fails: a message that cannot be delivered is
 /// dropped (there is nowhere left to report it).
 pub fn log(level: Level, msg: fmt::Arguments<'_>) {
+    let mut msg = msg.to_string();
+    if msg.contains('\n') {
+        msg = msg.trim_end().replace('\n', " / ");
+    }
     let mut guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(Sink::Syslog(l)) = guard.as_mut() {
-        let msg = msg.to_string();
+        let msg = msg.clone();
         let r = match level {
             Level::Error => l.err(msg),
             Level::Warning => l.warning(msg),
@@ -123,7 +191,17 @@ pub fn log(level: Level, msg: fmt::Arguments<'_>) {
     };
     // One write per message so concurrent writers to the same stderr (a
     // supervisor's pipe) never interleave halves of lines.
-    let line = format!("refract: {prefix}{msg}\n");
+    let line = if STAMP.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = crate::clock::localtime_now();
+        let c = t.civil();
+        let ms = t.as_micros() % 1_000_000 / 1000;
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{ms:03} refract: {prefix}{msg}\n",
+            c.year, c.month, c.day, c.hour, c.minute, c.second
+        )
+    } else {
+        format!("refract: {prefix}{msg}\n")
+    };
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
@@ -141,6 +219,25 @@ pub fn notice(msg: fmt::Arguments<'_>) {
 
 pub fn info(msg: fmt::Arguments<'_>) {
     log(Level::Info, msg)
+}
+
+#[cfg(test)]
+mod kv_tests {
+    use super::kv;
+
+    #[test]
+    fn kv_quotes_what_needs_it() {
+        assert_eq!(
+            kv(&[
+                ("event", "ban"),
+                ("user", "a b"),
+                ("tag", "x=\"y\""),
+                ("none", "")
+            ]),
+            r#"| event=ban user="a b" tag="x=\"y\"" none="""#
+        );
+        assert_eq!(kv(&[("k", "line\nbreak")]), r#"| k="line\nbreak""#);
+    }
 }
 
 /// Lets one event per class through per `period` and counts the rest, so a

@@ -502,6 +502,11 @@ impl Tail {
                 fol.mid_line = false;
                 fol.lines = Lines::new(max_line);
                 self.stats.truncations += 1;
+                let path = self.path.display().to_string();
+                crate::logger::notice(format_args!(
+                    "tail: {path} was truncated; reading it from its start {}",
+                    crate::logger::kv(&[("event", "truncation"), ("path", &path)])
+                ));
                 continue;
             }
             if size == fol.offset {
@@ -603,6 +608,11 @@ impl Tail {
         }
         if self.opened_once {
             self.stats.rotations += 1;
+            let path = self.path.display().to_string();
+            crate::logger::notice(format_args!(
+                "tail: {path} was replaced (rotated or recreated); following the new file {}",
+                crate::logger::kv(&[("event", "rotation"), ("path", &path)])
+            ));
         }
         self.opened_once = true;
         self.current = Some(new);

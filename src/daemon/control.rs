@@ -334,7 +334,17 @@ impl Daemon {
             ttl.as_secs()
         );
         self.audit_note(&line);
-        logger::notice(format_args!("{line}"));
+        let (k, s, u) = (key.to_string(), ttl.as_secs().to_string(), uid.to_string());
+        logger::notice(format_args!(
+            "{line} {}",
+            logger::kv(&[
+                ("event", "ban"),
+                ("addr", &k),
+                ("duration_s", &s),
+                ("reason", "manual"),
+                ("uid", &u),
+            ])
+        ));
         protocol::ok(fields([
             ("addr", addr.into()),
             ("key", key.to_string().into()),
@@ -394,7 +404,16 @@ impl Daemon {
             lifted.push(key.to_string());
             let line = format!("manual unban of {key} by uid {uid}");
             self.audit_note(&line);
-            logger::notice(format_args!("{line}"));
+            let (k, u) = (key.to_string(), uid.to_string());
+            logger::notice(format_args!(
+                "{line} {}",
+                logger::kv(&[
+                    ("event", "unban"),
+                    ("addr", &k),
+                    ("reason", "manual"),
+                    ("uid", &u)
+                ])
+            ));
         }
         if lifted.is_empty() {
             return protocol::error(Code::NotFound, "nothing of that is banned");

@@ -417,12 +417,22 @@ impl Core {
             });
         }
         let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
-        logger::notice(format_args!(
-            "ban {} for {}s: user {} already online from {}",
-            ban.key,
-            ttl.as_secs(),
+        let (key, user, origin) = (
+            ban.key.to_string(),
             String::from_utf8_lossy(&ban.user),
-            origins.join(",")
+            origins.join(","),
+        );
+        let secs = ttl.as_secs().to_string();
+        logger::notice(format_args!(
+            "ban {key} for {secs}s: user {user} already online from {origin} {}",
+            logger::kv(&[
+                ("event", "ban"),
+                ("addr", &key),
+                ("user", &user),
+                ("origin", &origin),
+                ("duration_s", &secs),
+                ("reason", why.name()),
+            ])
         ));
     }
 
@@ -444,6 +454,11 @@ impl Core {
             let ended = self.policy.expire(now);
             self.stats.expired += ended.len() as u64;
             for k in ended {
+                let key = k.to_string();
+                logger::notice(format_args!(
+                    "unban {key}: its ban expired {}",
+                    logger::kv(&[("event", "unban"), ("addr", &key), ("reason", "expired")])
+                ));
                 if let Some(ev) = self.events.as_mut() {
                     let user = self.book.get(k).and_then(|i| i.user.as_deref());
                     ev.push(crate::hooks::Event {
@@ -476,9 +491,15 @@ impl Core {
     /// work completes a few hundred microseconds after the ban itself).
     pub(super) fn kill_reports(&mut self) {
         for r in self.enforcer.take_reports() {
+            let (key, tcp, udp) = (r.key.to_string(), r.tcp.to_string(), r.udp.to_string());
             logger::notice(format_args!(
-                "ban {}: ended {} tcp connection(s), {} udp flow(s)",
-                r.key, r.tcp, r.udp
+                "ban {key}: ended {tcp} tcp connection(s), {udp} udp flow(s) {}",
+                logger::kv(&[
+                    ("event", "kill"),
+                    ("addr", &key),
+                    ("tcp", &tcp),
+                    ("udp", &udp)
+                ])
             ));
         }
     }
@@ -519,8 +540,9 @@ impl Core {
                 pc.limits = limits;
                 self.policy.reconfigure(pc);
                 logger::notice(format_args!(
-                    "reloaded: {n} per-user limits from {}, audit log reopened",
-                    path.display()
+                    "reloaded: {n} per-user limits from {}, audit log reopened {}",
+                    path.display(),
+                    logger::kv(&[("event", "reload"), ("limits", &n.to_string())])
                 ));
                 Ok(n)
             }

@@ -157,6 +157,11 @@ struct Daemon {
     metrics: Option<crate::metrics::Http>,
     /// `--on-ban`/`--on-unban`.
     hooks: Option<crate::hooks::Hooks>,
+    /// `STATUS=` for the service manager: what was sent last, when, and a
+    /// pending update (at most one a second; none without `$NOTIFY_SOCKET`).
+    status_sent: (String, Micros),
+    status_due: Option<Micros>,
+    status_on: bool,
     /// `--metrics-file`: the fingerprint last written, the next write.
     metrics_written: Option<u64>,
     metrics_due: Option<Micros>,
@@ -211,6 +216,9 @@ impl Daemon {
         }
         let now = monotonic();
         Ok(Daemon {
+            status_sent: (String::new(), 0),
+            status_due: None,
+            status_on: std::env::var_os("NOTIFY_SOCKET").is_some(),
             hooks,
             metrics,
             metrics_written: None,
@@ -342,6 +350,7 @@ impl Daemon {
             self.control_turn(now);
             self.hooks_turn(now);
             self.metrics_file_turn(now);
+            self.status_turn(now);
             self.core.kill_reports();
             if self.signals.term() {
                 self.shutdown();
@@ -392,6 +401,8 @@ impl Daemon {
                 .as_ref()
                 .and_then(crate::metrics::Http::deadline),
             self.metrics_due,
+            self.hooks.as_ref().and_then(crate::hooks::Hooks::deadline),
+            self.status_due,
         ]
         .into_iter()
         .flatten()
@@ -457,6 +468,33 @@ impl Daemon {
         self.cfg.policy = self.core.policy.config().clone();
         self.notify("READY=1");
         r
+    }
+
+    /// `STATUS=` (systemctl status shows it): a short summary, sent when it
+    /// changed, at most once a second; a change inside the second is sent
+    /// when the second is over.
+    fn status_turn(&mut self, now: Micros) {
+        if !self.status_on {
+            return;
+        }
+        let (users, _) = self.core.policy.tracked();
+        let summary = format!(
+            "{users} users tracked, {} bans in force, {} lines read",
+            self.core.policy.ban_count(),
+            self.core.stats.lines
+        );
+        if summary == self.status_sent.0 {
+            self.status_due = None;
+            return;
+        }
+        let next = self.status_sent.1.saturating_add(SECOND);
+        if now < next && self.status_sent.1 != 0 {
+            self.status_due = Some(next);
+            return;
+        }
+        self.notify(&format!("STATUS={summary}"));
+        self.status_sent = (summary, now);
+        self.status_due = None;
     }
 
     /// Hands this turn's bans and unbans to the hooks and starts what fits.

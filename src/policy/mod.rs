@@ -702,6 +702,11 @@ impl Policy {
         &self.stats
     }
 
+    /// Bans recorded (in force, or ended and not yet dropped by `expire`).
+    pub fn ban_count(&self) -> usize {
+        self.bans.len()
+    }
+
     /// Number of users with state, and number of tracked keys (bans included).
     pub fn tracked(&self) -> (usize, usize) {
         (self.users.len(), self.entries + self.bans.len())

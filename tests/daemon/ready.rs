@@ -5,9 +5,9 @@
 //! later. One `ready:` line, after the privilege drop, and no second
 //! `READY=1` before `STOPPING=1`. `--dry-run`: no root needed.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::support::daemon::{append, Daemon};
+use crate::support::daemon::{access_line, append, Daemon};
 use crate::support::{wait_until, TempDir, PROMPT};
 
 /// Two devices of one user, the second one a violation at `--limit 1`.
@@ -56,7 +56,22 @@ fn violation_is_decided(d: &Daemon) {
 /// The one `ready:` line, after every other startup line; `state` is what
 /// it says of the log after "from its end".
 fn check_ready_line(d: &Daemon, state: &str) {
-    let text = d.log();
+    // Written to a file: every line starts with the local time, then
+    // `refract: ` (checked here, then stripped).
+    let raw = d.log();
+    for l in raw.lines() {
+        let (stamp, rest) = l.split_at(l.find("refract: ").unwrap_or(0));
+        assert!(
+            stamp.len() == 24 && stamp.as_bytes()[4] == b'-' && stamp.as_bytes()[19] == b'.',
+            "no time stamp: {l:?}"
+        );
+        assert!(rest.starts_with("refract: "), "{l:?}");
+    }
+    let text: String = raw
+        .lines()
+        .map(|l| &l[l.find("refract: ").unwrap_or(0)..])
+        .collect::<Vec<_>>()
+        .join("\n");
     let ready: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("refract: ready: "))
@@ -129,5 +144,34 @@ fn log_created_after_ready_is_read_from_its_start() {
     let d = Daemon::start(&dir, &["--window=30s", "--timeout=1m"]);
     violation_is_decided(&d);
     check_ready_line(&d, " (not there yet)");
+    stop(d);
+}
+
+/// `STATUS=` tells the service manager a short summary, updated as bans
+/// happen, at most once a second (systemctl status shows it).
+#[test]
+fn status_follows_the_bans() {
+    let dir = TempDir::new("status");
+    let d = Daemon::start(&dir, &[]);
+    append(&d.access, &access_line("alice@example.com", "192.0.2.11"));
+    append(
+        &d.access,
+        &access_line("alice@example.com", "198.51.100.12"),
+    );
+    d.wait_audit(1, PROMPT);
+    let status = wait_until(
+        Duration::from_secs(1) + PROMPT,
+        "STATUS= with the ban",
+        || {
+            d.notify
+                .messages()
+                .into_iter()
+                .find(|m| m.starts_with("STATUS=") && m.contains("1 bans in force"))
+        },
+    );
+    assert_eq!(
+        status,
+        "STATUS=1 users tracked, 1 bans in force, 2 lines read"
+    );
     stop(d);
 }

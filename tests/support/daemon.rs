@@ -429,8 +429,10 @@ fn next_stats_line(path: &Path, pos: u64) -> Option<(String, u64)> {
     while let Some(nl) = buf[off..].iter().position(|&b| b == b'\n') {
         let line = &buf[off..off + nl];
         off += nl + 1;
-        if line.starts_with(b"refract: stats: ") {
-            return Some((String::from_utf8_lossy(line).into_owned(), pos + off as u64));
+        // After the time stamp a file's lines start with.
+        let line = String::from_utf8_lossy(line);
+        if let Some(at) = line.find("refract: stats: ") {
+            return Some((line[at..].to_string(), pos + off as u64));
         }
     }
     None

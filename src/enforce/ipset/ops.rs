@@ -171,9 +171,10 @@ impl Handler<Op> for H<'_> {
             (Op::Create { family }, 0) => {
                 self.st.repairing[family.index()] = false;
                 self.stats.repairs += 1;
+                let set = self.cfg.set(family);
                 log(format_args!(
-                    "ipset: set {} was missing and has been recreated",
-                    self.cfg.set(family)
+                    "ipset: set {set} was missing and has been recreated {}",
+                    crate::logger::kv(&[("event", "repair"), ("what", "set"), ("set", set)])
                 ));
                 self.st.effects.push(Effect::Reinstall);
             }

@@ -560,7 +560,12 @@ impl Watch {
             Ok(n) => {
                 stats.repairs += 1;
                 crate::logger::warning(format_args!(
-                    "firewall: {n} DROP rule(s) were deleted and have been restored"
+                    "firewall: {n} DROP rule(s) were deleted and have been restored {}",
+                    crate::logger::kv(&[
+                        ("event", "repair"),
+                        ("what", "rule"),
+                        ("count", &n.to_string())
+                    ])
                 ));
             }
             Err(e) => {
