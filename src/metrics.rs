@@ -163,6 +163,16 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// Adds `other`'s observations (same bounds).
+    pub fn merge(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
 }
 
 /// Most scrape connections at once.

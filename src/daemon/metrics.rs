@@ -179,6 +179,16 @@ impl Daemon {
             "Log line read to its ban's set entry in the kernel.",
             &self.core.latency,
         );
+        let mut rtt = crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS);
+        self.core.enforcer.rtt(&mut rtt);
+        if let Some(l) = self.core.live.as_ref() {
+            l.rtt(&mut rtt);
+        }
+        e.histogram(
+            "refract_netlink_rtt_seconds",
+            "Netlink requests, sent to answered (ipset, kills, liveness lookups; a dump: its walk).",
+            &rtt,
+        );
         let l = live.map(|l| l.tracker.stats.clone()).unwrap_or_default();
         e.counter(
             "refract_liveness_checks_total",

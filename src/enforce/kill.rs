@@ -715,6 +715,14 @@ impl Killer {
         n
     }
 
+    /// The kill sockets' round trips (dumps: the whole walk), merged into
+    /// `into`.
+    pub fn rtt(&self, into: &mut crate::metrics::Histogram) {
+        for c in [self.tcp.as_ref(), self.udp.as_ref()].into_iter().flatten() {
+            into.merge(c.pipe.rtt());
+        }
+    }
+
     pub fn take_reports(&mut self) -> Vec<KillReport> {
         self.st.tallies.done.drain(..).collect()
     }

@@ -148,4 +148,10 @@ pub trait Enforcer {
     }
 
     fn stats(&self) -> EnforceStats;
+
+    /// Adds the round trips of the enforcer's netlink requests to `into`
+    /// (metrics); nothing for an enforcer without sockets.
+    fn rtt(&self, into: &mut crate::metrics::Histogram) {
+        let _ = into;
+    }
 }

@@ -389,6 +389,14 @@ impl Liveness {
         }
     }
 
+    /// The lookups' round trips, merged into `into`.
+    pub fn rtt(&self, into: &mut crate::metrics::Histogram) {
+        into.merge(self.chan.pipe.rtt());
+        if let Some(c) = self.udp.as_ref() {
+            into.merge(c.pipe.rtt());
+        }
+    }
+
     /// When [`Liveness::tick`] is due.
     pub fn deadline(&self) -> Option<Micros> {
         [

@@ -102,6 +102,7 @@ impl<T> Channel<T> {
         for _ in 0..MAX_READS {
             match self.sock.recv(&mut self.rx) {
                 Ok(n) => {
+                    self.pipe.received_at(crate::sys::time::monotonic());
                     let malformed = self.pipe.stats().malformed;
                     self.pipe
                         .receive(&self.rx[..n], |tag, m| h.data(tag, m), &mut self.done);

@@ -160,6 +160,11 @@ pub struct Pipeline<T> {
     /// Index into `in_flight` of the first request of the last `fill`.
     batch_start: usize,
     stats: PipelineStats,
+    /// Sent → answered, per request (the owner says when "now" is:
+    /// [`Pipeline::received_at`]).
+    rtt: crate::metrics::Histogram,
+    /// When the datagram being fed was received.
+    clock: Micros,
 }
 
 impl<T> Pipeline<T> {
@@ -174,6 +179,8 @@ impl<T> Pipeline<T> {
             in_flight: VecDeque::new(),
             batch_start: 0,
             stats: PipelineStats::default(),
+            rtt: crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS),
+            clock: 0,
         }
     }
 
@@ -183,6 +190,18 @@ impl<T> Pipeline<T> {
 
     pub fn stats(&self) -> PipelineStats {
         self.stats
+    }
+
+    /// The round trips of the requests answered so far: sent (the `now` of
+    /// [`Pipeline::fill`]) to answered (the time given to
+    /// [`Pipeline::received_at`] before the answer was fed).
+    pub fn rtt(&self) -> &crate::metrics::Histogram {
+        &self.rtt
+    }
+
+    /// The datagrams fed next were received at `now`.
+    pub fn received_at(&mut self, now: Micros) {
+        self.clock = now;
     }
 
     /// Requests waiting to be sent.
@@ -319,6 +338,8 @@ impl<T> Pipeline<T> {
             return;
         };
         let p = self.in_flight.remove(i).expect("index from position");
+        let sent = p.deadline.saturating_sub(self.limits.timeout);
+        self.rtt.observe_micros(self.clock.saturating_sub(sent));
         let outcome = match (errno, p.kind, p.lossy) {
             (0, Kind::Dump, true) => Outcome::Lossy,
             (0, _, _) => Outcome::Done,
@@ -545,6 +566,27 @@ mod tests {
         assert_eq!(got, [(4, Outcome::Done), (1, Outcome::Lossy)]);
         assert_eq!(seen, [(4, 40)]);
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn round_trips_are_measured_from_send_to_answer() {
+        let mut p = Pipeline::new(LIMITS, 0);
+        p.push(1, Kind::Ack).unwrap();
+        p.push(2, Kind::Ack).unwrap();
+        let mut buf = NlBuf::new();
+        p.fill(100, &mut buf, emit);
+        let mut r = NlBuf::new();
+        ack(&mut r, 1, 0);
+        p.received_at(350);
+        feed(&mut p, &r);
+        r = NlBuf::new();
+        ack(&mut r, 2, 0);
+        p.received_at(1100);
+        feed(&mut p, &r);
+        let mut want = crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS);
+        want.observe_micros(250);
+        want.observe_micros(1000);
+        assert_eq!(p.rtt(), &want);
     }
 
     #[test]

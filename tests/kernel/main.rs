@@ -60,6 +60,10 @@ mod bans;
 /// against the kernel enforcer: set entries, a reset connection, restart.
 mod control;
 
+/// Prometheus metrics scraped inside the namespace after a ban with a
+/// kill, an unban and a skipped line.
+mod metrics;
+
 /// Least privilege: the capabilities the daemon keeps, and that they are
 /// enough for a ban and a repair.
 mod privilege;

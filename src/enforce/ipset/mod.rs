@@ -323,6 +323,11 @@ impl Enforcer for KernelEnforcer {
     fn stats(&self) -> EnforceStats {
         self.stats.clone()
     }
+
+    fn rtt(&self, into: &mut crate::metrics::Histogram) {
+        into.merge(self.ops.rtt());
+        self.kill.rtt(into);
+    }
 }
 
 #[cfg(test)]

@@ -329,6 +329,11 @@ impl Ops {
         &mut self.chan.sock
     }
 
+    /// The ipset requests' round trips.
+    pub fn rtt(&self) -> &crate::metrics::Histogram {
+        self.chan.pipe.rtt()
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.chan.sock.as_fd()
     }
