@@ -260,3 +260,34 @@ fn one_daemon_per_socket_and_a_stale_socket_is_replaced() {
         d2.log().contains("control ").then_some(())
     });
 }
+
+/// `refract reload` (the unit's `ExecReload=`) fails on a broken limits
+/// file, so `systemctl reload` does, and succeeds once it is fixed.
+#[test]
+fn refract_reload_fails_on_a_broken_limits_file() {
+    let dir = TempDir::new("control-reload");
+    let limits = dir.path("limits");
+    std::fs::write(&limits, "bob@example.com 2\n").unwrap();
+    let limits_flag = format!("--limits={}", limits.display());
+    let d = Daemon::start(&dir, &[&limits_flag]);
+    let reload = || {
+        std::process::Command::new(BIN)
+            .args(["reload", &format!("--control={}", d.control.display())])
+            .args(["--env-file=none"])
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&limits, "bob@example.com 2\nbob@example.com zwei\n").unwrap();
+    let o = reload();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("zwei"), "{err}");
+    std::fs::write(&limits, "bob@example.com 3\n").unwrap();
+    let o = reload();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
