@@ -179,12 +179,16 @@ refract_install_deps() {
         [v2ray]=v2ray [systemd-analyze]=systemd [fail2ban-regex]=fail2ban [dpkg-deb]=dpkg
         [hyperfine]=hyperfine [python3]=python3 [curl]=curl [pgrep]=procps
         [man]=man-db [logrotate]=logrotate [openssl]=openssl
+        # The Redis server is redis-tools' redis-check-rdb run under the name
+        # redis-server (redis-server's package only adds the service, which
+        # the fleet tests do not want: they start their own).
+        [redis-check-rdb]=redis-tools
     )
     local cmds=(cc)
     case "$what" in
         build) ;;
         demo) cmds+=(ip ss ipset iptables conntrack python3) ;;
-        test) cmds+=(ip ss ipset iptables conntrack shellcheck v2ray systemd-analyze python3 curl dpkg-deb pgrep man logrotate openssl) ;;
+        test) cmds+=(ip ss ipset iptables conntrack shellcheck v2ray systemd-analyze python3 curl dpkg-deb pgrep man logrotate openssl redis-check-rdb) ;;
         bench) cmds+=(ip ss ipset iptables conntrack fail2ban-regex python3) ;;
         *) echo "deps: unknown set '$what' (build, demo, test, bench)" >&2; return 2 ;;
     esac

@@ -79,6 +79,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod enforce;
+pub mod fleet;
 pub mod hash;
 pub mod hooks;
 pub mod key;

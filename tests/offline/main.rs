@@ -20,3 +20,7 @@ mod control;
 /// closed stdout, "did you mean", the environment file read by `check`
 /// and `replay` with its precedence.
 mod settings;
+
+/// The fleet client against a real Redis: exact admission across nodes,
+/// a server that goes away and comes back.
+mod fleet;
