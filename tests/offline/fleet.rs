@@ -72,10 +72,10 @@ struct Node {
 }
 
 impl Node {
-    fn new(sock: &PathBuf, node: &str) -> Node {
+    fn new(sock: &std::path::Path, node: &str) -> Node {
         let poll = Poll::new().unwrap();
         let mut fleet = Fleet::new(FleetConfig {
-            target: Target::Unix(sock.clone()),
+            target: Target::Unix(sock.to_path_buf()),
             user: None,
             password: None,
             db: 0,
