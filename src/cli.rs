@@ -157,6 +157,20 @@ pub struct Args {
     /// most hooks running at once, 1-64 (default 4)
     #[argh(option)]
     pub hook_max: Option<String>,
+    /// share the device limit with other nodes on Redis or Valkey:
+    /// redis://[user:password@]host:port[/db] or unix:///path (default off)
+    #[argh(option)]
+    pub fleet: Option<String>,
+    /// this node's name in the fleet (default: the host name)
+    #[argh(option)]
+    pub node: Option<String>,
+    /// prefix of the fleet's Redis keys (default refract:)
+    #[argh(option)]
+    pub fleet_prefix: Option<String>,
+    /// how long a fleet answer may take before this node decides alone
+    /// (default 200ms)
+    #[argh(option)]
+    pub fleet_timeout: Option<String>,
     /// replay: print one line per input line with what happened
     #[argh(switch)]
     pub explain: bool,
@@ -264,6 +278,10 @@ const DAEMON_FLAGS: &[&str] = &[
     "on-unban",
     "hook-timeout",
     "hook-max",
+    "fleet",
+    "node",
+    "fleet-prefix",
+    "fleet-timeout",
     "env-file",
 ];
 
@@ -391,6 +409,10 @@ const VALUE_FLAGS: &[&str] = &[
     "on-unban",
     "hook-timeout",
     "hook-max",
+    "fleet",
+    "node",
+    "fleet-prefix",
+    "fleet-timeout",
     "proto",
     "dport",
     "window",
@@ -1200,6 +1222,7 @@ fn config(
         Some((v, _)) => Some(PathBuf::from(v)),
     };
     let hooks = hooks(args, env, d.hooks.clone())?;
+    let fleet = fleet(args, env)?;
     operands(command, args)?;
 
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -1235,7 +1258,47 @@ fn config(
         metrics,
         metrics_file,
         hooks,
+        fleet,
     })
+}
+
+/// `--fleet`, `--node`, `--fleet-prefix`, `--fleet-timeout`.
+fn fleet(args: &Args, env: &Env<'_>) -> Result<Option<crate::fleet::FleetConfig>, UsageError> {
+    let Some((url, l)) = env.value(&args.fleet, "fleet") else {
+        return Ok(None);
+    };
+    let (target, user, password, db) =
+        crate::fleet::parse_url(&url).map_err(|e| usage(format!("{l}: {e}")))?;
+    let node = match env.value(&args.node, "node") {
+        Some((n, l)) if n.is_empty() || n.contains(['|', ' ']) => {
+            return Err(usage(format!("{l}: {n:?}: a name without spaces or |")))
+        }
+        Some((n, _)) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_string()),
+    };
+    let prefix = env
+        .value(&args.fleet_prefix, "fleet-prefix")
+        .map_or("refract:".to_string(), |(p, _)| p);
+    let timeout = match env.value(&args.fleet_timeout, "fleet-timeout") {
+        None => 200_000,
+        Some((v, l)) => parse_duration(&v)
+            .filter(|t| !t.is_zero())
+            .map(|t| t.as_micros().min(u128::from(u64::MAX)) as u64)
+            .ok_or_else(|| usage(format!("{l}: invalid duration {v:?} (e.g. 200ms)")))?,
+    };
+    Ok(Some(crate::fleet::FleetConfig {
+        target,
+        user,
+        password,
+        db,
+        node,
+        prefix,
+        timeout,
+    }))
 }
 
 /// `--on-ban`, `--on-unban`, `--hook-timeout`, `--hook-max`.

@@ -59,6 +59,8 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// `--on-ban`, `--on-unban`, `--hook-timeout`, `--hook-max`.
     pub hooks: crate::hooks::HookConfig,
+    /// `--fleet URL` and friends; `None`: this node decides alone.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 /// Where the control socket is unless `--control` says otherwise.
@@ -97,6 +99,7 @@ impl Default for Config {
                 timeout: 10 * crate::clock::SECOND,
                 max: 4,
             },
+            fleet: None,
         }
     }
 }

@@ -47,7 +47,7 @@ pub struct DaemonStats {
     /// already), candidate, banned.
     pub verdicts: [u64; 5],
     /// Bans by [`Reason`] (restored ones are not new bans).
-    pub bans_by: [u64; 4],
+    pub bans_by: [u64; 5],
     /// Bans lifted by hand.
     pub unbans_manual: u64,
     /// The newest parsed line's own time (for the log lag).
@@ -78,6 +78,20 @@ pub(super) struct Core {
     /// Bans and unbans for the hooks (only with `--on-ban`/`--on-unban`);
     /// the daemon hands them over every turn.
     pub(super) events: Option<Vec<crate::hooks::Event>>,
+    /// `--fleet`: the client, the admissions waiting for an answer, and
+    /// when each known device was last refreshed.
+    pub(super) fleet: Option<crate::fleet::Fleet>,
+    fleet_pending: crate::hash::Map<u64, FleetAsk>,
+    fleet_refreshed: crate::hash::Map<(Box<[u8]>, Key), Micros>,
+}
+
+/// An admission the fleet was asked about.
+#[derive(Debug)]
+struct FleetAsk {
+    user: Box<[u8]>,
+    key: Key,
+    tag: Box<[u8]>,
+    conn: Option<SocketAddr>,
 }
 
 /// Why a key is banned.
@@ -90,6 +104,8 @@ pub(super) enum Reason {
     Liveness,
     /// `refract ban`.
     Manual,
+    /// The fleet: the user's devices on other nodes fill the limit.
+    Fleet,
     /// Found in the set at start (who and why were not kept).
     Restored,
 }
@@ -100,6 +116,7 @@ impl Reason {
             Reason::Limit => "limit",
             Reason::Liveness => "liveness",
             Reason::Manual => "manual",
+            Reason::Fleet => "fleet",
             Reason::Restored => "restored",
         }
     }
@@ -203,6 +220,9 @@ impl Core {
             book,
             latency: crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS),
             events: None,
+            fleet: None,
+            fleet_pending: crate::hash::Map::default(),
+            fleet_refreshed: crate::hash::Map::default(),
         }
     }
 
@@ -257,6 +277,17 @@ impl Core {
         if let Some(i) = i {
             self.stats.verdicts[i] += 1;
         }
+        if self.fleet.is_some() {
+            if let (Verdict::Admitted(k) | Verdict::Refreshed(k), Some(user)) =
+                (&verdict, access.email)
+            {
+                if matches!(verdict, Verdict::Admitted(_)) {
+                    self.fleet_admit(now, user, *k, access);
+                } else {
+                    self.fleet_refresh(now, user, *k);
+                }
+            }
+        }
         match verdict {
             Verdict::Skipped(skip) => self.skipped(now, skip),
             Verdict::Banned(ban) => {
@@ -278,6 +309,109 @@ impl Core {
         None
     }
 
+    /// A first sighting here: the fleet decides whether it is one device
+    /// too many.
+    fn fleet_admit(&mut self, now: Micros, user: &[u8], k: Key, access: &accesslog::Access<'_>) {
+        let limit = self.policy.limit(user);
+        let ttl = self.policy.config().window;
+        let Some(f) = self.fleet.as_mut() else {
+            return;
+        };
+        if let Some(id) = f.admit(now, user, k, limit, ttl) {
+            let conn = match access.source {
+                accesslog::Source::Ip(ip, port) => Some(SocketAddr::new(ip, port)),
+                _ => None,
+            };
+            let ask = FleetAsk {
+                user: user.into(),
+                key: k,
+                tag: access.audit_tag().into(),
+                conn,
+            };
+            self.fleet_pending.insert(id, ask);
+        }
+    }
+
+    /// Refreshes a known device in the fleet, at most once per half window.
+    fn fleet_refresh(&mut self, now: Micros, user: &[u8], k: Key) {
+        let limit = self.policy.limit(user);
+        let ttl = self.policy.config().window;
+        let Some(f) = self.fleet.as_mut() else {
+            return;
+        };
+        let id = (Box::<[u8]>::from(user), k);
+        let due = self
+            .fleet_refreshed
+            .get(&id)
+            .map_or(true, |&t| now.saturating_sub(t) >= ttl / 2);
+        if due {
+            if self.fleet_refreshed.len() >= 1 << 16 {
+                self.fleet_refreshed
+                    .retain(|_, t| now.saturating_sub(*t) < ttl);
+            }
+            f.refresh(now, user, k, limit, ttl);
+            self.fleet_refreshed.insert(id, now);
+        }
+    }
+
+    /// The fleet's answers: a device over the fleet's limit is banned here
+    /// (reason `fleet`; the log line names the devices and their nodes, the
+    /// audit line stays refract 0.2's). After a reconnect, every device
+    /// online here is registered again.
+    pub(super) fn fleet_turn(&mut self, now: Micros) {
+        let Some(f) = self.fleet.as_mut() else {
+            return;
+        };
+        let answers = f.take_answers();
+        let reregister = std::mem::take(&mut f.reregister);
+        for (id, answer) in answers {
+            let Some(ask) = self.fleet_pending.remove(&id) else {
+                continue;
+            };
+            let crate::fleet::Answer::Over(devices) = answer else {
+                continue;
+            };
+            let origins: Vec<Key> = devices
+                .iter()
+                .filter_map(|(k, _)| {
+                    crate::control::protocol::parse_key(k, self.policy.config().v6_prefix).ok()
+                })
+                .collect();
+            let Some(ban) = self
+                .policy
+                .ban_now(now, &ask.user, ask.key, origins, &ask.tag)
+            else {
+                continue;
+            };
+            let elsewhere: Vec<String> =
+                devices.iter().map(|(k, n)| format!("{k} on {n}")).collect();
+            logger::notice(format_args!(
+                "fleet: {} of user {} is one device too many; online elsewhere: {}",
+                ban.key,
+                String::from_utf8_lossy(&ban.user),
+                elsewhere.join(", ")
+            ));
+            self.ban(now, &ban, ask.conn, Reason::Fleet);
+        }
+        if reregister {
+            let ttl = self.policy.config().window;
+            let online = self.policy.online(now);
+            if let Some(f) = self.fleet.as_mut() {
+                for (user, keys) in &online {
+                    let limit = self.policy.limit(user);
+                    for &k in keys {
+                        f.refresh(now, user, k, limit, ttl);
+                    }
+                }
+            }
+            self.fleet_refreshed.clear();
+        }
+        // Asked and never answered (the fleet went down): decided alone.
+        if self.fleet.as_ref().is_some_and(|f| !f.stats.up) {
+            self.fleet_pending.clear();
+        }
+    }
+
     /// Sends the lookups planned this turn and applies every check that
     /// finished: its facts first (keys the policy holds as active first,
     /// so a key that came back is the newcomer; then oldest key first),
@@ -297,11 +431,17 @@ impl Core {
             let mut facts = r.facts;
             facts.sort_by_key(|f| (!self.policy.is_active(now, &r.user, f.key), f.first, f.key));
             for f in facts {
-                if let Some(Verdict::Banned(ban)) =
-                    self.policy.live(now, &r.user, f.key, f.at, &f.tag)
-                {
-                    self.stats.liveness_bans += 1;
-                    self.ban(now, &ban, Some(f.peer), Reason::Liveness);
+                match self.policy.live(now, &r.user, f.key, f.at, &f.tag) {
+                    Some(Verdict::Banned(ban)) => {
+                        self.stats.liveness_bans += 1;
+                        self.ban(now, &ban, Some(f.peer), Reason::Liveness);
+                    }
+                    // A device online by the kernel's word stays online in
+                    // the fleet too.
+                    Some(Verdict::Refreshed(k) | Verdict::Admitted(k)) => {
+                        self.fleet_refresh(now, &r.user, k);
+                    }
+                    _ => {}
                 }
             }
             if r.timed_out {
@@ -442,6 +582,7 @@ impl Core {
             self.policy.next_deadline(),
             self.enforcer.next_deadline(),
             self.live.as_ref().and_then(|l| l.deadline()),
+            self.fleet.as_ref().and_then(|f| f.deadline()),
         ]
         .into_iter()
         .flatten()

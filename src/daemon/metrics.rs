@@ -95,6 +95,7 @@ impl Daemon {
                 (&[("reason", "limit")], s.bans_by[0]),
                 (&[("reason", "liveness")], s.bans_by[1]),
                 (&[("reason", "manual")], s.bans_by[2]),
+                (&[("reason", "fleet")], s.bans_by[3]),
             ],
         );
         e.counter(
@@ -268,6 +269,25 @@ impl Daemon {
                 (&[("result", "dropped")], h.dropped),
             ],
         );
+        if let Some(f) = self.core.fleet.as_ref() {
+            let fs = &f.stats;
+            e.gauge(
+                "refract_fleet_up",
+                "1 while the fleet's Redis/Valkey answers, 0 while this node decides alone.",
+                &[(&[], f64::from(u8::from(fs.up)))],
+            );
+            e.counter(
+                "refract_fleet_requests_total",
+                "Fleet admissions and refreshes sent, and how admissions ended.",
+                &[
+                    (&[("result", "sent")], fs.requests),
+                    (&[("result", "admitted")], fs.admitted),
+                    (&[("result", "over")], fs.over),
+                    (&[("result", "timeout")], fs.timeouts),
+                    (&[("result", "error")], fs.errors),
+                ],
+            );
+        }
         e.counter(
             "refract_control_requests_total",
             "Requests served on the control socket.",

@@ -7,6 +7,7 @@
 //! | [`SIGNAL`]            | signal-hook self-pipe (`signals.rs`)     |
 //! | [`LIVENESS`]          | sock_diag lookups ([`crate::liveness`])  |
 //! | [`LIVENESS_UDP`]      | conntrack lookups (`--proto udp`)        |
+//! | [`FLEET`]             | the Redis/Valkey connection (`--fleet`)  |
 //! | [`CONTROL_FIRST`]..   | the control socket and its connections   |
 //! | [`METRICS_FIRST`]..   | the metrics listener (`--metrics`)       |
 //! | [`HOOKS_FIRST`]..     | hook children's pidfds (`--on-ban`)      |
@@ -94,6 +95,7 @@ pub const TIMER: Token = Token(1);
 pub const SIGNAL: Token = Token(2);
 pub const LIVENESS: Token = Token(3);
 pub const LIVENESS_UDP: Token = Token(4);
+pub const FLEET: Token = Token(5);
 /// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
 pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
@@ -197,6 +199,11 @@ impl Daemon {
             }
         }
         let mut core = Core::new(cfg.policy.clone(), enforcer, audit, live);
+        if let Some(fc) = cfg.fleet.clone() {
+            let mut f = crate::fleet::Fleet::new(fc);
+            f.set_token(FLEET);
+            core.fleet = Some(f);
+        }
         let hooks = cfg.hooks.enabled().then(|| {
             let mut h = crate::hooks::Hooks::new(cfg.hooks.clone());
             h.set_first_token(HOOKS_FIRST);
@@ -313,6 +320,11 @@ impl Daemon {
                             l.ready(now);
                         }
                     }
+                    FLEET => {
+                        if let Some(f) = self.core.fleet.as_mut() {
+                            f.event(now);
+                        }
+                    }
                     LIVENESS_UDP => {
                         if let Some(l) = self.core.live.as_mut() {
                             l.ready_udp(now);
@@ -348,6 +360,7 @@ impl Daemon {
             self.deadlines(now);
             self.core.liveness(now);
             self.control_turn(now);
+            self.core.fleet_turn(now);
             self.hooks_turn(now);
             self.metrics_file_turn(now);
             self.status_turn(now);
@@ -412,6 +425,11 @@ impl Daemon {
     /// Runs every component whose deadline has passed.
     fn deadlines(&mut self, now: Micros) {
         self.core.deadlines(now);
+        if let Some(f) = self.core.fleet.as_mut() {
+            if f.deadline().is_some_and(|d| d <= now) {
+                f.tick(self.poll.registry(), now);
+            }
+        }
         if let Some(c) = self.control.as_mut() {
             if c.deadline().is_some_and(|d| d <= now) {
                 c.tick(self.poll.registry(), now);
@@ -523,6 +541,20 @@ impl Daemon {
 
     fn stats_line(&self) -> String {
         let mut line = self.core.stats_line(self.tail.stats());
+        if let Some(f) = self.core.fleet.as_ref() {
+            let s = &f.stats;
+            line.push_str(&format!(
+                " fleet_up={} fleet_requests={} fleet_admitted={} fleet_over={} \
+                 fleet_timeouts={} fleet_errors={} fleet_connects={}",
+                u8::from(s.up),
+                s.requests,
+                s.admitted,
+                s.over,
+                s.timeouts,
+                s.errors,
+                s.connects
+            ));
+        }
         if let Some(h) = self.hooks.as_ref() {
             let s = &h.stats;
             let (running, queued) = h.busy();

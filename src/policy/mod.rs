@@ -583,6 +583,33 @@ impl Policy {
         rec.until.saturating_sub(self.offset)
     }
 
+    /// Bans `key` of `user` now because something beyond this node's view
+    /// says it is one device too many (the fleet: `origins` are the devices
+    /// elsewhere that fill the limit). The key leaves the user's entries;
+    /// `None` when it is banned already or allowlisted.
+    pub fn ban_now(
+        &mut self,
+        now: Micros,
+        user: &[u8],
+        key: Key,
+        origins: Vec<Key>,
+        tag: &[u8],
+    ) -> Option<Ban> {
+        let t = self.advance(now);
+        if self.banned(key, t) || allowlisted(&self.cfg.allow, key) {
+            return None;
+        }
+        if let Some(&slot) = self.users.get(user) {
+            if let Some(u) = self.slots[slot as usize].user.as_mut() {
+                if let Some(i) = u.entries.find(key) {
+                    u.entries.remove(i);
+                    self.entries -= 1;
+                }
+            }
+        }
+        Some(self.ban(key, user.into(), origins, tag.into(), t))
+    }
+
     /// Lifts the ban of `key` (`refract unban`): the next line from it is
     /// judged afresh. Returns whether it was banned.
     pub fn unban(&mut self, now: Micros, key: Key) -> bool {

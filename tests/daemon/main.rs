@@ -41,6 +41,9 @@ mod metrics;
 /// a flood with slow hooks (bounded, no zombies), a hung hook killed.
 mod hooks;
 
+/// Fleet mode: two nodes sharing a real Redis, Redis gone and back.
+mod fleet;
+
 /// An idle daemon never wakes up (context switches over 10 s).
 mod idle;
 

@@ -28,6 +28,7 @@
 pub mod daemon;
 pub mod netns;
 pub mod nl;
+pub mod redis;
 pub mod rules;
 
 use std::fmt::Debug;
