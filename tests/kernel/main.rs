@@ -64,6 +64,10 @@ mod control;
 /// kill, an unban and a skipped line.
 mod metrics;
 
+/// Fleet mode across namespaces: a second device on another node lands in
+/// that node's set; --limit 2 over three nodes.
+mod fleet;
+
 /// Least privilege: the capabilities the daemon keeps, and that they are
 /// enough for a ban and a repair.
 mod privilege;
