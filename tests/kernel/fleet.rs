@@ -87,3 +87,120 @@ fn a_second_device_on_another_node_lands_in_that_nodes_set() {
     });
     assert!(!in_set(&na, "203.0.113.1") && !in_set(&nb, "203.0.113.2"));
 }
+
+/// The benchmark behind `scripts/fleet-latency.sh` (ignored by default):
+/// line appended on node B → the newcomer's key in B's set, while node A
+/// holds the user's first device, over N users (REFRACT_FLEET_N, default
+/// 1000), with Redis on a local unix socket; beside it, in the same run,
+/// the same measure for a violation B sees alone (no fleet round trip).
+/// Prints `fleet-latency …` lines with p50 and p99 in µs.
+#[test]
+#[ignore = "benchmark: scripts/fleet-latency.sh"]
+fn fleet_latency() {
+    use refract::key::Key;
+    use refract::nl::buf::NlBuf;
+    use refract::nl::consts::NETLINK_NETFILTER;
+    use refract::nl::ipset::Test;
+    use refract::nl::socket::NlSocket;
+
+    let n: usize = std::env::var("REFRACT_FLEET_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let (Some(na), Some(nb)) = (
+        Netns::with_tools("flata", FIREWALL),
+        Netns::with_tools("flatb", FIREWALL),
+    ) else {
+        return;
+    };
+    let rdir = TempDir::new("flat-redis");
+    let Some(redis) = Redis::start(&rdir) else {
+        return;
+    };
+    let fleet = format!("--fleet=unix://{}", redis.sock.display());
+    let (da, db) = (TempDir::new("flat-a"), TempDir::new("flat-b"));
+    let flags = |node: &str| {
+        vec![
+            fleet.clone(),
+            format!("--node={node}"),
+            "--window=1h".to_string(),
+            "--timeout=1h".to_string(),
+            "--set-size=1048576".to_string(),
+            // A benchmark, not a fault test: a stall of this loaded machine
+            // must not turn into a local decision.
+            "--fleet-timeout=5s".to_string(),
+        ]
+    };
+    let fa = flags("a");
+    let fb = flags("b");
+    let mut a = Daemon::start_in(&na, &da, &fa.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = Daemon::start_in(&nb, &db, &fb.iter().map(String::as_str).collect::<Vec<_>>());
+    let addr = |net: u8, i: usize| format!("10.{net}.{}.{}", i / 250, i % 250 + 1);
+    // Every user's first device on A, registered in the fleet.
+    let mut lines = String::new();
+    for i in 0..n {
+        lines.push_str(&access_line(&format!("u{i}@example.com"), &addr(1, i)));
+    }
+    append(&a.access, &lines);
+    wait_until(PROMPT * 3, "A's devices in the fleet", || {
+        (a.stats()["fleet_admitted"] as usize == n).then_some(())
+    });
+    let b_access = b.access.clone();
+    let b_log = b.stderr.clone();
+    let (fleet_us, local_us) = nb.in_netns(move || {
+        let mut sock = NlSocket::open(NETLINK_NETFILTER, 0).unwrap();
+        let mut buf = NlBuf::new();
+        let mut present = |ip: &str| {
+            let seq = sock.next_seq();
+            let key = Key::new(ip.parse().unwrap(), 64);
+            buf.clear();
+            Test {
+                set: "refract_banned_users",
+                key,
+            }
+            .emit(&mut buf, seq);
+            sock.request(&buf, PROMPT).is_ok()
+        };
+        let mut measure = |user: &str, ip: &str| {
+            let t = Instant::now();
+            append(&b_access, &access_line(user, ip));
+            while !present(ip) {
+                assert!(
+                    t.elapsed() < PROMPT,
+                    "{ip} never in B's set:\n{}",
+                    std::fs::read_to_string(&b_log).unwrap_or_default()
+                );
+            }
+            t.elapsed().as_micros() as u64
+        };
+        let mut fleet_us = Vec::with_capacity(n);
+        let mut local_us = Vec::with_capacity(n);
+        for i in 0..n {
+            // Alternate the two kinds so machine noise hits both alike.
+            fleet_us.push(measure(&format!("u{i}@example.com"), &addr(2, i)));
+            let local = format!("l{i}@example.com");
+            append(&b_access, &access_line(&local, &addr(3, i)));
+            local_us.push(measure(&local, &addr(4, i)));
+        }
+        (fleet_us, local_us)
+    });
+    let pct = |v: &[u64], p: usize| {
+        let mut s = v.to_vec();
+        s.sort_unstable();
+        s[(s.len() * p / 100).min(s.len() - 1)]
+    };
+    let (f50, f99, l50, l99) = (
+        pct(&fleet_us, 50),
+        pct(&fleet_us, 99),
+        pct(&local_us, 50),
+        pct(&local_us, 99),
+    );
+    println!("fleet-latency fleet n={n} p50_us={f50} p99_us={f99}");
+    println!("fleet-latency local n={n} p50_us={l50} p99_us={l99}");
+    let s = a.stats();
+    println!(
+        "fleet-latency redis_requests_a={} (lines written on A: {n})",
+        s["fleet_requests"]
+    );
+    drop(b);
+}
