@@ -801,30 +801,7 @@ pub fn env_name(flag: &str) -> String {
 /// (`--json`, `--for`, `--reason`, `--user`, `--all`, `--explain`) are
 /// operands of one invocation: from an environment file, `REFRACT_ALL`
 /// would turn every `refract unban` into "unban everything".
-const SETTINGS: &[&str] = &[
-    "proto",
-    "dport",
-    "window",
-    "timeout",
-    "access-log",
-    "block-log",
-    "limit",
-    "limits",
-    "ipv6-prefix",
-    "allow",
-    "confirm",
-    "dry-run",
-    "from-start",
-    "firewall",
-    "set-name",
-    "set-name6",
-    "set-size",
-    "max-line",
-    "max-users",
-    "max-keys",
-    "control",
-    "env-file",
-];
+const SETTINGS: &[&str] = DAEMON_FLAGS;
 
 /// `REFRACT_*` variables that are not flags: the log target
 /// ([`crate::logger`]) and the ones refract's own scripts and tests read

@@ -88,6 +88,43 @@ fn cut(s: &str) -> String {
 }
 
 impl Event {
+    /// A ban, stamped with the local time now.
+    pub fn ban(
+        addr: String,
+        user: String,
+        origin: Vec<String>,
+        tag: String,
+        duration_s: u64,
+        reason: &'static str,
+    ) -> Event {
+        Event {
+            kind: "ban",
+            addr,
+            user,
+            origin,
+            tag,
+            duration_s,
+            reason,
+            time: crate::clock::localtime_now().to_string(),
+        }
+    }
+
+    /// An unban (`expired` or `manual`), stamped with the local time now.
+    pub fn unban(addr: String, user: Option<&[u8]>, reason: &'static str) -> Event {
+        Event {
+            kind: "unban",
+            addr,
+            user: user
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .unwrap_or_default(),
+            origin: Vec::new(),
+            tag: String::new(),
+            duration_s: 0,
+            reason,
+            time: crate::clock::localtime_now().to_string(),
+        }
+    }
+
     /// The JSON object on the child's stdin.
     pub fn to_value(&self) -> Value {
         Value::obj([

@@ -308,16 +308,16 @@ impl Daemon {
         self.core.enforcer.ban(&ban, ttl, now);
         self.core.stats.bans_by[Reason::Manual as usize] += 1;
         if let Some(ev) = self.core.events.as_mut() {
-            ev.push(crate::hooks::Event {
-                kind: "ban",
-                addr: key.to_string(),
-                user: String::new(),
-                origin: Vec::new(),
-                tag: String::new(),
-                duration_s: ttl.as_secs(),
-                reason: "manual",
-                time: crate::clock::localtime_now().to_string(),
-            });
+            let d = ttl.as_secs();
+            let ev_ban = crate::hooks::Event::ban(
+                key.to_string(),
+                String::new(),
+                Vec::new(),
+                String::new(),
+                d,
+                "manual",
+            );
+            ev.push(ev_ban);
         }
         self.core.book.record(
             key,
@@ -387,18 +387,7 @@ impl Daemon {
             self.core.stats.unbans_manual += 1;
             if let Some(ev) = self.core.events.as_mut() {
                 let user = self.core.book.get(key).and_then(|i| i.user.as_deref());
-                ev.push(crate::hooks::Event {
-                    kind: "unban",
-                    addr: key.to_string(),
-                    user: user
-                        .map(|u| String::from_utf8_lossy(u).into_owned())
-                        .unwrap_or_default(),
-                    origin: Vec::new(),
-                    tag: String::new(),
-                    duration_s: 0,
-                    reason: "manual",
-                    time: crate::clock::localtime_now().to_string(),
-                });
+                ev.push(crate::hooks::Event::unban(key.to_string(), user, "manual"));
             }
             self.core.book.remove(key);
             lifted.push(key.to_string());

@@ -544,24 +544,22 @@ impl Core {
         self.enforcer.ban_conn(ban, ttl, now, conn);
         // Line read → set entry: the ADD ran inside that sendmsg.
         self.latency.observe_micros(monotonic().saturating_sub(now));
-        if let Some(ev) = self.events.as_mut() {
-            ev.push(crate::hooks::Event {
-                kind: "ban",
-                addr: ban.key.to_string(),
-                user: String::from_utf8_lossy(&ban.user).into_owned(),
-                origin: ban.origins.iter().map(|k| k.to_string()).collect(),
-                tag: String::from_utf8_lossy(&ban.tag).into_owned(),
-                duration_s: ttl.as_secs(),
-                reason: why.name(),
-                time: crate::clock::localtime_now().to_string(),
-            });
-        }
         let origins: Vec<String> = ban.origins.iter().map(|k| k.to_string()).collect();
         let (key, user, origin) = (
             ban.key.to_string(),
             String::from_utf8_lossy(&ban.user),
             origins.join(","),
         );
+        if let Some(ev) = self.events.as_mut() {
+            ev.push(crate::hooks::Event::ban(
+                key.clone(),
+                user.to_string(),
+                origins,
+                String::from_utf8_lossy(&ban.tag).into_owned(),
+                ttl.as_secs(),
+                why.name(),
+            ));
+        }
         let secs = ttl.as_secs().to_string();
         logger::notice(format_args!(
             "ban {key} for {secs}s: user {user} already online from {origin} {}",
@@ -602,18 +600,7 @@ impl Core {
                 ));
                 if let Some(ev) = self.events.as_mut() {
                     let user = self.book.get(k).and_then(|i| i.user.as_deref());
-                    ev.push(crate::hooks::Event {
-                        kind: "unban",
-                        addr: k.to_string(),
-                        user: user
-                            .map(|u| String::from_utf8_lossy(u).into_owned())
-                            .unwrap_or_default(),
-                        origin: Vec::new(),
-                        tag: String::new(),
-                        duration_s: 0,
-                        reason: "expired",
-                        time: crate::clock::localtime_now().to_string(),
-                    });
+                    ev.push(crate::hooks::Event::unban(key.clone(), user, "expired"));
                 }
                 self.book.remove(k);
             }
