@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Defaults: 600 seconds each, all targets (accesslog netlink limits args json).
+# Defaults: 600 seconds each, all targets (accesslog netlink limits args json resp).
 # FUZZ_KEEP_GOING=1 runs libFuzzer in fork mode with crashes, timeouts and
 # OOMs ignored, so every target gets its whole time and every crash is
 # collected (the default stops a target at its first crash).
@@ -34,7 +34,7 @@ esac
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-	targets=(accesslog netlink limits args json)
+	targets=(accesslog netlink limits args json resp)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
