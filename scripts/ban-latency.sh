@@ -56,7 +56,9 @@
 # every ban reached the enforcer and every ban's kill is finished (its
 # `ended …` report). Output: `ban-latency flood bans=… secs=… bans_per_s=…`
 # and `ban-latency flood_in_set=… set_full=…`: each flood ban must be in
-# the set or counted as refused by a full set.
+# the set or counted as refused by a full set. The flood's lines name
+# connections that do not exist; `ban-latency listener_alive=1|0` says
+# whether the node's listener on :443 survived every ban (it must).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-240}
@@ -145,6 +147,13 @@ ip netns exec "$cli" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
 ip netns exec "$node" sysctl -qw net.core.somaxconn=4096
 
 helper=$PWD/scripts/ban-latency.py
+# listening: 1 while the node's server still listens on :443, else 0. A
+# ban must never end the proxy's listener: an exact SOCK_DESTROY of a
+# connection that is gone falls back, in the kernel's lookup
+# (inet_lookup() → the listening hash), to the listener on that port.
+listening() {
+    ip netns exec "$node" ss -ltnH 'sport = :443' | grep -c '^LISTEN' || true
+}
 ip netns exec "$node" python3 "$helper" server 0.0.0.0 443 "$dir/ready" "${talk[@]}" &
 pids+=($!)
 log=$dir/access.log
@@ -177,6 +186,7 @@ if [[ $mode == live ]]; then
         esac
     done <<<"$out"
     echo "ban-latency refract_keys_in_set=$in_set of $n"
+    echo "ban-latency listener_alive=$(listening)"
     echo "ban-latency node_ehash=$(ip netns exec "$node" sysctl -n net.ipv4.tcp_ehash_entries)"
     grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed 's/^/ban-latency refract /'
     exit 0
@@ -217,5 +227,6 @@ while read -r path rest; do
     esac
 done <<<"$out"
 echo "ban-latency refract_keys_in_set=$in_set of $n"
+echo "ban-latency listener_alive=$(listening)"
 echo "ban-latency node_ehash=$(ip netns exec "$node" sysctl -n net.ipv4.tcp_ehash_entries)"
 grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed 's/^/ban-latency refract /'

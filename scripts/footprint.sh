@@ -37,7 +37,8 @@
 #                     policy's work as it is and turns liveness off, a TCP
 #                     matter) the same without liveness
 #   scripts/footprint.sh --tracked FILE LINES
-#                     only: a daemon (--window=1h, caps raised to 2M) reads
+#                     only: a daemon (--window=1h, caps raised to 2M; liveness
+#                     on, in its namespace as below) reads
 #                     FILE (LINES lines) from its start; prints
 #                     tracked_cpu_ns_line (utime+stime per line),
 #                     tracked_anon_kib (RssAnon at the end: the tables; the
@@ -125,8 +126,9 @@ ticks() {
 
 if [[ -n $tracked ]]; then
     : >"$dir/err"
-    REFRACT_LOG=stderr "$bin" --dry-run --from-start --window=1h --max-users=2000000 \
-        --max-keys=2000000 --access.log="$tracked" --block.log="$dir/block.log" 2>"$dir/err" &
+    REFRACT_LOG=stderr unshare "${unshare_args[@]}" sh -c "$in_ns" sh "$bin" --dry-run \
+        "${live_args[@]}" --from-start --window=1h --max-users=2000000 --max-keys=2000000 \
+        --access.log="$tracked" --block.log="$dir/block.log" 2>"$dir/err" &
     pid=$!
     python3 "$helper" wait-lines "$pid" "$dir/err" "$tracked_lines" 600
     t=$(ticks)
