@@ -39,9 +39,9 @@
       namespace's whole TCP hash (milliseconds on the host's shared one);
       bans every 5 ms would time the queue behind those walks, not the
       ban. The window rule alone would admit device 2; only the daemon's
-      lookup of device 1's socket can ban it. Prints `live n=.. p50_us=.. p99_us=.. max_us=.. lost=..`,
-      `dev1_alive=K` (device 1 sockets neither reset nor closed: none may
-      be) and `idle_alive=K`.
+      lookup of device 1's socket can ban it. Prints `live n=.. p50_us=..
+      p99_us=.. max_us=.. lost=..`, `dev1_alive=K` (device 1 sockets
+      neither reset nor closed: none may be) and `idle_alive=K`.
 
   ban-latency.py flood LOG PID STDERR N FIRST_SRC
       The ban flood, against the daemon PID already following LOG (its

@@ -124,8 +124,8 @@ bans=240
 # costs is the difference.
 flood=100000
 ((quick)) && flood=20000
-# stats_of LAT: the daemon's `stats:` fields that show the liveness path
-# ran, from ban-latency.sh's output.
+# stat_of LAT FIELD: a field of the daemon's last `stats:` line in
+# ban-latency.sh's output LAT (the counters that show the liveness path ran).
 stat_of() { sed -n "/^ban-latency refract stats: /s/.* $2=\([0-9]*\).*/\1/p" <<<"$1" | head -1; }
 late_rows=()
 late_row() { late_rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }

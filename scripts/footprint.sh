@@ -19,9 +19,10 @@
 #                     its last `stats:` line's fields, prefixed)
 #
 # The daemon runs as on a node, with liveness on (`--proto=tcp
-# --dport=443`, the defaults, spelled out: every counted line with address:port is attributed to a
-# connection, newcomers of users with other connections wait for exact
-# sock_diag lookups, users over their limit are re-checked every second),
+# --dport=443`, the defaults, spelled out: every counted line with
+# address:port is attributed to a connection, newcomers of users with
+# other connections wait for exact sock_diag lookups, users over their
+# limit are re-checked every second),
 # in a network namespace of its own (`unshare --net`, gone with the
 # process; `--map-root-user` when not root) whose veth pair holds
 # 192.0.2.1 and 2001:db8::1, so lines of both families are attributed and
@@ -37,9 +38,9 @@
 #                     policy's work as it is and turns liveness off, a TCP
 #                     matter) the same without liveness
 #   scripts/footprint.sh --tracked FILE LINES
-#                     only: a daemon (--window=1h, caps raised to 2M; liveness
-#                     on, in its namespace as below) reads
-#                     FILE (LINES lines) from its start; prints
+#                     only: a daemon (--window=1h, caps raised to 2M;
+#                     liveness on, in its namespace as below) reads FILE
+#                     (LINES lines) from its start; prints
 #                     tracked_cpu_ns_line (utime+stime per line),
 #                     tracked_anon_kib (RssAnon at the end: the tables; the
 #                     log's mmap window is file-backed and not in it),
