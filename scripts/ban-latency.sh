@@ -2,8 +2,8 @@
 # Ban latency of the real daemon in kernel mode, against the shell path, in
 # network namespaces this script creates and always removes.
 #
-#   sudo scripts/ban-latency.sh [N [IDLE [EHASH [FLOOD]]]]
-#       (defaults: 240 bans, 10000 idle, 16384 buckets, no flood)
+#   sudo scripts/ban-latency.sh [N [IDLE [EHASH [FLOOD [MODE]]]]]
+#       (defaults: 240 bans, 10000 idle, 16384 buckets, no flood, window)
 #   REFRACT=path/to/refract sudo scripts/ban-latency.sh
 #
 # EHASH: buckets of the node namespace's own TCP established hash
@@ -36,19 +36,41 @@
 # Trials alternate refract/shell so machine noise hits both alike.
 # Output: `ban-latency refract p50_us=… p99_us=…` and `… shell …` lines.
 #
+# MODE live: bans decided by liveness instead (no shell path, no flood).
+# The daemon runs with --window=1s; per trial user, device 1 is a real
+# connection from 203.0.113.i that carries traffic (the node's server
+# sends it a byte every 100 ms; the client only ACKs, like a download)
+# and whose only log line, with its real source port, was written more
+# than the window before; device 2's line (198.51.100.i) is then one the
+# window rule alone would admit, so the ban needs the daemon's exact
+# sock_diag lookup of device 1's socket. Timed the same way: line
+# appended → device 2's socket sees the reset, one trial per 15 ms (the
+# refract trials' cadence in the default mode). Output: `ban-latency live
+# p50_us=… p99_us=…`, `ban-latency dev1 dev1_alive=… of N` (device 1 must
+# be untouched) and the daemon's `stats:` line (its liveness_checks,
+# liveness_facts and deferred count the trials).
+#
 # FLOOD > 0: after the trials, the same daemon with the same IDLE idle
 # connections gets a flood of FLOOD violating lines (one user, FLOOD
 # distinct addresses 10.1.0.0 + i, written as fast as they go); timed until
 # every ban reached the enforcer and every ban's kill is finished (its
 # `ended …` report). Output: `ban-latency flood bans=… secs=… bans_per_s=…`
 # and `ban-latency flood_in_set=… set_full=…`: each flood ban must be in
-# the set or counted as refused by a full set.
+# the set or counted as refused by a full set. The flood's lines name
+# connections that do not exist; `ban-latency listener_alive=1|0` says
+# whether the node's listener on :443 survived every ban (it must).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-240}
 idle=${2:-10000}
 ehash=${3:-16384}
 flood=${4:-0}
+mode=${5:-window}
+case $mode in
+    window) window=1h talk=() ;;
+    live) window=1s talk=(203.0.113) flood=0 ;;
+    *) echo "ban-latency: MODE must be window or live" >&2; exit 2 ;;
+esac
 bin=${REFRACT:-target/release/refract}
 ((n >= 1 && n <= 250)) || { echo "ban-latency: N must be 1..250 (one /24 of trial addresses)" >&2; exit 2; }
 if [[ $(id -u) -ne 0 ]]; then
@@ -125,12 +147,19 @@ ip netns exec "$cli" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
 ip netns exec "$node" sysctl -qw net.core.somaxconn=4096
 
 helper=$PWD/scripts/ban-latency.py
-ip netns exec "$node" python3 "$helper" server 0.0.0.0 443 "$dir/ready" &
+# listening: 1 while the node's server still listens on :443, else 0. A
+# ban must never end the proxy's listener: an exact SOCK_DESTROY of a
+# connection that is gone falls back, in the kernel's lookup
+# (inet_lookup() → the listening hash), to the listener on that port.
+listening() {
+    ip netns exec "$node" ss -ltnH 'sport = :443' | grep -c '^LISTEN' || true
+}
+ip netns exec "$node" python3 "$helper" server 0.0.0.0 443 "$dir/ready" "${talk[@]}" &
 pids+=($!)
 log=$dir/access.log
 : >"$log"
 # --set-size: room for the flood's bans beside the trials' (hash:ip grows).
-REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window=1h --timeout=10m --set-size=262144 \
+REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window="$window" --timeout=10m --set-size=262144 \
     --access.log="$log" --block.log="$dir/block.log" 2>"$dir/refract.err" &
 daemon=$!
 pids+=("$daemon")
@@ -140,6 +169,28 @@ for _ in $(seq 500); do
 done
 [[ -e $dir/ready ]] || { echo "ban-latency: the server did not start" >&2; exit 1; }
 grep -q ' following ' "$dir/refract.err" || { cat "$dir/refract.err" >&2; exit 1; }
+
+if [[ $mode == live ]]; then
+    out=$(ip netns exec "$cli" python3 "$helper" live 192.0.2.1 443 "$log" "$idle" "$n" \
+        192.0.2.2 203.0.113 198.51.100 1 2>"$dir/client.err") ||
+        { cat "$dir/client.err" >&2; exit 1; }
+    in_set=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^198\.51\.100\.' || true)
+    dev1_in=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^203\.0\.113\.' || true)
+    kill -USR1 "$daemon" 2>/dev/null || true
+    sleep 0.2
+    while read -r path rest; do
+        case $path in
+            live) echo "ban-latency live $rest" ;;
+            dev1_alive=*) echo "ban-latency dev1 $path of $n (device 1 keys in set: $dev1_in)" ;;
+            idle_alive=*) echo "ban-latency idle $path of $idle" ;;
+        esac
+    done <<<"$out"
+    echo "ban-latency refract_keys_in_set=$in_set of $n"
+    echo "ban-latency listener_alive=$(listening)"
+    echo "ban-latency node_ehash=$(ip netns exec "$node" sysctl -n net.ipv4.tcp_ehash_entries)"
+    grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed 's/^/ban-latency refract /'
+    exit 0
+fi
 
 # The shell path: a per-event follower, as operators write them.
 ip netns exec "$node" ipset create rfb_shell hash:ip timeout 600
@@ -176,5 +227,6 @@ while read -r path rest; do
     esac
 done <<<"$out"
 echo "ban-latency refract_keys_in_set=$in_set of $n"
+echo "ban-latency listener_alive=$(listening)"
 echo "ban-latency node_ehash=$(ip netns exec "$node" sysctl -n net.ipv4.tcp_ehash_entries)"
 grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed 's/^/ban-latency refract /'

@@ -5,6 +5,10 @@
 # versions compare.
 #
 #   sudo scripts/bench.sh [--quick]
+#   REFRACT_BASE=path/to/previous/refract [REFRACT_BASE_NAME=label] sudo scripts/bench.sh
+#       also measures that binary in this run: the first latency row's
+#       setup (right after that row) and the follow CPU, each its own row
+#       (before/after; the label names it in the table, e.g. a commit)
 #
 # Sections (the table's format is stable; add rows, don't reorder):
 #   throughput  `refract replay` of a generated 1,000,000-line log (median of
@@ -17,8 +21,16 @@
 #               (needs root; skipped otherwise). The first run then also
 #               floods the same daemon with 100,000 violating lines (--quick:
 #               20,000) and times them until every ban is in the set (or
-#               counted as set_full) and every ban's kill is reported: bans/s
-#   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s)
+#               counted as set_full) and every ban's kill is reported: bans/s.
+#               Then `ban-latency.sh ... live` for the own and the host's
+#               shared hash: bans the window rule alone would not make,
+#               decided by the daemon's exact sock_diag lookup of device
+#               1's connection (in use, its only line older than the
+#               window); the daemon's liveness counters in the row
+#   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s),
+#               the daemon with liveness on (--proto=tcp --dport=443, in a
+#               namespace of its own); the follow phase again without
+#               liveness (--proto=udp), the difference is liveness's cost
 #   scale       1,000,000 lines cycling over N = 10k, 100k, 1M distinct users
 #               (all tracked, --window=1h): `refract replay` wall ns/line
 #               (median of 3), and the dry-run daemon reading the same file:
@@ -112,6 +124,12 @@ bans=240
 # costs is the difference.
 flood=100000
 ((quick)) && flood=20000
+# stat_of LAT FIELD: a field of the daemon's last `stats:` line in
+# ban-latency.sh's output LAT (the counters that show the liveness path ran).
+stat_of() { sed -n "/^ban-latency refract stats: /s/.* $2=\([0-9]*\).*/\1/p" <<<"$1" | head -1; }
+late_rows=()
+late_row() { late_rows+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+first_p50=-1 first_p99=-1 shared_p50=-1 shared_p99=-1
 for run in "16384 10000 $flood" "0 10000 0" "16384 0 0"; do
     read -r ehash idle nflood <<<"$run"
     if ((ehash)); then where="own TCP hash of $ehash buckets"; else where="host's shared TCP hash"; fi
@@ -123,20 +141,68 @@ for run in "16384 10000 $flood" "0 10000 0" "16384 0 0"; do
         inset=$(sed -n 's/^ban-latency refract_keys_in_set=\([0-9]*\).*/\1/p' <<<"$lat")
         row latency "refract: line appended → in set + RST at client; $bans bans, $idle idle conns, $where" \
             "p50 $rp50 µs, p99 $rp99 µs (lost $rlost; $inset/$bans in set; $alive/$idle idle untouched)" "" "p99 < 2 ms" "$(yes_no "$rp99 >= 0 && $rp99 < 2000")"
+        if ((idle)); then
+            if ((ehash)); then first_p50=$rp50 first_p99=$rp99; else shared_p50=$rp50 shared_p99=$rp99; fi
+        fi
+        if ((ehash && idle)) && [[ -n ${REFRACT_BASE:-} ]]; then
+            # The previous binary, same setup, next in time to this run.
+            say "latency, previous binary $REFRACT_BASE"
+            if blat=$(REFRACT=$REFRACT_BASE scripts/ban-latency.sh "$bans" "$idle" "$ehash" 0) && [[ -n $blat ]]; then
+                bp50=$(sed -n "s/^ban-latency refract .*p50_us=\([0-9-]*\).*/\1/p" <<<"$blat" | head -1)
+                bp99=$(sed -n "s/^ban-latency refract .*p99_us=\([0-9-]*\).*/\1/p" <<<"$blat" | head -1)
+                blost=$(sed -n "s/^ban-latency refract .*lost=\([0-9-]*\).*/\1/p" <<<"$blat" | head -1)
+                late_row latency "previous version (${REFRACT_BASE_NAME:-$REFRACT_BASE}): the first latency row's setup, run right after it" \
+                    "p50 $bp50 µs, p99 $bp99 µs (lost $blost)" "this version / previous: p50 $(ratio "$rp50" "$bp50")x, p99 $(ratio "$rp99" "$bp99")x" "" ""
+            fi
+        fi
         row latency "shell: ipset add + ss -K as processes, same run" "p50 $sp50 µs, p99 $sp99 µs (lost $slost)" \
             "shell / refract: p50 $(ratio "$sp50" "$rp50")x, p99 $(ratio "$sp99" "$rp99")x" "≥ 5x" "$(yes_no "$sp99 >= 5 * $rp99")"
         if ((nflood)); then
             fget() { sed -n "/^ban-latency flood/s/.* $1=\([0-9.-]*\).*/\1/p" <<<"$lat" | head -1; }
             fps=$(fget bans_per_s) fsecs=$(fget secs) fin=$(fget flood_in_set) ffull=$(fget set_full)
+            # The flood's lines name connections that do not exist: their
+            # exact kills must spare the node's listener.
+            lst=$(sed -n 's/^ban-latency listener_alive=\([0-9]*\).*/\1/p' <<<"$lat")
+            lst_txt=$(awk -v l="${lst:-0}" 'BEGIN { print (l > 0) ? "alive" : "**destroyed**" }')
             row latency "ban flood: $nflood violating lines, each a ban, with $idle idle conns, $where (same daemon as the row above)" \
-                "$fps bans/s ($nflood in ${fsecs:-?} s; $fin in set + ${ffull:-0} set_full; every kill reported)" "" "≥ 10,000 bans/s" \
-                "$(yes_no "${fps:--1} >= 10000 && ${fin:-0} + ${ffull:-0} == $nflood")"
+                "$fps bans/s ($nflood in ${fsecs:-?} s; $fin in set + ${ffull:-0} set_full; every kill reported; the node's listener on :443 after it: $lst_txt)" "" "≥ 10,000 bans/s, listener alive" \
+                "$(yes_no "${fps:--1} >= 10000 && ${fin:-0} + ${ffull:-0} == $nflood && ${lst:-0} > 0")"
         fi
     else
         say "ban-latency skipped or failed"
         row latency "ban latency, $where" "not measured (needs root, ip, ipset, iptables, ss)" "" "p99 < 2 ms" "-"
     fi
 done
+
+# Bans decided by liveness (ban-latency.sh MODE live): device 1 in use,
+# its only line older than the daemon's --window=1s.
+for ehash in 16384 0; do
+    if ((ehash)); then
+        where="own TCP hash of $ehash buckets" goal=2000 ref_p50=$first_p50 ref_p99=$first_p99
+    else
+        where="host's shared TCP hash" goal=5000 ref_p50=$shared_p50 ref_p99=$shared_p99
+    fi
+    say "latency, bans decided by liveness, $where"
+    if lat=$(scripts/ban-latency.sh "$bans" 10000 "$ehash" 0 live) && [[ -n $lat ]]; then
+        lget() { sed -n "s/^ban-latency live .*$1=\([0-9-]*\).*/\1/p" <<<"$lat" | head -1; }
+        lp50=$(lget p50_us) lp99=$(lget p99_us) llost=$(lget lost)
+        alive=$(sed -n 's/^ban-latency idle idle_alive=\([0-9]*\).*/\1/p' <<<"$lat")
+        dev1=$(sed -n 's/^ban-latency dev1 dev1_alive=\([0-9]*\).*/\1/p' <<<"$lat")
+        inset=$(sed -n 's/^ban-latency refract_keys_in_set=\([0-9]*\).*/\1/p' <<<"$lat")
+        checks=$(stat_of "$lat" liveness_checks) lookups=$(stat_of "$lat" liveness_lookups)
+        facts=$(stat_of "$lat" liveness_facts) deferred=$(stat_of "$lat" deferred)
+        touts=$(stat_of "$lat" deferred_timeouts) lbans=$(stat_of "$lat" bans)
+        vs=""
+        ((ref_p99 > 0)) && vs="liveness / window-rule row above (same hash): p50 $(ratio "$lp50" "$ref_p50")x, p99 $(ratio "$lp99" "$ref_p99")x"
+        late_row latency "refract, ban decided by liveness: line appended → RST at client; device 1's only line older than --window=1s, its connection in use (a byte every 100 ms from the node); $bans bans, 10000 idle conns, $where" \
+            "p50 $lp50 µs, p99 $lp99 µs (lost $llost; $inset/$bans in set; $dev1/$bans device 1 untouched; $alive/10000 idle untouched; daemon: liveness_checks=$checks liveness_lookups=$lookups liveness_facts=$facts deferred=$deferred deferred_timeouts=$touts bans=$lbans)" \
+            "$vs" "p99 < $((goal / 1000)) ms" "$(yes_no "$lp99 >= 0 && $lp99 < $goal && $llost == 0 && $inset == $bans && $dev1 == $bans && ${facts:-0} == $bans")"
+    else
+        say "ban-latency live skipped or failed"
+        late_row latency "refract, ban decided by liveness, $where" "not measured (needs root, ip, ipset, iptables, ss)" "" "p99 < $((goal / 1000)) ms" "-"
+    fi
+done
+rows+=("${late_rows[@]}")
 
 # ---- footprint ----
 say "footprint"
@@ -146,15 +212,31 @@ fp_args=()
 ((quick)) && fp_args+=(--quick)
 fp=$(REFRACT_GEN_LOG=$stream scripts/footprint.sh "${fp_args[@]}")
 fget() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$fp" | head -1; }
+fget2() { sed -n "s/.*\b$1=\([a-z]*\).*/\1/p" <<<"$fp" | head -1; }
 bytes=$(fget binary_bytes)
 row footprint "stripped release binary" "$(awk -v b="$bytes" 'BEGIN { printf "%.0f KiB", b / 1024 }')" "" "< 1 MiB" "$(yes_no "$bytes < 1048576")"
 idle=$(fget idle_rss_kib)
 row footprint "RSS idle (VmRSS, following an empty log)" "$idle KiB (RssAnon $(fget idle_anon_kib) KiB, Pss $(fget idle_pss_kib) KiB)" "" "< 2 MiB" "$(yes_no "$idle < 2048")"
 row footprint "RSS after 100,000 tracked users" "$(fget users100k_rss_kib) KiB (VmHWM $(fget users100k_hwm_kib) KiB, RssAnon $(fget users100k_anon_kib) KiB)" "" "" ""
 wk=$(fget idle_wakeups) ws=$(fget idle_secs)
-row footprint "wakeups idle (context switches over $ws s)" "$wk ($(awk -v w="$wk" -v s="$ws" 'BEGIN { printf "%.1f", w * 60 / s }')/min)" "" "0" "$(yes_no "$wk == 0")"
-cpu=$(fget follow_cpu_pct)
-row footprint "CPU following 10,000 lines/s for $(fget follow_secs) s" "$cpu % of one core" "" "< 5 %" "$(yes_no "$cpu < 5")"
+row footprint "wakeups idle (context switches over $ws s; liveness $(fget2 liveness))" "$wk ($(awk -v w="$wk" -v s="$ws" 'BEGIN { printf "%.1f", w * 60 / s }')/min)" "" "0" "$(yes_no "$wk == 0")"
+cpu=$(fget follow_cpu_pct) fsecs=$(fget follow_secs)
+# The liveness work the followed log made, per second of the phase.
+rate_of() { awk -v n="$(fget "follow_$1")" -v s="$fsecs" 'BEGIN { if (n == "") print "-"; else printf "%.0f", n / s }'; }
+live_work="liveness: $(rate_of attributed) attributed lines/s, $(rate_of liveness_checks) checks/s ($(rate_of deferred) newcomer lines/s waiting for one, $(fget follow_deferred_timeouts) ran out of time), $(rate_of liveness_lookups) lookups/s, $(rate_of liveness_facts) facts/s, $(fget follow_suspects) suspects at the end"
+row footprint "CPU following 10,000 lines/s for $fsecs s (liveness on)" "$cpu % of one core ($live_work)" "" "< 3 %" "$(yes_no "$cpu < 3")"
+say "footprint, follow without liveness"
+nl=$(REFRACT_GEN_LOG=$stream scripts/footprint.sh --follow "${fp_args[@]}" --no-liveness)
+cpu_nl=$(sed -n 's/.*\bfollow_cpu_pct=\([0-9.]*\).*/\1/p' <<<"$nl" | head -1)
+row footprint "CPU following the same stream without liveness (--proto=udp: the same policy work, no TCP liveness)" "$cpu_nl % of one core" \
+    "liveness costs $(awk -v a="$cpu" -v b="$cpu_nl" 'BEGIN { printf "%.2f", a - b }') points ($(ratio "$cpu" "$cpu_nl")x)" "" ""
+if [[ -n ${REFRACT_BASE:-} ]]; then
+    say "footprint, follow with the previous binary"
+    bl=$(REFRACT=$REFRACT_BASE REFRACT_GEN_LOG=$stream scripts/footprint.sh --follow "${fp_args[@]}")
+    cpu_b=$(sed -n 's/.*\bfollow_cpu_pct=\([0-9.]*\).*/\1/p' <<<"$bl" | head -1)
+    row footprint "CPU following the same stream, previous version (${REFRACT_BASE_NAME:-$REFRACT_BASE}, same flags)" "$cpu_b % of one core" \
+        "this version / previous: $(ratio "$cpu" "$cpu_b")x" "" ""
+fi
 
 # ---- scale ----
 say "scale"
@@ -172,7 +254,7 @@ done
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 {
-    echo "refract $("$bin" --version 2>/dev/null | head -1 || true) · $(date -u +%Y-%m-%d) · $(nproc) CPU ($cpu_model) · Linux $(uname -r) · load average at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg)$( ((quick)) && echo ' · --quick')"
+    echo "$("$bin" --version 2>/dev/null | head -1 || true) · $(date -u +%Y-%m-%d) · $(nproc) CPU ($cpu_model) · Linux $(uname -r) · load average at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg)$( ((quick)) && echo ' · --quick')"
     echo
     echo "| section | measure | value | vs reference | goal | met |"
     echo "|---|---|---|---|---|---|"
