@@ -718,7 +718,7 @@ impl Core {
                 " attributed={} unattributed={} liveness_checks={} liveness_rechecks={} \
                  liveness_lookups={} liveness_facts={} liveness_bans={} deferred={} \
                  deferred_timeouts={} deferred_full={} conns={conns} conn_users={lusers} \
-                 suspects={} conns_gone={} conns_refused={} liveness_errors={}",
+                 suspects={} conns_gone={} conns_refused={} conns_evicted={} liveness_errors={}",
                 l.attributed,
                 l.unattributed,
                 l.checks,
@@ -732,6 +732,7 @@ impl Core {
                 live.tracker.suspects(),
                 l.gone,
                 l.refused,
+                l.evicted,
                 live.stats.errors,
             ));
         }

@@ -195,13 +195,14 @@ impl Daemon {
             "refract_liveness_checks_total",
             "Kernel checks of users' connections, by kind.",
             &[
-                (
-                    &[("kind", "newcomer")],
-                    l.checks.saturating_sub(l.rechecks + l.prunes),
-                ),
+                (&[("kind", "newcomer")], l.checks.saturating_sub(l.rechecks)),
                 (&[("kind", "recheck")], l.rechecks),
-                (&[("kind", "prune")], l.prunes),
             ],
+        );
+        e.counter(
+            "refract_liveness_evicted_connections_total",
+            "Tracked connections forgotten to make room in a full table.",
+            &[(&[], l.evicted)],
         );
         e.counter(
             "refract_liveness_lookups_total",

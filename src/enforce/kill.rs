@@ -6,10 +6,13 @@
 //! kill runs. Per ban ([`Killer::ban`]):
 //!
 //! - the connection the log line named (client address and port) is
-//!   destroyed at once by exact lookup, on every local address the proxy's
-//!   connections were seen on (learned from dumps): one hash probe in the
-//!   kernel (`inet_diag_find_one_icsk()`), microseconds; a guess that names
-//!   no socket answers `ENOENT`, which is no error;
+//!   looked up exactly (a `SOCK_DIAG_BY_FAMILY` get), on every local
+//!   address the proxy's connections were seen on (learned from dumps): one
+//!   hash probe in the kernel (`inet_diag_find_one_icsk()`), microseconds;
+//!   what it finds, if it is that connection and not the listener the
+//!   lookup falls back to when the connection is gone, is destroyed by its
+//!   identity and cookie in the same call; a guess that names no socket
+//!   answers `ENOENT`, which is no error;
 //! - the key joins the turn's batch.
 //!
 //! When the turn ends ([`Killer::start_batch`], which the enforcer runs
@@ -200,7 +203,21 @@ struct Dump {
 #[derive(Debug)]
 enum Req {
     Dump(Dump),
-    Kill { key: Key, victim: Victim },
+    Kill {
+        key: Key,
+        victim: Victim,
+    },
+    /// The logged connection, looked up exactly before it is destroyed: a
+    /// lookup that names no established socket falls back to the listener
+    /// (`inet_diag_find_one_icsk()` → `inet_lookup()` also searches the
+    /// listening hash), and a `SOCK_DESTROY` of that would close the
+    /// proxy's listening socket. So the kill goes only to what the get
+    /// found, not a listener, with the peer asked for, by its cookie.
+    Probe {
+        key: Key,
+        id: SockId,
+        found: Option<SockId>,
+    },
 }
 
 /// Per-key bookkeeping: how many units are still unanswered, and what the
@@ -280,6 +297,7 @@ fn queue(pipe: &mut Pipeline<Req>, what: &str, req: Req, st: &mut State, stats: 
     let kind = match req {
         Req::Dump(_) => Kind::Dump,
         Req::Kill { .. } => Kind::Ack,
+        Req::Probe { .. } => Kind::Get,
     };
     if let Err(req) = pipe.push(req, kind) {
         stats.errors += 1;
@@ -300,6 +318,7 @@ fn queue(pipe: &mut Pipeline<Req>, what: &str, req: Req, st: &mut State, stats: 
                 ));
                 st.tallies.close(key, 0, 0);
             }
+            Req::Probe { key, .. } => st.tallies.close(key, 0, 0),
         }
     }
 }
@@ -442,6 +461,12 @@ impl Handler<Req> for H<'_> {
                 }
                 .emit(buf, seq),
             },
+            Req::Probe { id, .. } => diag::GetRequest {
+                protocol: TCP,
+                id: *id,
+                ext: 0,
+            }
+            .emit(buf, seq),
             Req::Kill {
                 victim: Victim::Tcp(id),
                 ..
@@ -458,6 +483,16 @@ impl Handler<Req> for H<'_> {
     }
 
     fn data(&mut self, req: &mut Req, msg: &Msg<'_>) {
+        if let Req::Probe { id, found, .. } = req {
+            if let Some(got) = diag::parse_socket(msg) {
+                let same_peer = got.dport == id.dport
+                    && canonical(got.remote().ip()) == canonical(id.remote().ip());
+                if got.state != diag::TCP_LISTEN && same_peer && self.ports.contains(&got.sport) {
+                    *found = Some(got);
+                }
+            }
+            return;
+        }
         let Req::Dump(d) = req else { return };
         match d.scan {
             Scan::Tcp { .. } => {
@@ -493,6 +528,19 @@ impl Handler<Req> for H<'_> {
         match done.tag {
             Req::Dump(d) => self.dump_done(d, done.outcome, pipe),
             Req::Kill { key, victim } => self.kill_done(key, victim, done.outcome),
+            Req::Probe { key, found, .. } => {
+                // Found: destroyed by its own identity and cookie. Not found
+                // (ENOENT, or only the listener answered): nothing to end.
+                if let (Outcome::Done | Outcome::Lossy, Some(id)) = (done.outcome, found) {
+                    self.st.tallies.open(key, 1);
+                    let req = Req::Kill {
+                        key,
+                        victim: Victim::Tcp(id),
+                    };
+                    queue(pipe, self.what, req, self.st, self.stats);
+                }
+                self.st.tallies.close(key, 0, 0);
+            }
         }
     }
 
@@ -582,16 +630,22 @@ impl Killer {
                 .collect();
             for id in victims {
                 self.st.tallies.open(key, 1);
-                let req = Req::Kill {
+                let req = Req::Probe {
                     key,
-                    victim: Victim::Tcp(id),
+                    id,
+                    found: None,
                 };
                 queue(&mut chan.pipe, "sock_diag", req, &mut self.st, stats);
             }
         }
         self.st.tallies.open(key, 1);
         self.st.batch.push(key);
-        with_channel!(self, tcp, "sock_diag", stats, |c, h| c.pump(now, &mut h));
+        // The probes' answers are queued inside that sendmsg: read them now,
+        // so the logged connection's destroy goes out in this call too.
+        with_channel!(self, tcp, "sock_diag", stats, |c, h| {
+            c.pump(now, &mut h);
+            c.drain(now, &mut h)
+        });
     }
 
     /// Whether keys wait for their turn's dumps.
@@ -708,7 +762,9 @@ impl Killer {
                             self.st.tallies.close(k, 0, 0);
                         }
                     }
-                    Req::Kill { key, .. } => self.st.tallies.close(key, 0, 0),
+                    Req::Kill { key, .. } | Req::Probe { key, .. } => {
+                        self.st.tallies.close(key, 0, 0)
+                    }
                 }
             }
         }

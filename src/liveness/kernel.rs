@@ -352,8 +352,12 @@ impl Liveness {
                 self.tracker.answer(now, &req.lookup, Answer::Unknown);
             }
         }
+        // The kernel answers inside sendmsg: read at once, so a check
+        // resolves in this loop turn instead of costing another wakeup.
         tcp!(self, now, pump);
+        tcp!(self, now, drain);
         udp!(self, now, pump);
+        udp!(self, now, drain);
     }
 
     fn push_flow(&mut self, now: Micros, lookup: Lookup) {

@@ -16,8 +16,7 @@
 //!   *re-check* asks about all of a *suspect* user's connections (one with
 //!   tracked connections on more keys than its limit: the case with no new
 //!   line), every [`recheck_period`] while such a user exists and never
-//!   otherwise; a *prune* re-reads everything once the table is full (at
-//!   most [`PRUNE_USERS`] users once per [`PRUNE_EVERY`]). A check resolves when every lookup is
+//!   otherwise. A check resolves when every lookup is
 //!   answered or at its deadline ([`CHECK_DEADLINE`]); then the daemon
 //!   applies its facts and decides its lines.
 //! - **Answers**: a lookup finds an ESTABLISHED socket with its
@@ -27,10 +26,15 @@
 //!
 //! Bounds: at most [`MAX_PER_KEY`] connections per key (the oldest one a
 //! look found idle goes first, else the oldest), [`MAX_KEYS`] keys per
-//! user, [`MAX_CONNS`] in all (beyond it new connections are not tracked
-//! and counted), [`MAX_DEFERRED`] lines waiting. Invariant: a user has at
+//! user, [`MAX_CONNS`] in all: when the table is full, the oldest tracked
+//! connection not known to be in use (never looked at, or found idle) is
+//! forgotten to make room, in the order they were recorded; those a look
+//! found in use are kept. This costs no kernel work (an earlier version
+//! looked the table up in slices, which at 10,000 new connections a second
+//! was most of the daemon's CPU). [`MAX_DEFERRED`] lines wait at most. Invariant: a user has at
 //! most one check in flight; every check resolves exactly once.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -52,11 +56,9 @@ pub const MAX_DEFERRED: usize = 4096;
 /// How long a verdict waits for the kernel. The kernel answers a lookup
 /// inside `sendmsg`, so this only matters when it cannot answer at all.
 pub const CHECK_DEADLINE: Micros = 50_000;
-/// Least time between two prunes of a full table.
-pub const PRUNE_EVERY: Micros = SECOND;
-/// Users one prune looks up (the next ones in the table's order each time,
-/// so a full table is read in slices, never in one burst).
-pub const PRUNE_USERS: usize = 1024;
+/// How many recorded connections one full-table insertion looks at, at
+/// most, for one to forget.
+const EVICT_SCAN: usize = 64;
 /// Most lookups one round of re-checks sends; with more suspects than
 /// that, the next round goes on from where this one stopped (so a
 /// resumed connection is seen within a period as long as the suspects'
@@ -194,7 +196,8 @@ pub struct TrackStats {
     pub unattributed: u64,
     pub checks: u64,
     pub rechecks: u64,
-    pub prunes: u64,
+    /// Connections forgotten to make room in a full table.
+    pub evicted: u64,
     pub lookups: u64,
     /// Connections found gone and forgotten.
     pub gone: u64,
@@ -285,9 +288,9 @@ pub struct Tracker {
     conns: usize,
     suspects: Set<Arc<[u8]>>,
     next_recheck: Option<Micros>,
-    last_prune: Option<Micros>,
-    /// Where in the table's order the next prune starts.
-    prune_at: usize,
+    /// Recorded connections in the order they were first recorded (lazily
+    /// cleaned: an entry whose connection is gone is skipped).
+    order: VecDeque<(Arc<[u8]>, Key, SocketAddr)>,
     /// Where in the suspects' order the next re-check round starts.
     recheck_at: usize,
     checks: Map<u32, Check>,
@@ -331,8 +334,7 @@ impl Tracker {
             conns: 0,
             suspects: Set::default(),
             next_recheck: None,
-            last_prune: None,
-            prune_at: 0,
+            order: VecDeque::new(),
             recheck_at: 0,
             checks: Map::default(),
             next_check: 0,
@@ -394,11 +396,12 @@ impl Tracker {
             self.stats.unattributed += 1;
             return;
         }
+        if self.conns >= MAX_CONNS && !self.evict_one() {
+            self.stats.refused += 1;
+            self.stats.unattributed += 1;
+            return;
+        }
         if !self.users.contains_key(user) {
-            if self.conns >= MAX_CONNS {
-                self.full(now);
-                return;
-            }
             // Most users have one key and one connection: exact capacity
             // (a Vec's first growth would make room for four).
             let u = UserConns {
@@ -435,14 +438,6 @@ impl Tracker {
             self.stats.attributed += 1;
             return;
         }
-        if self.conns >= MAX_CONNS {
-            let empty = kc.conns.is_empty();
-            if empty {
-                u.keys.remove(k);
-            }
-            self.full(now);
-            return;
-        }
         if kc.conns.len() >= MAX_PER_KEY {
             // The oldest connection a look found idle, else the oldest.
             let i = (0..kc.conns.len())
@@ -459,38 +454,65 @@ impl Tracker {
         });
         self.conns += 1;
         self.stats.attributed += 1;
+        let name = self
+            .users
+            .get_key_value(user)
+            .map(|(n, _)| n.clone())
+            .expect("inserted above");
+        self.order.push_back((name, key, peer));
+        if self.order.len() > 2 * MAX_CONNS {
+            self.compact();
+        }
         self.suspect(now, user);
     }
 
-    /// The table is full: the connection is not tracked; once per
-    /// [`PRUNE_EVERY`] the next [`PRUNE_USERS`] users' connections are
-    /// looked up, so the gone ones make room.
-    fn full(&mut self, now: Micros) {
-        self.stats.refused += 1;
-        self.stats.unattributed += 1;
-        if self
-            .last_prune
-            .is_some_and(|t| now.saturating_sub(t) < PRUNE_EVERY)
-        {
-            return;
+    /// Forgets the oldest recorded connection not known to be in use (module
+    /// docs); `false` when none was found within [`EVICT_SCAN`].
+    fn evict_one(&mut self) -> bool {
+        for _ in 0..EVICT_SCAN {
+            let Some((user, key, peer)) = self.order.pop_front() else {
+                return false;
+            };
+            let Some(u) = self.users.get_mut(&user) else {
+                continue;
+            };
+            let Some(ki) = u.keys.iter().position(|k| k.key == key) else {
+                continue;
+            };
+            let Some(ci) = u.keys[ki].conns.iter().position(|c| c.peer == peer) else {
+                continue;
+            };
+            let c = &u.keys[ki].conns[ci];
+            if c.look.is_some() && !c.idle {
+                // In use at its last look: kept, looked at again later.
+                self.order.push_back((user, key, peer));
+                continue;
+            }
+            u.keys[ki].conns.swap_remove(ci);
+            self.conns -= 1;
+            self.stats.evicted += 1;
+            if u.keys[ki].conns.is_empty() {
+                u.keys.swap_remove(ki);
+            }
+            if u.keys.is_empty() && u.check.is_none() {
+                self.users.remove(&user);
+                self.suspects.remove(&user);
+            }
+            return true;
         }
-        self.last_prune = Some(now);
-        self.stats.prunes += 1;
-        if self.prune_at >= self.users.len() {
-            self.prune_at = 0;
-        }
-        let users: Vec<Arc<[u8]>> = self
-            .users
-            .iter()
-            .skip(self.prune_at)
-            .take(PRUNE_USERS)
-            .filter(|(_, u)| u.check.is_none())
-            .map(|(n, _)| n.clone())
-            .collect();
-        self.prune_at += PRUNE_USERS;
-        for user in users {
-            self.start(now, &user, None, None);
-        }
+        false
+    }
+
+    /// Drops entries of `order` whose connection is gone.
+    fn compact(&mut self) {
+        let users = &self.users;
+        self.order.retain(|(user, key, peer)| {
+            users.get(user).is_some_and(|u| {
+                u.keys
+                    .iter()
+                    .any(|k| k.key == *key && k.conns.iter().any(|c| c.peer == *peer))
+            })
+        });
     }
 
     /// Re-evaluates whether `user` is a suspect (more keys with tracked

@@ -403,3 +403,61 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
     assert_eq!(kill_udp(&mut s, ka4, &[443], T).unwrap(), 0);
     assert_eq!(ct_flows(&node, "ipv4").len(), 2);
 }
+
+/// A ban whose logged connection no longer exists must not touch the
+/// proxy's listener: an exact lookup of a connection that is gone falls
+/// back to the listening socket in the kernel (`inet_lookup()`), and a
+/// `SOCK_DESTROY` of that would close it, so the enforcer destroys only
+/// what an exact get found, by its cookie. Found by the benchmark's
+/// listener check.
+#[test]
+fn a_ban_of_a_gone_connection_leaves_the_listener_alone() {
+    let Some(node) = Netns::with_tools("lstnode", crate::support::netns::FIREWALL) else {
+        return;
+    };
+    let Some(client) = Netns::new("lstcli") else {
+        return;
+    };
+    veth(
+        &node,
+        "c0",
+        &["192.0.2.1/24"],
+        &client,
+        "n0",
+        &["192.0.2.3/24"],
+    );
+    let dir = crate::support::TempDir::new("lst");
+    let d = crate::support::daemon::Daemon::start_in(&node, &dir, &["--dport=443", "--window=1h"]);
+    let listener = node.in_netns(|| TcpListener::bind("0.0.0.0:443").unwrap());
+    listener.set_nonblocking(false).unwrap();
+    // A real connection of a second device, banned: the enforcer learns the
+    // node's local address from its kill.
+    let line = |user: &str, peer: &str| {
+        format!(
+            "2026/01/30 17:03:38 from {peer} accepted tcp:a.example:443 [in >> out] email: {user}\n"
+        )
+    };
+    let c = client.in_netns(|| TcpStream::connect("192.0.2.1:443").unwrap());
+    let (_srv, _) = listener.accept().unwrap();
+    let port = c.local_addr().unwrap().port();
+    crate::support::daemon::append(&d.access, &line("a@example.com", "192.0.2.2:40000"));
+    crate::support::daemon::append(
+        &d.access,
+        &line("a@example.com", &format!("192.0.2.3:{port}")),
+    );
+    d.wait_log("ban 192.0.2.3: ended 1 tcp connection(s)");
+    // Now a ban whose logged connection (192.0.2.4:5555) does not exist.
+    crate::support::daemon::append(&d.access, &line("b@example.com", "192.0.2.2:40001"));
+    crate::support::daemon::append(&d.access, &line("b@example.com", "192.0.2.4:5555"));
+    d.wait_log("ban 192.0.2.4: ended 0 tcp connection(s)");
+    // The listener is alive: it is listed and accepts a new connection.
+    let listed = node.ok(&["ss", "-ltnH", "sport = :443"]);
+    assert!(
+        listed.contains("LISTEN"),
+        "the listener is gone: {listed:?}"
+    );
+    // (From the node itself: the client's own address is banned now.)
+    let _c2 = node.in_netns(|| TcpStream::connect("192.0.2.1:443").unwrap());
+    let (s2, _) = listener.accept().expect("accept after the ban");
+    drop(s2);
+}

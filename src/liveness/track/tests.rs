@@ -375,3 +375,43 @@ fn log_lines_name_connections_mux_and_mapped_alike() {
     let peers: Vec<SocketAddr> = t.take_lookups().iter().map(|l| l.peer).collect();
     assert_eq!(peers, [sa("198.51.100.23:58676"); 2]);
 }
+
+#[test]
+fn a_full_table_forgets_the_oldest_connection_not_known_in_use() {
+    let mut t = tracker();
+    let peer = |i: usize| SocketAddr::new(IpAddr::from([10, 1, (i >> 8) as u8, i as u8]), 1000);
+    // user0's connection is looked at and found in use: it is kept.
+    t.record(T0, b"user0", key("10.1.0.0"), peer(0), b"", 1);
+    t.record(T0, b"user0", key("10.9.9.9"), sa("10.9.9.9:1"), b"", 1);
+    assert!(t.check_newcomer(T0, b"user0", key("10.9.9.9"), b"l"));
+    for l in t.take_lookups() {
+        let a = if l.peer == peer(0) && l.port == 443 {
+            Answer::Found(info(5, 10, 10))
+        } else {
+            Answer::Gone
+        };
+        t.answer(T0, &l, a);
+    }
+    assert_eq!(t.take_resolved()[0].facts.len(), 1);
+    for i in 1..MAX_CONNS + 10 {
+        t.record(
+            T0,
+            format!("user{i}").as_bytes(),
+            key("10.2.0.1"),
+            peer(i),
+            b"",
+            1,
+        );
+    }
+    assert!(t.tracked().0 <= MAX_CONNS, "{:?}", t.tracked());
+    assert!(t.stats.evicted >= 10, "{:?}", t.stats);
+    // The one in use survived; the oldest unknown ones went first.
+    assert_eq!(
+        t.user_conns(b"user0").len(),
+        1,
+        "{:?}",
+        t.user_conns(b"user0")
+    );
+    assert!(t.user_conns(b"user1").is_empty());
+    assert!(!t.has_lookups(), "making room cost kernel lookups");
+}
