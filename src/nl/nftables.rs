@@ -64,11 +64,13 @@ pub const NFTA_LIST_ELEM: u16 = 1;
 
 // enum nft_table_attributes
 pub const NFTA_TABLE_NAME: u16 = 1;
+pub const NFTA_TABLE_FLAGS: u16 = 2;
 
 // enum nft_chain_attributes, enum nft_hook_attributes
 pub const NFTA_CHAIN_TABLE: u16 = 1;
 pub const NFTA_CHAIN_NAME: u16 = 3;
 pub const NFTA_CHAIN_HOOK: u16 = 4;
+pub const NFTA_CHAIN_POLICY: u16 = 5;
 pub const NFTA_CHAIN_TYPE: u16 = 7;
 pub const NFTA_HOOK_HOOKNUM: u16 = 1;
 pub const NFTA_HOOK_PRIORITY: u16 = 2;
@@ -95,6 +97,7 @@ pub const NFT_SET_TIMEOUT: u32 = 0x10;
 pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
 pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 pub const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
@@ -134,10 +137,14 @@ pub const NFTA_BITWISE_DREG: u16 = 2;
 pub const NFTA_BITWISE_LEN: u16 = 3;
 pub const NFTA_BITWISE_MASK: u16 = 4;
 pub const NFTA_BITWISE_XOR: u16 = 5;
+pub const NFTA_BITWISE_OP: u16 = 6;
+/// `enum nft_bitwise_ops`: mask-and-xor.
+pub const NFT_BITWISE_BOOL: u32 = 0;
 
 // enum nft_lookup_attributes
 pub const NFTA_LOOKUP_SET: u16 = 1;
 pub const NFTA_LOOKUP_SREG: u16 = 2;
+pub const NFTA_LOOKUP_SET_ID: u16 = 4;
 
 // enum nft_immediate_attributes
 pub const NFTA_IMMEDIATE_DREG: u16 = 1;
@@ -147,8 +154,9 @@ pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 pub const NFT_REG_VERDICT: u32 = 0;
 pub const NFT_REG_1: u32 = 1;
 
-/// `NF_DROP` (`/usr/include/linux/netfilter.h`).
+/// `NF_DROP`, `NF_ACCEPT` (`/usr/include/linux/netfilter.h`).
 pub const NF_DROP: u32 = 0;
+pub const NF_ACCEPT: u32 = 1;
 /// `NF_INET_LOCAL_IN` (`enum nf_inet_hooks`, netfilter.h).
 pub const NF_INET_LOCAL_IN: u32 = 1;
 
@@ -178,6 +186,15 @@ fn nfgen(b: &mut NlBuf, family: u8) {
     b.put(&[family, NFNETLINK_V0, 0, 0]);
 }
 
+/// A named set as a batch refers to it: by name (found first, also when
+/// created earlier in the same batch) and by its batch id (`NFTA_*_SET_ID`,
+/// what `nft` sends too; the kernel uses it only when the name is unknown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetRef<'a> {
+    pub name: &'a str,
+    pub id: u32,
+}
+
 /// A set element: its key bytes (network order) and its timeout in ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Elem<'a> {
@@ -194,12 +211,12 @@ pub struct Rule<'a> {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub l4proto: u8,
     /// The set of destination ports (`th dport @ports`).
-    pub ports_set: &'a str,
+    pub ports_set: SetRef<'a>,
     /// `NFPROTO_IPV4` or `NFPROTO_IPV6`.
     pub nfproto: u8,
     /// IPv6: the prefix mask (`ip6 saddr & mask`); `None` for IPv4.
     pub v6_mask: Option<[u8; 16]>,
-    pub addr_set: &'a str,
+    pub addr_set: SetRef<'a>,
 }
 
 /// One batch: [`Batch::begin`], the messages, [`Batch::end`]. Every
@@ -242,6 +259,7 @@ impl<'a> Batch<'a> {
             .message(msg_type(NFT_MSG_NEWTABLE), f, self.seq, |b| {
                 nfgen(b, NFPROTO_INET);
                 b.attr_str(NFTA_TABLE_NAME, table);
+                b.attr_u32_be(NFTA_TABLE_FLAGS, 0);
             });
     }
 
@@ -292,7 +310,14 @@ impl<'a> Batch<'a> {
     /// the set (`nf_tables_delsetelem()`: no `NFTA_SET_ELEM_LIST_ELEMENTS`
     /// → `nft_set_flush()`). A NEWSETELEM without `NLM_F_EXCL` accepts an
     /// element that is already there.
-    pub fn elems(&mut self, table: &str, set: &str, add: bool, elems: &[Elem<'_>], ack: bool) {
+    pub fn elems(
+        &mut self,
+        table: &str,
+        set: SetRef<'_>,
+        add: bool,
+        elems: &[Elem<'_>],
+        ack: bool,
+    ) {
         let (cmd, f) = if add {
             (NFT_MSG_NEWSETELEM, Self::flags(ack, NLM_F_CREATE))
         } else {
@@ -301,13 +326,19 @@ impl<'a> Batch<'a> {
         self.buf.message(msg_type(cmd), f, self.seq, |b| {
             nfgen(b, NFPROTO_INET);
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
-            b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name);
+            // nft names the set's batch id on additions only.
+            if add {
+                b.attr_u32_be(NFTA_SET_ELEM_LIST_SET_ID, set.id);
+            }
             if elems.is_empty() {
                 return;
             }
             b.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
-                for e in elems {
-                    b.nested(NFTA_LIST_ELEM, |b| {
+                // Numbered from 1 as libnftnl does; the kernel reads any
+                // type here (`nla_for_each_nested()`).
+                for (i, e) in elems.iter().enumerate() {
+                    b.nested(i as u16 + 1, |b| {
                         if let Some(ms) = e.timeout_ms {
                             b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
                         }
@@ -328,6 +359,7 @@ impl<'a> Batch<'a> {
                 b.attr_str(NFTA_CHAIN_TABLE, table);
                 b.attr_str(NFTA_CHAIN_NAME, chain);
                 b.attr_str(NFTA_CHAIN_TYPE, "filter");
+                b.attr_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
                 b.nested(NFTA_CHAIN_HOOK, |b| {
                     b.attr_u32_be(NFTA_HOOK_HOOKNUM, hook);
                     b.attr(NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
@@ -412,13 +444,14 @@ fn expr_payload(b: &mut NlBuf, base: u32, offset: u32, len: u32) {
     });
 }
 
-/// `reg1 = (reg1 & mask) ^ 0` over 16 bytes (the boolean bitwise, the
-/// kernel's default when `NFTA_BITWISE_OP` is absent, so kernels before
-/// 5.6 take it too).
+/// `reg1 = (reg1 & mask) ^ 0` over 16 bytes (`NFT_BITWISE_BOOL`, also
+/// the kernel's default when `NFTA_BITWISE_OP` is absent: kernels before
+/// 5.6, which do not know the attribute, ignore it and do the same).
 fn expr_bitwise(b: &mut NlBuf, mask: &[u8; 16]) {
     expr(b, "bitwise", |b| {
         b.attr_u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
         b.attr_u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
+        b.attr_u32_be(NFTA_BITWISE_OP, NFT_BITWISE_BOOL);
         b.attr_u32_be(NFTA_BITWISE_LEN, 16);
         b.nested(NFTA_BITWISE_MASK, |b| b.attr(NFTA_DATA_VALUE, mask));
         b.nested(NFTA_BITWISE_XOR, |b| b.attr(NFTA_DATA_VALUE, &[0; 16]));
@@ -427,10 +460,11 @@ fn expr_bitwise(b: &mut NlBuf, mask: &[u8; 16]) {
 
 /// A lookup of reg1 in a named set of the same table (found by name even
 /// when the set is created in the same batch).
-fn expr_lookup(b: &mut NlBuf, set: &str) {
+fn expr_lookup(b: &mut NlBuf, set: SetRef<'_>) {
     expr(b, "lookup", |b| {
         b.attr_u32_be(NFTA_LOOKUP_SREG, NFT_REG_1);
-        b.attr_str(NFTA_LOOKUP_SET, set);
+        b.attr_str(NFTA_LOOKUP_SET, set.name);
+        b.attr_u32_be(NFTA_LOOKUP_SET_ID, set.id);
     });
 }
 
@@ -553,6 +587,305 @@ pub fn is_deletion(msg: &Msg<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batch messages of a `nft --debug=mnl` capture (the fixtures in
+    /// `tests/fixtures/nftables/`): each message's type and payload (the
+    /// `nfgenmsg` and the attributes, rebuilt from the annotated lines:
+    /// `|len|flags|type|` attribute headers and 4-byte data rows, padding
+    /// included). Only what lies between BATCH_BEGIN and BATCH_END: the
+    /// rest is nft reading its cache.
+    fn capture(text: &str) -> Vec<(u16, Vec<u8>)> {
+        let mut msgs: Vec<(u16, Vec<u8>)> = Vec::new();
+        let mut cur: Option<(u16, Vec<u8>)> = None;
+        let mut take_type = false;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if line.contains("| message length |") {
+                if let Some(m) = cur.take() {
+                    msgs.push(m);
+                }
+                take_type = true;
+            } else if take_type && line.contains("|  type | flags  |") {
+                cur = Some((cells[1].parse().unwrap(), Vec::new()));
+                take_type = false;
+            } else if line.contains("|len |flags| type|") {
+                let len: u16 = cells[1].parse().unwrap();
+                let mut ty: u16 = cells[3].parse().unwrap();
+                if cells[2].starts_with('N') {
+                    ty |= libc::NLA_F_NESTED as u16;
+                }
+                if cells[2].ends_with('B') {
+                    ty |= libc::NLA_F_NET_BYTEORDER as u16;
+                }
+                let p = &mut cur.as_mut().unwrap().1;
+                p.extend_from_slice(&len.to_ne_bytes());
+                p.extend_from_slice(&ty.to_ne_bytes());
+            } else if line.contains("|      data      |") || line.contains("|  extra header  |") {
+                let p = &mut cur.as_mut().unwrap().1;
+                for h in cells[1].split_whitespace() {
+                    p.push(u8::from_str_radix(h, 16).unwrap());
+                }
+            }
+        }
+        msgs.extend(cur);
+        let begin = msgs
+            .iter()
+            .position(|m| m.0 == NFNL_MSG_BATCH_BEGIN)
+            .unwrap();
+        let end = msgs
+            .iter()
+            .rposition(|m| m.0 == NFNL_MSG_BATCH_END)
+            .unwrap();
+        msgs[begin..=end].to_vec()
+    }
+
+    /// Our batch's messages as (type, payload), checking that every one
+    /// carries `seq` and that only the last before END asks for an ack.
+    fn ours(buf: &NlBuf, seq: u32) -> Vec<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut acks = Vec::new();
+        for r in crate::nl::msg::Messages::new(buf.as_bytes()) {
+            let Ok(crate::nl::msg::Reply::Data(m)) = r else {
+                panic!("unexpected {r:?}")
+            };
+            assert_eq!(m.seq, seq);
+            assert_ne!(m.flags & NLM_F_REQUEST, 0);
+            acks.push(m.flags & NLM_F_ACK != 0);
+            out.push((m.ty, m.payload.to_vec()));
+        }
+        let n = acks.len();
+        assert!(n >= 3);
+        let want: Vec<bool> = (0..n).map(|i| i == n - 2).collect();
+        assert_eq!(acks, want, "one ack, on the last message before END");
+        out
+    }
+
+    fn assert_same(ours: &[(u16, Vec<u8>)], nft: &[(u16, Vec<u8>)]) {
+        assert_eq!(ours.len(), nft.len(), "message count");
+        for (i, (a, b)) in ours.iter().zip(nft).enumerate() {
+            assert_eq!(a.0, b.0, "message {i}: type");
+            assert_eq!(a.1, b.1, "message {i} (type {:#x}): payload", a.0);
+        }
+    }
+
+    const PORTS: SetRef<'static> = SetRef {
+        name: "ports",
+        id: 1,
+    };
+    const B4: SetRef<'static> = SetRef {
+        name: "banned4",
+        id: 2,
+    };
+    const B6: SetRef<'static> = SetRef {
+        name: "banned6",
+        id: 3,
+    };
+
+    #[test]
+    fn table_sets_chain_and_rules_are_what_nft_sends() {
+        let nft = capture(include_str!("../../tests/fixtures/nftables/create.mnl"));
+        let mut buf = NlBuf::new();
+        let mut b = Batch::begin(&mut buf, 7);
+        b.new_table("refract", false);
+        // nft's order: table, chain, sets with their elements, rules.
+        b.new_chain("refract", "input", NF_INET_LOCAL_IN, -10, false);
+        b.new_set("refract", "ports", TYPE_INET_SERVICE, 2, 0, 0, 1, false);
+        let (p1, p2) = (443u16.to_be_bytes(), 8443u16.to_be_bytes());
+        let ports = [
+            Elem {
+                key: &p1,
+                timeout_ms: None,
+            },
+            Elem {
+                key: &p2,
+                timeout_ms: None,
+            },
+        ];
+        b.elems("refract", PORTS, true, &ports, false);
+        b.new_set(
+            "refract",
+            "banned4",
+            TYPE_IPADDR,
+            4,
+            NFT_SET_TIMEOUT,
+            0,
+            2,
+            false,
+        );
+        b.new_set(
+            "refract",
+            "banned6",
+            TYPE_IP6ADDR,
+            16,
+            NFT_SET_TIMEOUT,
+            0,
+            3,
+            false,
+        );
+        let mut rule = Rule {
+            table: "refract",
+            chain: "input",
+            l4proto: libc::IPPROTO_TCP as u8,
+            ports_set: PORTS,
+            nfproto: crate::nl::consts::NFPROTO_IPV4,
+            v6_mask: None,
+            addr_set: B4,
+        };
+        b.new_rule(&rule, false);
+        rule.l4proto = libc::IPPROTO_UDP as u8;
+        rule.nfproto = crate::nl::consts::NFPROTO_IPV6;
+        rule.v6_mask = Some((u128::MAX << 64).to_be_bytes());
+        rule.addr_set = B6;
+        b.new_rule(&rule, true);
+        b.end();
+        assert_same(&ours(&buf, 7), &nft);
+    }
+
+    #[test]
+    fn element_additions_and_deletions_are_what_nft_sends() {
+        let ms = |s: u64| Some(s * 1000);
+        let mut buf = NlBuf::new();
+        let mut b = Batch::begin(&mut buf, 9);
+        let (a, c) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let elems = [
+            Elem {
+                key: &a,
+                timeout_ms: ms(60),
+            },
+            Elem {
+                key: &c,
+                timeout_ms: ms(30),
+            },
+        ];
+        b.elems("refract", B4, true, &elems, true);
+        b.end();
+        let nft = capture(include_str!("../../tests/fixtures/nftables/add4.mnl"));
+        assert_same(&ours(&buf, 9), &nft);
+
+        buf.clear();
+        let mut b = Batch::begin(&mut buf, 9);
+        let k6: [u8; 16] = "2001:db8:1:2::"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let e6 = [Elem {
+            key: &k6,
+            timeout_ms: ms(90),
+        }];
+        b.elems("refract", B6, true, &e6, true);
+        b.end();
+        let nft = capture(include_str!("../../tests/fixtures/nftables/add6.mnl"));
+        assert_same(&ours(&buf, 9), &nft);
+
+        buf.clear();
+        let mut b = Batch::begin(&mut buf, 9);
+        let del = [Elem {
+            key: &a,
+            timeout_ms: None,
+        }];
+        b.elems("refract", B4, false, &del, true);
+        b.end();
+        let nft = capture(include_str!("../../tests/fixtures/nftables/del4.mnl"));
+        assert_same(&ours(&buf, 9), &nft);
+
+        buf.clear();
+        let mut b = Batch::begin(&mut buf, 9);
+        b.del_table("refract", true);
+        b.end();
+        let nft = capture(include_str!("../../tests/fixtures/nftables/deltable.mnl"));
+        assert_same(&ours(&buf, 9), &nft);
+    }
+
+    #[test]
+    fn a_dumped_element_reads_back_with_its_expiration() {
+        // What the kernel answers a GETSETELEM dump with (nf_tables_fill_setelem()).
+        let mut buf = NlBuf::new();
+        buf.message(msg_type(NFT_MSG_NEWSETELEM), NLM_F_MULTI_TEST, 3, |b| {
+            b.put(&[NFPROTO_INET, 0, 0, 0]);
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, "refract");
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, "banned4");
+            b.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                b.nested(NFTA_LIST_ELEM, |b| {
+                    b.nested(NFTA_SET_ELEM_KEY, |b| {
+                        b.attr(NFTA_DATA_VALUE, &[192, 0, 2, 7])
+                    });
+                    b.attr(NFTA_SET_ELEM_TIMEOUT, &60_000u64.to_be_bytes());
+                    b.attr(NFTA_SET_ELEM_EXPIRATION, &59_500u64.to_be_bytes());
+                });
+                b.nested(NFTA_LIST_ELEM, |b| {
+                    b.nested(NFTA_SET_ELEM_KEY, |b| {
+                        b.attr(NFTA_DATA_VALUE, &[192, 0, 2, 8])
+                    });
+                });
+            });
+        });
+        let m = crate::nl::msg::Messages::new(buf.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let crate::nl::msg::Reply::Data(m) = m else {
+            panic!()
+        };
+        assert_eq!(
+            parse_elems(&m),
+            vec![
+                Listed {
+                    key: vec![192, 0, 2, 7],
+                    expires_ms: Some(59_500)
+                },
+                Listed {
+                    key: vec![192, 0, 2, 8],
+                    expires_ms: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn only_others_deletions_in_our_table_count() {
+        let mut buf = NlBuf::new();
+        let mut note = |cmd: u16, family: u8, table: &str, pid: u32| {
+            buf.clear();
+            buf.message(nfnl_msg_type(NFNL_SUBSYS_NFTABLES, cmd as u8), 0, 0, |b| {
+                b.put(&[family, 0, 0, 0]);
+                b.attr_str(1, table);
+            });
+            let mut bytes = buf.as_bytes().to_vec();
+            bytes[12..16].copy_from_slice(&pid.to_ne_bytes());
+            let m = crate::nl::msg::Messages::new(&bytes)
+                .next()
+                .unwrap()
+                .unwrap();
+            let crate::nl::msg::Reply::Data(m) = m else {
+                panic!()
+            };
+            deletes_table_objects(&m, "refract", 42)
+        };
+        for cmd in [
+            NFT_MSG_DELTABLE,
+            NFT_MSG_DELCHAIN,
+            NFT_MSG_DELRULE,
+            NFT_MSG_DELSET,
+        ] {
+            assert!(note(cmd, NFPROTO_INET, "refract", 7), "{cmd}");
+        }
+        // Ours (our port id), another table, another family, an addition.
+        assert!(!note(NFT_MSG_DELTABLE, NFPROTO_INET, "refract", 42));
+        assert!(!note(NFT_MSG_DELTABLE, NFPROTO_INET, "fw4", 7));
+        assert!(!note(
+            NFT_MSG_DELTABLE,
+            crate::nl::consts::NFPROTO_IPV4,
+            "refract",
+            7
+        ));
+        assert!(!note(NFT_MSG_NEWRULE as u16, NFPROTO_INET, "refract", 7));
+    }
+
+    /// `NLM_F_MULTI` (netlink.h), as dump answers carry it.
+    const NLM_F_MULTI_TEST: u16 = 0x02;
     use crate::nl::consts::{nfnl_msg_type, NFNL_SUBSYS_IPSET};
 
     fn msg(ty: u16) -> Msg<'static> {

@@ -40,8 +40,8 @@ use crate::nl::buf::NlBuf;
 use crate::nl::consts::{NFPROTO_IPV4, NFPROTO_IPV6};
 use crate::nl::msg::{Messages, Reply};
 use crate::nl::nftables::{
-    self as nft, Batch, Rule, NFT_SET_TIMEOUT, NF_INET_LOCAL_IN, TYPE_INET_SERVICE, TYPE_IP6ADDR,
-    TYPE_IPADDR,
+    self as nft, Batch, Rule, SetRef, NFT_SET_TIMEOUT, NF_INET_LOCAL_IN, TYPE_INET_SERVICE,
+    TYPE_IP6ADDR, TYPE_IPADDR,
 };
 use crate::nl::socket::NlSocket;
 use crate::policy::Ban;
@@ -58,6 +58,20 @@ pub const TABLE: &str = "refract";
 pub const SET_V4: &str = "banned4";
 pub const SET_V6: &str = "banned6";
 pub const SET_PORTS: &str = "ports";
+/// The sets with their ids in the creating batch (the ids `nft` gives
+/// them in the same order).
+pub const PORTS: SetRef<'static> = SetRef {
+    name: SET_PORTS,
+    id: 1,
+};
+pub const BANNED4: SetRef<'static> = SetRef {
+    name: SET_V4,
+    id: 2,
+};
+pub const BANNED6: SetRef<'static> = SetRef {
+    name: SET_V6,
+    id: 3,
+};
 pub const CHAIN: &str = "input";
 
 /// The base chain's priority: `filter - 10`. Below fw4's `input` chain
@@ -146,8 +160,10 @@ pub fn ensure(buf: &mut NlBuf, seq: u32, cfg: &NftConfig, fresh: bool) {
         b.del_table(TABLE, false);
         b.new_table(TABLE, false);
     }
+    // nft's order: table, chain, sets with their elements, rules.
+    b.new_chain(TABLE, CHAIN, NF_INET_LOCAL_IN, PRIORITY, false);
     b.new_set(TABLE, SET_PORTS, TYPE_INET_SERVICE, 2, 0, 0, 1, false);
-    b.elems(TABLE, SET_PORTS, false, &[], false);
+    b.elems(TABLE, PORTS, false, &[], false);
     let ports: Vec<[u8; 2]> = cfg.ports.iter().map(|p| p.to_be_bytes()).collect();
     let elems: Vec<nft::Elem<'_>> = ports
         .iter()
@@ -156,7 +172,7 @@ pub fn ensure(buf: &mut NlBuf, seq: u32, cfg: &NftConfig, fresh: bool) {
             timeout_ms: None,
         })
         .collect();
-    b.elems(TABLE, SET_PORTS, true, &elems, false);
+    b.elems(TABLE, PORTS, true, &elems, false);
     b.new_set(
         TABLE,
         SET_V4,
@@ -177,7 +193,6 @@ pub fn ensure(buf: &mut NlBuf, seq: u32, cfg: &NftConfig, fresh: bool) {
         3,
         false,
     );
-    b.new_chain(TABLE, CHAIN, NF_INET_LOCAL_IN, PRIORITY, false);
     let protos = cfg.protos();
     // Without rules (no protocol), the flush is the last message.
     b.flush_chain(TABLE, CHAIN, protos.is_empty());
@@ -186,15 +201,15 @@ pub fn ensure(buf: &mut NlBuf, seq: u32, cfg: &NftConfig, fresh: bool) {
     let mut i = 0;
     for &l4proto in &protos {
         for (nfproto, v6_mask, addr_set) in [
-            (NFPROTO_IPV4, None, SET_V4),
-            (NFPROTO_IPV6, Some(mask), SET_V6),
+            (NFPROTO_IPV4, None, BANNED4),
+            (NFPROTO_IPV6, Some(mask), BANNED6),
         ] {
             i += 1;
             let rule = Rule {
                 table: TABLE,
                 chain: CHAIN,
                 l4proto,
-                ports_set: SET_PORTS,
+                ports_set: PORTS,
                 nfproto,
                 v6_mask,
                 addr_set,
@@ -218,7 +233,7 @@ pub fn elems_batch(buf: &mut NlBuf, seq: u32, v6: bool, add: bool, elems: &[(Key
         })
         .collect();
     let mut b = Batch::begin(buf, seq);
-    b.elems(TABLE, if v6 { SET_V6 } else { SET_V4 }, add, &list, true);
+    b.elems(TABLE, if v6 { BANNED6 } else { BANNED4 }, add, &list, true);
     b.end();
 }
 
