@@ -191,3 +191,146 @@ fn cleanup_deletes_the_table_and_leaves_nothing() {
     let again = n.in_netns(|| cleanup_report(false).unwrap());
     assert!(again.contains("nothing to clean up"), "{again}");
 }
+
+// ---- Traffic: what the rules drop and what they let through ----
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+
+use crate::support::netns::veth;
+
+/// A connect that must fail (the SYN is dropped): 700 ms without an
+/// answer is enough, a handshake on a veth takes microseconds.
+const DROPPED: Duration = Duration::from_millis(700);
+
+/// node (runs refract) ⇄ client, v4 and v6.
+fn pair_of_ns(tag: &str) -> Option<(Netns, Netns)> {
+    let node = ns(&format!("{tag}n"))?;
+    let client = ns(&format!("{tag}c"))?;
+    veth(
+        &node,
+        "nc",
+        &["10.202.1.1/24", "2001:db8:202:1::1/48"],
+        &client,
+        "c0",
+        &["10.202.1.2/24", "2001:db8:202:5::2/48"],
+    );
+    Some((node, client))
+}
+
+fn connects(from: &Netns, to: &str, timeout: Duration) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    from.in_netns(|| TcpStream::connect_timeout(&to, timeout))
+        .is_ok()
+}
+
+/// Whether a datagram from `from` to `to` reaches `sock` (bound there).
+fn udp_arrives(from: &Netns, sock: &UdpSocket, to: &str) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    from.in_netns(|| {
+        let s = UdpSocket::bind(bind).unwrap();
+        s.send_to(b"hello", to).unwrap();
+    });
+    sock.set_read_timeout(Some(DROPPED)).unwrap();
+    let mut b = [0u8; 16];
+    sock.recv_from(&mut b).is_ok()
+}
+
+#[test]
+fn banned_addresses_are_dropped_on_the_ports_only_v4_v6_tcp_udp() {
+    let Some((node, client)) = pair_of_ns("nft") else {
+        return;
+    };
+    let listeners: Vec<TcpListener> = node.in_netns(|| {
+        ["[::]:443", "[::]:8443", "[::]:8080"]
+            .iter()
+            .map(|a| TcpListener::bind(a).unwrap())
+            .collect()
+    });
+    let (u4, u6, u4other) = node.in_netns(|| {
+        (
+            UdpSocket::bind("10.202.1.1:443").unwrap(),
+            UdpSocket::bind("[2001:db8:202:1::1]:443").unwrap(),
+            UdpSocket::bind("10.202.1.1:8080").unwrap(),
+        )
+    });
+    assert!(
+        connects(&client, "10.202.1.1:443", PROMPT),
+        "before the ban"
+    );
+    let mut e = node.in_netns(|| {
+        let mut e = NftEnforcer::new(cfg()).unwrap();
+        e.ban(&ban(v4("10.202.1.2")), Duration::from_secs(300), 1);
+        // The client's v6 address is in this /64 (not the node's).
+        let k6 = Key::new("2001:db8:202:5::77".parse().unwrap(), 64);
+        e.ban(&ban(k6), Duration::from_secs(300), 1);
+        e.tick(1);
+        e.flush(PROMPT);
+        assert_eq!(e.stats().errors, 0);
+        e
+    });
+    for to in [
+        "10.202.1.1:443",
+        "10.202.1.1:8443",
+        "[2001:db8:202:1::1]:443",
+    ] {
+        assert!(!connects(&client, to, DROPPED), "{to} must be dropped");
+    }
+    for to in ["10.202.1.1:8080", "[2001:db8:202:1::1]:8080"] {
+        assert!(connects(&client, to, PROMPT), "{to} must be let through");
+    }
+    assert!(!udp_arrives(&client, &u4, "10.202.1.1:443"));
+    assert!(!udp_arrives(&client, &u6, "[2001:db8:202:1::1]:443"));
+    assert!(udp_arrives(&client, &u4other, "10.202.1.1:8080"));
+
+    // fw4 (or the host's own table) accepting everything, in a chain that
+    // runs before refract's: an accept ends only its own chain, refract's
+    // drop still applies.
+    node.ok(&["nft", "add", "table", "inet", "fw4"]);
+    node.ok(&[
+        "nft",
+        "add chain inet fw4 input { type filter hook input priority filter - 20; policy accept; }",
+    ]);
+    node.ok(&["nft", "add", "rule", "inet", "fw4", "input", "accept"]);
+    node.ok(&[
+        "nft",
+        "add chain inet fw4 input2 { type filter hook input priority filter; policy accept; }",
+    ]);
+    node.ok(&["nft", "add", "rule", "inet", "fw4", "input2", "accept"]);
+    assert!(
+        !connects(&client, "10.202.1.1:443", DROPPED),
+        "fw4 accepts, refract drops"
+    );
+
+    // Unban: back in.
+    node.in_netns(move || {
+        e.unban(v4("10.202.1.2"), 2);
+        e.flush(PROMPT);
+    });
+    assert!(
+        connects(&client, "10.202.1.1:443", PROMPT),
+        "after the unban"
+    );
+    drop(listeners);
+}
+
+#[test]
+fn an_element_expires_with_its_timeout() {
+    let Some((node, client)) = pair_of_ns("nfe") else {
+        return;
+    };
+    let _l = node.in_netns(|| TcpListener::bind("0.0.0.0:443").unwrap());
+    node.in_netns(|| {
+        let mut e = NftEnforcer::new(cfg()).unwrap();
+        e.ban(&ban(v4("10.202.1.2")), Duration::from_millis(1500), 1);
+        e.tick(1);
+        e.flush(PROMPT);
+    });
+    assert!(set_json(&node, "banned4").contains("\"10.202.1.2\""));
+    assert!(!connects(&client, "10.202.1.1:443", DROPPED));
+    let gone = crate::support::poll_until(Duration::from_secs(10), || {
+        (!set_json(&node, "banned4").contains("10.202.1.2")).then_some(())
+    });
+    assert!(gone.is_some(), "{}", set_json(&node, "banned4"));
+    assert!(connects(&client, "10.202.1.1:443", PROMPT), "after expiry");
+}
