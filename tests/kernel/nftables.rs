@@ -334,3 +334,94 @@ fn an_element_expires_with_its_timeout() {
     assert!(gone.is_some(), "{}", set_json(&node, "banned4"));
     assert!(connects(&client, "10.202.1.1:443", PROMPT), "after expiry");
 }
+
+// ---- The real daemon with --firewall nftables ----
+
+use crate::support::daemon::{access_line, append, Daemon, BIN};
+use crate::support::{wait_until, TempDir};
+
+#[test]
+fn the_daemon_bans_into_the_table_restarts_with_its_bans_and_cleanup_removes_it() {
+    let Some(n) = ns("nfd") else { return };
+    let dir = TempDir::new("nftd");
+    let flags = [
+        "--firewall=nftables",
+        "--proto=tcp,udp",
+        "--dport=443,8443",
+        "--window=1h",
+        "--timeout=10m",
+    ];
+    let o = n.exec(&[
+        BIN,
+        "check",
+        "--firewall=nftables",
+        "--access.log=/dev/null",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("would create table inet refract"), "{out}");
+
+    let mut d = Daemon::start_in(&n, &dir, &flags);
+    d.wait_log("enforcer nftables");
+    append(&d.access, &access_line("alice@example.com", "198.51.100.7"));
+    append(&d.access, &access_line("alice@example.com", "203.0.113.9"));
+    let listed = wait_until(PROMPT, "the element in banned4", || {
+        let j = set_json(&n, "banned4");
+        j.contains("\"203.0.113.9\"").then_some(j)
+    });
+    assert!(listed.contains("\"timeout\": 600"), "{listed}");
+    assert!(!listed.contains("198.51.100.7"), "{listed}");
+    // Someone flushes the ruleset under the running daemon.
+    n.ok(&["nft", "flush", "ruleset"]);
+    wait_until(
+        Duration::from_secs(1),
+        "the table rebuilt with the ban",
+        || {
+            n.exec(&["nft", "-j", "list", "set", "inet", "refract", "banned4"])
+                .stdout
+                .windows(13)
+                .any(|w| w == b"\"203.0.113.9\"")
+                .then_some(())
+        },
+    );
+    assert_eq!(d.terminate().0.code(), Some(0), "{}", d.log());
+
+    // Restart: the ban is read back from the set.
+    let dir2 = TempDir::new("nftd2");
+    let mut d = Daemon::start_in(&n, &dir2, &flags);
+    d.wait_log("restored 1 bans in force");
+    assert_eq!(d.terminate().0.code(), Some(0), "{}", d.log());
+
+    let o = n.exec(&[BIN, "cleanup", "--firewall=nftables"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("deleted: table inet refract"), "{out}");
+    assert_eq!(n.ok(&["nft", "list", "ruleset"]).trim(), "");
+}
+
+#[test]
+fn auto_names_its_choice_and_keeps_ipset_when_refract_s_set_exists() {
+    // Without ipset tools the namespace still has the kernel's ip_set; what
+    // decides is refract 0.2's set and xt_set + iptables, so only the
+    // reason is checked here, not which way it went.
+    let Some(n) = ns("nfa") else { return };
+    let o = n.exec(&[BIN, "check", "--firewall=auto", "--access.log=/dev/null"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("auto: "), "{out}");
+    if crate::support::have_tool("ipset") {
+        // refract 0.2's set exists: auto keeps ipset.
+        n.ok(&[
+            "ipset",
+            "create",
+            "refract_banned_users",
+            "hash:ip",
+            "timeout",
+            "60",
+        ]);
+        let o = n.exec(&[BIN, "check", "--firewall=auto", "--access.log=/dev/null"]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            out.contains("auto: ipset, set refract_banned_users already exists"),
+            "{out}"
+        );
+    }
+}
