@@ -44,6 +44,7 @@ const POSIX_SCRIPTS: &[&str] = &[
     "packaging/debian/postinst",
     "packaging/debian/prerm",
     "packaging/debian/postrm",
+    "packaging/openwrt/refract.init",
 ];
 
 fn all_scripts() -> Vec<String> {
@@ -550,4 +551,44 @@ fn uninstall_cleans_up_with_the_installed_settings_and_says_what_remains() {
     assert!(!out.contains("refract removed"), "{out}");
     assert_eq!(files_under(&root.0), installed);
     assert!(ns.ok(&["ipset", "list", "-n"]).contains("rf_un4"));
+}
+
+/// OpenWrt: every UCI option of `/etc/config/refract` is mapped by the
+/// procd init script, and every flag the script passes is one the daemon
+/// takes (its `--help`), so a renamed flag cannot break routers silently.
+#[test]
+fn openwrt_uci_options_map_to_daemon_flags() {
+    let init = std::fs::read_to_string(repo().join("packaging/openwrt/refract.init")).unwrap();
+    let uci =
+        std::fs::read_to_string(repo().join("packaging/openwrt/files/refract.config")).unwrap();
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let mut mapped = BTreeSet::new();
+    for line in init.lines().map(str::trim) {
+        let Some(rest) = ["append_opt ", "append_list ", "append_bool "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
+        else {
+            continue;
+        };
+        let (option, flag) = rest.split_once(' ').unwrap();
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "--{flag} is not a daemon flag"
+        );
+        mapped.insert(option.to_string());
+    }
+    // `control` is read by control_socket(), `enabled` by start_service().
+    mapped.insert("control".into());
+    mapped.insert("enabled".into());
+    for line in uci.lines().map(|l| l.trim().trim_start_matches('#')) {
+        let Some(rest) = line
+            .strip_prefix("option ")
+            .or_else(|| line.strip_prefix("list "))
+        else {
+            continue;
+        };
+        let option = rest.split_whitespace().next().unwrap();
+        assert!(mapped.contains(option), "UCI option {option} is not mapped");
+    }
 }
