@@ -488,3 +488,134 @@ impl Enforcer for NftEnforcer {
         self.kill.rtt(into);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nl::msg::{Messages, Reply};
+    use crate::nl::nftables::msg_type;
+
+    fn cfg(tcp: bool, udp: bool) -> NftConfig {
+        NftConfig {
+            protos: Protos { tcp, udp },
+            ports: vec![443, 8443],
+            v6_prefix: 64,
+            set_size: 1024,
+        }
+    }
+
+    /// (type, acked) of every message in `buf`, each checked to carry `seq`.
+    fn shape(buf: &NlBuf, seq: u32) -> Vec<(u16, bool)> {
+        Messages::new(buf.as_bytes())
+            .map(|r| match r {
+                Ok(Reply::Data(m)) => {
+                    assert_eq!(m.seq, seq);
+                    (m.ty, m.flags & crate::nl::consts::NLM_F_ACK != 0)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timeouts_are_milliseconds_never_zero_and_capped() {
+        assert_eq!(timeout_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(timeout_ms(Duration::ZERO), 1);
+        assert_eq!(timeout_ms(Duration::from_secs(u64::MAX)), MAX_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn the_v6_mask_follows_the_prefix() {
+        let m = cfg(true, false).v6_mask();
+        assert_eq!(
+            m,
+            [255, 255, 255, 255, 255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let c = NftConfig {
+            v6_prefix: 56,
+            ..cfg(true, false)
+        };
+        assert_eq!(c.v6_mask()[6..8], [255, 0]);
+    }
+
+    #[test]
+    fn ensure_is_one_batch_with_one_ack_on_its_last_message() {
+        let t = |cmd: u8| msg_type(cmd);
+        use crate::nl::nftables::*;
+        let mut buf = NlBuf::new();
+        ensure(&mut buf, 5, &cfg(true, true), false);
+        let s = shape(&buf, 5);
+        let types: Vec<u16> = s.iter().map(|x| x.0).collect();
+        assert_eq!(
+            types,
+            vec![
+                NFNL_MSG_BATCH_BEGIN,
+                t(NFT_MSG_NEWTABLE),
+                t(NFT_MSG_NEWCHAIN),
+                t(NFT_MSG_NEWSET),
+                t(NFT_MSG_DELSETELEM), // the port set flushed…
+                t(NFT_MSG_NEWSETELEM), // …and filled again
+                t(NFT_MSG_NEWSET),
+                t(NFT_MSG_NEWSET),
+                t(NFT_MSG_DELRULE as u8), // the chain flushed
+                t(NFT_MSG_NEWRULE),       // tcp v4, tcp v6, udp v4, udp v6
+                t(NFT_MSG_NEWRULE),
+                t(NFT_MSG_NEWRULE),
+                t(NFT_MSG_NEWRULE),
+                NFNL_MSG_BATCH_END,
+            ]
+        );
+        let acked: Vec<usize> = (0..s.len()).filter(|&i| s[i].1).collect();
+        assert_eq!(acked, vec![s.len() - 2]);
+
+        // Fresh: the table is deleted and created again first.
+        buf.clear();
+        ensure(&mut buf, 6, &cfg(true, false), true);
+        let s = shape(&buf, 6);
+        assert_eq!(
+            s[1..4].iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![
+                t(NFT_MSG_NEWTABLE),
+                t(NFT_MSG_DELTABLE as u8),
+                t(NFT_MSG_NEWTABLE)
+            ]
+        );
+        assert_eq!(s.iter().filter(|x| x.0 == t(NFT_MSG_NEWRULE)).count(), 2);
+        assert!(s[s.len() - 2].1);
+
+        // No protocol: no rule, the chain's flush carries the ack.
+        buf.clear();
+        ensure(&mut buf, 7, &cfg(false, false), false);
+        let s = shape(&buf, 7);
+        assert_eq!(s[s.len() - 2], (t(NFT_MSG_DELRULE as u8), true));
+    }
+
+    #[test]
+    fn a_turn_of_bans_is_one_message_per_family() {
+        let mut buf = NlBuf::new();
+        let keys: Vec<(Key, u64)> = (0..300u32)
+            .map(|i| (Key::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), 60_000))
+            .collect();
+        elems_batch(&mut buf, 9, false, true, &keys);
+        let s = shape(&buf, 9);
+        assert_eq!(s.len(), 3, "BEGIN, one NEWSETELEM, END");
+        assert_eq!(
+            s[1],
+            (msg_type(crate::nl::nftables::NFT_MSG_NEWSETELEM), true)
+        );
+        // 300 elements of 28 bytes each (list entry 4, timeout 12, key
+        // nest 4 and value 8), plus the headers.
+        assert!(
+            buf.len() > 300 * 28 && buf.len() < 300 * 28 + 200,
+            "{}",
+            buf.len()
+        );
+        assert_eq!(
+            key_bytes(Key::new("2001:db8:1:2::9".parse().unwrap(), 64)),
+            "2001:db8:1:2::"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+    }
+}

@@ -347,3 +347,44 @@ impl Ops {
         self.chan.sock.as_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repair_re_adds_the_bans_in_force_with_their_time_left() {
+        let mut st = State {
+            known: HashMap::new(),
+            pruned_at: 0,
+            repairing: false,
+            again: false,
+            full_warn: RateLimit::new(FULL_WARN_PERIOD),
+            now: 100 * SECOND,
+        };
+        let k4 = Key::V4("192.0.2.7".parse().unwrap());
+        let gone = Key::V4("192.0.2.8".parse().unwrap());
+        let k6 = Key::new("2001:db8::1".parse().unwrap(), 64);
+        st.known.insert(k4, 130 * SECOND);
+        st.known.insert(gone, 90 * SECOND);
+        st.known.insert(k6, 101 * SECOND);
+        for i in 0..(ELEMS_PER_MSG as u32 + 1) {
+            st.known
+                .insert(Key::V4((0x0a00_0000 + i).into()), 200 * SECOND);
+        }
+        let ops = st.known_adds();
+        assert!(!st.known.contains_key(&gone), "expired bans are pruned");
+        // v4: ELEMS_PER_MSG + 2 elements in two messages; v6: one.
+        assert_eq!(ops.len(), 3, "{}", ops.len());
+        let all: Vec<(Key, u64)> = ops
+            .iter()
+            .flat_map(|op| match op {
+                Op::Add { elems, .. } => elems.clone(),
+                _ => panic!("{op:?}"),
+            })
+            .collect();
+        assert!(all.contains(&(k4, 30_000)));
+        assert!(all.contains(&(k6, 1_000)));
+        assert!(matches!(&ops[2], Op::Add { v6: true, elems } if elems == &[(k6, 1_000)]));
+    }
+}
