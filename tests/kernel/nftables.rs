@@ -425,3 +425,38 @@ fn auto_names_its_choice_and_keeps_ipset_when_refract_s_set_exists() {
         );
     }
 }
+
+#[test]
+fn a_full_set_refuses_only_the_bans_past_its_size_and_a_reban_is_no_error() {
+    let Some(n) = ns("nfs") else { return };
+    let stats = n.in_netns(|| {
+        let mut e = NftEnforcer::new(NftConfig {
+            set_size: 16,
+            ..cfg()
+        })
+        .unwrap();
+        // One turn of 20 bans: the kernel refuses the whole batch (ENFILE),
+        // so it is split and the first 16 land.
+        for i in 0..20u32 {
+            e.ban(
+                &ban(Key::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                Duration::from_secs(60),
+                1,
+            );
+        }
+        e.tick(1);
+        e.flush(PROMPT);
+        // The same address again, in a later turn: no error.
+        e.ban(
+            &ban(Key::V4(Ipv4Addr::from(0x0a00_0000))),
+            Duration::from_secs(60),
+            2,
+        );
+        e.tick(2);
+        e.flush(PROMPT);
+        e.stats()
+    });
+    assert_eq!((stats.set_full, stats.errors), (4, 4), "{stats:?}");
+    let j4 = set_json(&n, "banned4");
+    assert_eq!(j4.matches("\"timeout\": 60").count(), 16, "{j4}");
+}
