@@ -90,7 +90,14 @@ fn cleanup(cfg: &Config) -> i32 {
                 firewall: FirewallMode::Iptables,
                 ..KernelConfig::from_config(cfg)
             };
-            enforce::cleanup_report(&kcfg, cfg.dry_run).map(|i| n + &i)
+            // A host without ip_set (OpenWrt's default images) has no
+            // ipset side to clean up.
+            match enforce::probe(&kcfg) {
+                Ok(_) => enforce::cleanup_report(&kcfg, cfg.dry_run).map(|i| n + &i),
+                Err(e) => Ok(format!(
+                    "{n}ipset: not usable here ({e}); nothing to clean up\n"
+                )),
+            }
         }),
         _ => enforce::cleanup_report(&KernelConfig::from_config(cfg), cfg.dry_run),
     };
