@@ -2,9 +2,9 @@
 //!
 //! The daemon talks to one enforcer. [`DryRun`] ([`dry_run`]) only counts;
 //! the kernel enforcer ([`ipset`]: ipsets, DROP rules, and [`kill`] for
-//! open connections over sock_diag and conntrack) is behind the same
-//! trait; later backends (nftables, a fleet-wide store) slot in the same
-//! way, beside `ipset/`, sharing `kill`.
+//! open connections over sock_diag and conntrack) and the [`nftables`]
+//! one (refract's own nf_tables table, the same `kill`) are behind the
+//! same trait; [`choose`] says which one `--firewall` means.
 //!
 //! Contract: `ban`/`unban` never block. An enforcer that talks to the kernel
 //! queues the request, registers its sockets with the loop in [`register`],
@@ -159,7 +159,7 @@ pub trait Enforcer {
 }
 
 /// What `--firewall auto` runs: `Iptables` (ipset) when refract 0.2's
-/// IPv4 set already exists (an existing installation keeps its backend)
+/// IPv4 or IPv6 set already exists (an existing installation keeps its backend)
 /// or when the ipset subsystem answers and the kernel has the `xt_set`
 /// match (loaded, `/proc/net/ip_tables_matches`, or installed as a module)
 /// with `iptables` on the `PATH`; otherwise `Nftables`. Any other mode is
