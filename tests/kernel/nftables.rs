@@ -467,3 +467,34 @@ fn a_full_set_refuses_only_the_bans_past_its_size_and_a_reban_is_no_error() {
     let j4 = set_json(&n, "banned4");
     assert_eq!(j4.matches("\"timeout\": 60").count(), 16, "{j4}");
 }
+
+#[test]
+fn a_changed_ipv6_prefix_keeps_read_back_bans_enforced() {
+    let Some(n) = ns("nfp") else { return };
+    let k64 = Key::new("2001:db8:5:6::77".parse().unwrap(), 64);
+    n.in_netns(|| {
+        let mut e = NftEnforcer::new(cfg()).unwrap();
+        e.ban(&ban(k64), Duration::from_secs(300), 1);
+        e.tick(1);
+        e.flush(PROMPT);
+    });
+    // Restart with --ipv6-prefix 56: the ban comes back as its /56, and
+    // the set holds that network address too (the rule now masks to /56).
+    let back = n.in_netns(|| {
+        let mut e = NftEnforcer::new(NftConfig {
+            v6_prefix: 56,
+            ..cfg()
+        })
+        .unwrap();
+        e.existing_bans().unwrap()
+    });
+    let k56 = Key::new("2001:db8:5:6::77".parse().unwrap(), 56);
+    assert_eq!(back.iter().map(|b| b.0).collect::<Vec<_>>(), vec![k56]);
+    let j6 = set_json(&n, "banned6");
+    assert!(j6.contains("\"2001:db8:5::\""), "{j6}");
+    let chain = n.ok(&["nft", "list", "chain", "inet", "refract", "input"]);
+    assert!(
+        chain.contains("ip6 saddr & ffff:ffff:ffff:ff00::"),
+        "{chain}"
+    );
+}

@@ -114,20 +114,28 @@ impl NftEnforcer {
                 None
             }
         };
+        // Families whose read-back bans go in again: all after a fresh
+        // table; IPv6 always, because a changed --ipv6-prefix turns an
+        // element into another key (re-adding one that is there is a no-op).
+        let mut restore = [false, true];
         if let Err(e) = send_batch(&mut sock, "create table", |b, s| ensure(b, s, &cfg, false)) {
             log(format_args!("{e}; recreating table inet {TABLE}"));
             send_batch(&mut sock, "recreate table", |b, s| ensure(b, s, &cfg, true))?;
-            for v6 in [false, true] {
-                let elems: Vec<(Key, u64)> = existing
-                    .iter()
-                    .filter(|(k, _)| k.is_v4() != v6)
-                    .map(|&(k, d)| (k, timeout_ms(d)))
-                    .collect();
-                for c in elems.chunks(ELEMS_PER_MSG) {
-                    send_batch(&mut sock, "restore bans", |b, s| {
-                        super::elems_batch(b, s, v6, true, c)
-                    })?;
-                }
+            restore[0] = true;
+        }
+        for v6 in [false, true] {
+            if !restore[usize::from(v6)] {
+                continue;
+            }
+            let elems: Vec<(Key, u64)> = existing
+                .iter()
+                .filter(|(k, _)| k.is_v4() != v6)
+                .map(|&(k, d)| (k, timeout_ms(d)))
+                .collect();
+            for c in elems.chunks(ELEMS_PER_MSG) {
+                send_batch(&mut sock, "restore bans", |b, s| {
+                    super::elems_batch(b, s, v6, true, c)
+                })?;
             }
         }
         let tcp =
