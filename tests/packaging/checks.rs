@@ -353,15 +353,26 @@ fn container_and_alpine_files_are_consistent() {
 
 /// The README's first command, as a newcomer runs it (with the binary this
 /// test suite built): a real ban, a real reset, exit 0, and nothing left
-/// behind: no namespace, process, set or rule.
+/// behind: no namespace, process, set or rule. With each backend
+/// (`REFRACT_DEMO_FIREWALL`), nftables where `nft` is installed.
 #[test]
 fn demo_shows_a_ban_and_cleans_up() {
     if root_with(&["ip", "ipset", "iptables", "python3"]).is_none() {
         return;
     }
+    demo_with("iptables");
+    if have("nft") {
+        demo_with("nftables");
+    } else {
+        skip("nft not installed: the demo ran with iptables only");
+    }
+}
+
+fn demo_with(firewall: &str) {
     let child = Command::new("bash")
         .arg(repo().join("scripts/demo.sh"))
         .env("REFRACT_BIN", BIN)
+        .env("REFRACT_DEMO_FIREWALL", firewall)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -417,6 +428,17 @@ fn demo_shows_a_ban_and_cleans_up() {
         !String::from_utf8_lossy(&rules.stdout).contains("refract"),
         "a rule is left on the host"
     );
+    if firewall == "nftables" {
+        // Read-only: the host's tables are listed, never changed.
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains("inet refract"),
+            "a table inet refract is left on the host"
+        );
+    }
 }
 
 /// `install.sh --uninstall` cleans up with the installed settings (their
