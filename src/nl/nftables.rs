@@ -325,14 +325,18 @@ impl<'a> Batch<'a> {
         };
         self.buf.message(msg_type(cmd), f, self.seq, |b| {
             nfgen(b, NFPROTO_INET);
+            if elems.is_empty() {
+                // A flush names the set first, as nft writes it (the
+                // kernel reads attributes in any order).
+                b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name);
+                b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+                return;
+            }
             b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
             b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name);
             // nft names the set's batch id on additions only.
             if add {
                 b.attr_u32_be(NFTA_SET_ELEM_LIST_SET_ID, set.id);
-            }
-            if elems.is_empty() {
-                return;
             }
             b.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                 // Numbered from 1 as libnftnl does; the kernel reads any
@@ -488,8 +492,9 @@ pub fn dump_elems(buf: &mut NlBuf, seq: u32, table: &str, set: &str) {
         seq,
         |b| {
             nfgen(b, NFPROTO_INET);
-            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+            // nft's order: the set, then its table.
             b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
         },
     );
 }
@@ -595,6 +600,20 @@ mod tests {
     /// included). Only what lies between BATCH_BEGIN and BATCH_END: the
     /// rest is nft reading its cache.
     fn capture(text: &str) -> Vec<(u16, Vec<u8>)> {
+        let msgs = capture_all(text);
+        let begin = msgs
+            .iter()
+            .position(|m| m.0 == NFNL_MSG_BATCH_BEGIN)
+            .unwrap();
+        let end = msgs
+            .iter()
+            .rposition(|m| m.0 == NFNL_MSG_BATCH_END)
+            .unwrap();
+        msgs[begin..=end].to_vec()
+    }
+
+    /// Every message of a capture, nft's cache reads included.
+    fn capture_all(text: &str) -> Vec<(u16, Vec<u8>)> {
         let mut msgs: Vec<(u16, Vec<u8>)> = Vec::new();
         let mut cur: Option<(u16, Vec<u8>)> = None;
         let mut take_type = false;
@@ -631,15 +650,7 @@ mod tests {
             }
         }
         msgs.extend(cur);
-        let begin = msgs
-            .iter()
-            .position(|m| m.0 == NFNL_MSG_BATCH_BEGIN)
-            .unwrap();
-        let end = msgs
-            .iter()
-            .rposition(|m| m.0 == NFNL_MSG_BATCH_END)
-            .unwrap();
-        msgs[begin..=end].to_vec()
+        msgs
     }
 
     /// Our batch's messages as (type, payload), checking that every one
@@ -797,6 +808,42 @@ mod tests {
         b.end();
         let nft = capture(include_str!("../../tests/fixtures/nftables/deltable.mnl"));
         assert_same(&ours(&buf, 9), &nft);
+    }
+
+    #[test]
+    fn flushes_and_the_element_dump_are_what_nft_sends() {
+        let mut buf = NlBuf::new();
+        let mut b = Batch::begin(&mut buf, 4);
+        b.elems("refract", PORTS, false, &[], true);
+        b.end();
+        let nft = capture(include_str!("../../tests/fixtures/nftables/flushset.mnl"));
+        assert_same(&ours(&buf, 4), &nft);
+
+        buf.clear();
+        let mut b = Batch::begin(&mut buf, 4);
+        b.flush_chain("refract", "input", true);
+        b.end();
+        let nft = capture(include_str!("../../tests/fixtures/nftables/flushchain.mnl"));
+        assert_same(&ours(&buf, 4), &nft);
+
+        // The dump is a plain request (no batch): the GETSETELEM nft sends
+        // to list the set.
+        buf.clear();
+        dump_elems(&mut buf, 4, "refract", "banned4");
+        let nft = capture_all(include_str!("../../tests/fixtures/nftables/listset.mnl"));
+        let want = nft
+            .iter()
+            .find(|m| m.0 == msg_type(NFT_MSG_GETSETELEM))
+            .expect("nft lists the elements");
+        let m = crate::nl::msg::Messages::new(buf.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let crate::nl::msg::Reply::Data(m) = m else {
+            panic!()
+        };
+        assert_eq!((m.ty, m.payload), (want.0, &want.1[..]));
+        assert_eq!(m.flags, NLM_F_REQUEST | NLM_F_DUMP);
     }
 
     #[test]

@@ -172,7 +172,10 @@ pub fn ensure(buf: &mut NlBuf, seq: u32, cfg: &NftConfig, fresh: bool) {
             timeout_ms: None,
         })
         .collect();
-    b.elems(TABLE, PORTS, true, &elems, false);
+    // (`--dport` is never empty; an empty NEWSETELEM would be refused.)
+    if !elems.is_empty() {
+        b.elems(TABLE, PORTS, true, &elems, false);
+    }
     b.new_set(
         TABLE,
         SET_V4,
