@@ -498,3 +498,25 @@ fn a_changed_ipv6_prefix_keeps_read_back_bans_enforced() {
         "{chain}"
     );
 }
+
+#[test]
+fn a_table_with_a_wrong_set_is_recreated_with_its_bans() {
+    let Some(n) = ns("nfw") else { return };
+    // Someone's own table inet refract: banned4 without the timeout flag.
+    n.ok(&["nft", "add", "table", "inet", "refract"]);
+    n.ok(&["nft", "add set inet refract banned4 { type ipv4_addr; }"]);
+    n.ok(&["nft", "add element inet refract banned4 { 192.0.2.50 }"]);
+    let back = n.in_netns(|| {
+        let mut e = NftEnforcer::new(cfg()).unwrap();
+        e.existing_bans().unwrap()
+    });
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].0, v4("192.0.2.50"));
+    let j4 = set_json(&n, "banned4");
+    assert!(
+        j4.contains("\"timeout\"") && j4.contains("192.0.2.50"),
+        "{j4}"
+    );
+    let chain = n.ok(&["nft", "list", "chain", "inet", "refract", "input"]);
+    assert_eq!(chain.matches(" drop").count(), 4, "{chain}");
+}
