@@ -7,6 +7,7 @@
 # the end, also on Ctrl-C. Needs root; installs what it needs.
 #
 #   sudo scripts/demo.sh
+#   sudo REFRACT_DEMO_FIREWALL=nftables scripts/demo.sh   # refract's own nftables table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,17 @@ if [[ -t 1 ]]; then
 else
     bold() { printf '%s\n' "$*"; }
     step() { printf '\n==> %s\n' "$*"; }
+fi
+
+# The backend: iptables (ipset and DROP rules, the default) or nftables.
+fw=${REFRACT_DEMO_FIREWALL:-iptables}
+case $fw in
+    iptables | nftables) ;;
+    *) echo "demo: REFRACT_DEMO_FIREWALL is iptables or nftables, not '$fw'" >&2; exit 2 ;;
+esac
+if [[ $fw == nftables ]] && ! command -v nft >/dev/null 2>&1; then
+    echo "demo: REFRACT_DEMO_FIREWALL=nftables needs nft (apt-get install nftables) to show the table" >&2
+    exit 1
 fi
 
 # REFRACT_BIN: use a binary that is already built (the test suite does).
@@ -128,8 +140,8 @@ wait_for 30 "listener on the node's port 443" listening
 log="$work/access.log" audit="$work/block.log"
 : >"$log"
 step "refract follows the node's access log (limit 1 device per user)"
-echo "  ip netns exec node refract --proto=tcp --dport=443 --window=5s --timeout=1m --access.log=$log --block.log=$audit"
-REFRACT_LOG=stderr ip netns exec "$node" "$bin" --proto=tcp --dport=443 --window=5s --timeout=1m \
+echo "  ip netns exec node refract --firewall=$fw --proto=tcp --dport=443 --window=5s --timeout=1m --access.log=$log --block.log=$audit"
+REFRACT_LOG=stderr ip netns exec "$node" "$bin" --firewall="$fw" --proto=tcp --dport=443 --window=5s --timeout=1m \
     --access.log="$log" --block.log="$audit" 2>"$work/refract.err" &
 pids+=($!)
 refract_pid=$!
@@ -165,7 +177,11 @@ sed 's/^/  /' "$audit" 2>/dev/null || echo "  (none: see $work/refract.err)"
 step "refract's log"
 grep -E ' ban |ended' "$work/refract.err" | sed 's/^/  /'
 step "the kernel set"
-ip netns exec "$node" ipset list refract_banned_users | sed -n '/^Members:/,$p' | sed 's/^/  /'
+if [[ $fw == nftables ]]; then
+    ip netns exec "$node" nft list set inet refract banned4 | sed 's/^/  /'
+else
+    ip netns exec "$node" ipset list refract_banned_users | sed -n '/^Members:/,$p' | sed 's/^/  /'
+fi
 step "what the devices saw"
 wait "${pids[2]}" "${pids[3]}" 2>/dev/null || true
 cat "$work/phone.out" "$work/laptop.out"
@@ -175,6 +191,10 @@ if ip netns exec "$c2" timeout 2 python3 -c 'import socket; socket.create_connec
 else
     echo "  laptop: blocked by the DROP rule"
 fi
-ip netns exec "$node" iptables -S INPUT | grep refract | sed 's/^/  rule: /'
+if [[ $fw == nftables ]]; then
+    ip netns exec "$node" nft list chain inet refract input | grep drop | sed 's/^\s*/  rule: /'
+else
+    ip netns exec "$node" iptables -S INPUT | grep refract | sed 's/^/  rule: /'
+fi
 echo
 bold "done: one device per user enforced in the kernel; the sandbox is removed now."

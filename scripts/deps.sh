@@ -178,7 +178,7 @@ refract_install_deps() {
         [iptables]=iptables [conntrack]=conntrack [shellcheck]=shellcheck
         [v2ray]=v2ray [systemd-analyze]=systemd [fail2ban-regex]=fail2ban [dpkg-deb]=dpkg
         [hyperfine]=hyperfine [python3]=python3 [curl]=curl [pgrep]=procps
-        [man]=man-db [logrotate]=logrotate [openssl]=openssl
+        [man]=man-db [logrotate]=logrotate [openssl]=openssl [nft]=nftables
         # The Redis server is redis-tools' redis-check-rdb run under the name
         # redis-server (redis-server's package only adds the service, which
         # the fleet tests do not want: they start their own).
@@ -188,8 +188,8 @@ refract_install_deps() {
     case "$what" in
         build) ;;
         demo) cmds+=(ip ss ipset iptables conntrack python3) ;;
-        test) cmds+=(ip ss ipset iptables conntrack shellcheck v2ray systemd-analyze python3 curl dpkg-deb pgrep man logrotate openssl redis-check-rdb) ;;
-        bench) cmds+=(ip ss ipset iptables conntrack fail2ban-regex python3) ;;
+        test) cmds+=(ip ss ipset iptables nft conntrack shellcheck v2ray systemd-analyze python3 curl dpkg-deb pgrep man logrotate openssl redis-check-rdb) ;;
+        bench) cmds+=(ip ss ipset iptables nft conntrack fail2ban-regex python3) ;;
         *) echo "deps: unknown set '$what' (build, demo, test, bench)" >&2; return 2 ;;
     esac
     refract_install_rust "$what"

@@ -113,6 +113,28 @@ fn audit_log(r: &mut Report, path: &Path) {
 }
 
 fn kernel(r: &mut Report, cfg: &Config) {
+    let (mode, why) = enforce::choose(cfg);
+    if cfg.firewall == FirewallMode::Auto {
+        r.ok("backend", why);
+    }
+    if mode == FirewallMode::Nftables {
+        match enforce::nftables::table_exists() {
+            Ok(true) => r.ok(
+                "nftables",
+                "nf_tables reachable; table inet refract exists (kept with its bans)",
+            ),
+            Ok(false) => r.ok(
+                "nftables",
+                "nf_tables reachable; would create table inet refract",
+            ),
+            Err(e) => r.fail("nftables", e.to_string()),
+        }
+        return;
+    }
+    let cfg = &Config {
+        firewall: mode,
+        ..cfg.clone()
+    };
     let kcfg = KernelConfig::from_config(cfg);
     let probe = match enforce::probe(&kcfg) {
         Ok(p) => p,

@@ -111,7 +111,8 @@ pub struct Args {
     /// read the access log from its beginning (default: from its end)
     #[argh(switch)]
     pub from_start: bool,
-    /// DROP rule management: iptables or none (default iptables)
+    /// how bans are enforced: iptables (ipset sets and DROP rules), none
+    /// (sets only), nftables (own table inet refract), auto (default iptables)
     #[argh(option)]
     pub firewall: Option<String>,
     /// ipset for IPv4 bans (default refract_banned_users)
@@ -1484,7 +1485,7 @@ fn allowlist(args: &Args, env: &Env<'_>) -> Result<Vec<IpNet>, UsageError> {
     Ok(allow)
 }
 
-/// `--firewall`: iptables or none.
+/// `--firewall`: iptables, none, nftables or auto.
 fn firewall(args: &Args, env: &Env<'_>, default: FirewallMode) -> Result<FirewallMode, UsageError> {
     let Some((firewall, l)) = env.value(&args.firewall, "firewall") else {
         return Ok(default);
@@ -1492,8 +1493,10 @@ fn firewall(args: &Args, env: &Env<'_>, default: FirewallMode) -> Result<Firewal
     match firewall.as_str() {
         "iptables" => Ok(FirewallMode::Iptables),
         "none" => Ok(FirewallMode::None),
+        "nftables" => Ok(FirewallMode::Nftables),
+        "auto" => Ok(FirewallMode::Auto),
         other => Err(usage(format!(
-            "{l}: invalid value {other:?} (use iptables or none)"
+            "{l}: invalid value {other:?} (use iptables, none, nftables or auto)"
         ))),
     }
 }
@@ -1983,10 +1986,7 @@ mod tests {
             (false, true) => "udp",
             _ => "tcp,udp",
         };
-        let firewall = match d.firewall {
-            FirewallMode::Iptables => "iptables",
-            FirewallMode::None => "none",
-        };
+        let firewall = d.firewall.as_str();
         let ports: Vec<String> = d.ports.iter().map(u16::to_string).collect();
         let table = [
             ("proto", proto.to_string()),

@@ -22,6 +22,24 @@ pub enum FirewallMode {
     Iptables,
     /// The operator writes the rule; refract only fills the sets.
     None,
+    /// refract's own nftables table `inet refract` over nfnetlink
+    /// (`crate::enforce::nftables`): sets, chain and rules, no ipset.
+    Nftables,
+    /// ipset when refract 0.2's set exists or `xt_set` works, else
+    /// nftables (`crate::enforce::choose`).
+    Auto,
+}
+
+impl FirewallMode {
+    /// The `--firewall` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirewallMode::Iptables => "iptables",
+            FirewallMode::None => "none",
+            FirewallMode::Nftables => "nftables",
+            FirewallMode::Auto => "auto",
+        }
+    }
 }
 
 /// The whole configuration. [`Config::default`] is what refract runs with
@@ -124,10 +142,7 @@ impl Config {
             ),
             None => String::new(),
         };
-        let firewall = match self.firewall {
-            FirewallMode::Iptables => "iptables",
-            FirewallMode::None => "none",
-        };
+        let firewall = self.firewall.as_str();
         let allow: Vec<String> = self.policy.allow.iter().map(ToString::to_string).collect();
         format!(
             "settings: access-log {}, block-log {}, proto {proto}, dport {}, window {}, \

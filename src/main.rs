@@ -6,9 +6,11 @@
 //! stdout or stderr instead of panicking as `println!` does.
 
 use refract::cli::{self, Command, Invocation};
-use refract::config::Config;
+use refract::config::{Config, FirewallMode};
 use refract::control::client;
-use refract::enforce::{self, DryRun, Enforcer, KernelConfig, KernelEnforcer};
+use refract::enforce::{
+    self, DryRun, Enforcer, KernelConfig, KernelEnforcer, NftConfig, NftEnforcer,
+};
 
 fn main() {
     let code = match cli::invocation() {
@@ -51,10 +53,25 @@ fn daemon(cfg: Config) -> i32 {
     let enforcer: Box<dyn Enforcer> = if cfg.dry_run {
         Box::new(DryRun::default())
     } else {
-        match KernelEnforcer::new(KernelConfig::from_config(&cfg)) {
-            Ok(k) => Box::new(k),
+        let (mode, why) = enforce::choose(&cfg);
+        if cfg.firewall == FirewallMode::Auto {
+            refract::logger::info(format_args!("firewall {why}"));
+        }
+        let made: Result<Box<dyn Enforcer>, String> = match mode {
+            FirewallMode::Nftables => NftEnforcer::new(NftConfig::from_config(&cfg))
+                .map(|k| Box::new(k) as Box<dyn Enforcer>)
+                .map_err(|e| e.to_string()),
+            _ => KernelEnforcer::new(KernelConfig {
+                firewall: mode,
+                ..KernelConfig::from_config(&cfg)
+            })
+            .map(|k| Box::new(k) as Box<dyn Enforcer>)
+            .map_err(|e| e.to_string()),
+        };
+        match made {
+            Ok(k) => k,
             Err(e) => {
-                cli::err(&e.to_string());
+                cli::err(&e);
                 return 1;
             }
         }
@@ -65,7 +82,26 @@ fn daemon(cfg: Config) -> i32 {
 /// `refract cleanup [--dry-run]`: the rules on refract's sets and both
 /// sets go (or, with `--dry-run`, are only listed).
 fn cleanup(cfg: &Config) -> i32 {
-    match enforce::cleanup_report(&KernelConfig::from_config(cfg), cfg.dry_run) {
+    let report = match cfg.firewall {
+        FirewallMode::Nftables => enforce::nftables::cleanup_report(cfg.dry_run),
+        // auto may have run either backend: both are cleaned up.
+        FirewallMode::Auto => enforce::nftables::cleanup_report(cfg.dry_run).and_then(|n| {
+            let kcfg = KernelConfig {
+                firewall: FirewallMode::Iptables,
+                ..KernelConfig::from_config(cfg)
+            };
+            // A host without ip_set (OpenWrt's default images) has no
+            // ipset side to clean up.
+            match enforce::probe(&kcfg) {
+                Ok(_) => enforce::cleanup_report(&kcfg, cfg.dry_run).map(|i| n + &i),
+                Err(e) => Ok(format!(
+                    "{n}ipset: not usable here ({e}); nothing to clean up\n"
+                )),
+            }
+        }),
+        _ => enforce::cleanup_report(&KernelConfig::from_config(cfg), cfg.dry_run),
+    };
+    match report {
         Ok(report) => {
             cli::out(&report);
             0

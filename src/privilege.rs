@@ -56,7 +56,7 @@ pub fn needs(cfg: &Config, facts: &Facts) -> Needs {
         n.mask |= 1 << CAP_NET_ADMIN;
         n.reasons
             .push("cap_net_admin for ipset, sock_diag, conntrack and iptables-nft".into());
-        if cfg.firewall == FirewallMode::Iptables {
+        if matches!(cfg.firewall, FirewallMode::Iptables | FirewallMode::Auto) {
             n.mask |= 1 << CAP_NET_RAW;
             n.reasons.push(
                 "cap_net_raw for iptables' set match when a repair re-installs the DROP rule"

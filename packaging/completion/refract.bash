@@ -47,7 +47,7 @@ _refract() {
             return 0
             ;;
         --firewall)
-            mapfile -t COMPREPLY < <(compgen -W "iptables none" -- "$cur")
+            mapfile -t COMPREPLY < <(compgen -W "iptables none nftables auto" -- "$cur")
             return 0
             ;;
         --dport | --window | --timeout | --limit | --ipv6-prefix | --allow | --set-name | --set-name6 | --set-size | --max-line | --max-users | --max-keys | --metrics | --on-ban | --on-unban | --hook-timeout | --hook-max | --fleet | --node | --fleet-prefix | --fleet-timeout | --for | --reason | --user)

@@ -2,9 +2,9 @@
 //!
 //! The daemon talks to one enforcer. [`DryRun`] ([`dry_run`]) only counts;
 //! the kernel enforcer ([`ipset`]: ipsets, DROP rules, and [`kill`] for
-//! open connections over sock_diag and conntrack) is behind the same
-//! trait; later backends (nftables, a fleet-wide store) slot in the same
-//! way, beside `ipset/`, sharing `kill`.
+//! open connections over sock_diag and conntrack) and the [`nftables`]
+//! one (refract's own nf_tables table, the same `kill`) are behind the
+//! same trait; [`choose`] says which one `--firewall` means.
 //!
 //! Contract: `ban`/`unban` never block. An enforcer that talks to the kernel
 //! queues the request, registers its sockets with the loop in [`register`],
@@ -30,6 +30,7 @@ use crate::policy::Ban;
 pub mod dry_run;
 pub mod ipset;
 pub mod kill;
+pub mod nftables;
 
 pub use dry_run::DryRun;
 pub use ipset::rules::Firewall;
@@ -37,6 +38,7 @@ pub use ipset::{
     cleanup, cleanup_plan, cleanup_report, probe, Cleanup, CleanupPlan, KernelConfig,
     KernelEnforcer, Probe, StartError, TOKENS,
 };
+pub use nftables::{NftConfig, NftEnforcer};
 
 /// Most requests sent and not yet answered, per socket. Each answer holds
 /// about 1 KiB of the receive buffer until read; staying far below the
@@ -154,4 +156,65 @@ pub trait Enforcer {
     fn rtt(&self, into: &mut crate::metrics::Histogram) {
         let _ = into;
     }
+}
+
+/// What `--firewall auto` runs: `Iptables` (ipset) when refract 0.2's
+/// IPv4 or IPv6 set already exists (an existing installation keeps its backend)
+/// or when the ipset subsystem answers and the kernel has the `xt_set`
+/// match (loaded, `/proc/net/ip_tables_matches`, or installed as a module)
+/// with `iptables` on the `PATH`; otherwise `Nftables`. Any other mode is
+/// returned as it is. The second value says why, for the start line and
+/// `refract check`.
+pub fn choose(cfg: &crate::config::Config) -> (crate::config::FirewallMode, String) {
+    use crate::config::FirewallMode;
+    if cfg.firewall != FirewallMode::Auto {
+        return (
+            cfg.firewall,
+            format!("--firewall {}", cfg.firewall.as_str()),
+        );
+    }
+    let kcfg = KernelConfig {
+        firewall: FirewallMode::Iptables,
+        ..KernelConfig::from_config(cfg)
+    };
+    match probe(&kcfg) {
+        Ok(p) if p.sets[0].is_some() || p.sets[1].is_some() => (
+            FirewallMode::Iptables,
+            format!("auto: ipset, set {} already exists", cfg.set_v4),
+        ),
+        Ok(_) if xt_set_available() && in_path("iptables") => (
+            FirewallMode::Iptables,
+            "auto: ipset, the kernel has ip_set and xt_set and iptables is installed".into(),
+        ),
+        Ok(_) => (
+            FirewallMode::Nftables,
+            "auto: nftables, no refract set exists and xt_set or iptables is missing".into(),
+        ),
+        Err(e) => (
+            FirewallMode::Nftables,
+            format!("auto: nftables, ipset is not usable ({e})"),
+        ),
+    }
+}
+
+/// Whether the `xt_set` match is loaded or installed as a module.
+fn xt_set_available() -> bool {
+    let loaded = std::fs::read_to_string("/proc/net/ip_tables_matches")
+        .map(|s| s.lines().any(|l| l.trim() == "set"))
+        .unwrap_or(false);
+    if loaded || std::path::Path::new("/sys/module/xt_set").exists() {
+        return true;
+    }
+    // Not loaded yet: installed for the running kernel (modules.dep names it).
+    let Ok(rel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/lib/modules/{}/modules.dep", rel.trim()))
+        .map(|s| s.contains("/xt_set.ko"))
+        .unwrap_or(false)
+}
+
+fn in_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }

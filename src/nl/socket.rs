@@ -81,6 +81,11 @@ impl NlSocket {
         sys::add_membership(self.fd.as_fd(), group)
     }
 
+    /// The socket's netlink port id (see [`sys::port_id`]).
+    pub fn port_id(&self) -> io::Result<u32> {
+        sys::port_id(self.fd.as_fd())
+    }
+
     /// A fresh sequence number (never 0).
     pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);

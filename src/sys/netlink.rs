@@ -56,6 +56,28 @@ pub fn netlink_socket(protocol: i32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The port id the kernel gave the socket at bind time (`getsockname(2)`
+/// on a netlink socket returns its `sockaddr_nl`, `netlink(7)`):
+/// notifications name the port id of the socket whose request caused them.
+pub fn port_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: sockaddr_nl is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are live locals; the kernel writes at most
+    // `len` bytes into `addr`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_nl).cast::<libc::sockaddr>(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr.nl_pid)
+}
+
 fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: `value` lives across the call and the length is its size.
     let rc = unsafe {

@@ -7,7 +7,8 @@
 mod support;
 
 /// Six scenarios with real clients: a second device banned, cut and let
-/// back in; `--limit 2` banning a third (IPv6) device; `--confirm` sparing
+/// back in; `--limit 2` banning a third (IPv6) device, with ipset and with
+/// `--firewall nftables`; `--confirm` sparing
 /// a device that switches address; and liveness (refract 0.2's default
 /// flags): a second device banned while the first downloads in log
 /// silence, a device whose old network vanished spared, an idle connection

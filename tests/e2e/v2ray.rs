@@ -181,6 +181,9 @@ fn wait_for(bound: Duration, mut cond: impl FnMut() -> bool) -> Option<Instant> 
 
 /// Whether `addr` is in `set` inside `ns`, asked of the kernel. A missing
 /// set is a failure, not a "no": it would make every negative check pass.
+/// With `--firewall nftables` (no ipset set, refract's table instead) the
+/// witness is `nft get element` on `banned4`/`banned6` (an IPv6 key is its
+/// /64's network address there).
 fn in_set(ns: &str, set: &str, addr: IpAddr) -> bool {
     let out = run(in_ns(ns, "ipset").args(["test", set, &addr.to_string()]));
     let msg = String::from_utf8_lossy(&out.stderr);
@@ -188,6 +191,24 @@ fn in_set(ns: &str, set: &str, addr: IpAddr) -> bool {
         false
     } else if msg.contains("is in set") {
         true
+    } else if run(in_ns(ns, "nft").args(["list", "table", "inet", "refract"]))
+        .status
+        .success()
+    {
+        let (nft_set, key) = match addr {
+            IpAddr::V4(_) => ("banned4", addr),
+            IpAddr::V6(_) => ("banned6", refract::key::Key::new(addr, 64).addr()),
+        };
+        let elem = format!("{{ {key} }}");
+        let out = run(in_ns(ns, "nft").args(["get", "element", "inet", "refract", nft_set, &elem]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            true
+        } else if err.contains("No such file or directory") {
+            false
+        } else {
+            panic!("nft get element {nft_set} {key} in {ns}: {}", err.trim())
+        }
     } else {
         panic!("ipset test {set} {addr} in {ns}: {}", msg.trim())
     }
@@ -632,6 +653,18 @@ impl Sandbox {
         self.notify = Some(notify);
         // The kernel agrees: the DROP rules are in place (both families
         // when a client speaks IPv6).
+        if extra.contains(&"--firewall=nftables") {
+            let chain =
+                run(in_ns(&self.node(), "nft").args(["list", "chain", "inet", "refract", "input"]));
+            let chain = String::from_utf8_lossy(&chain.stdout).into_owned();
+            for rule in [
+                "tcp dport @ports ip saddr @banned4 drop",
+                "tcp dport @ports ip6 saddr & ffff:ffff:ffff:ffff:: == @banned6 drop",
+            ] {
+                assert!(chain.contains(rule), "not in place: {rule}\n{chain}");
+            }
+            return;
+        }
         let mut want = vec![rules::tcp4(443, SET4)];
         if self.clients.iter().any(|c| c.addr.is_ipv6()) {
             want.push(rules::rule(true, "tcp", &[443], SET6));
@@ -1052,12 +1085,28 @@ fn ban_cuts_and_lifts_the_second_device() {
 #[test]
 fn limit_two_bans_the_third_device() {
     skip_unless_sandbox!();
-    let mut sb = Sandbox::new("limit");
+    limit_two("limit", &["--limit=2"]);
+}
+
+/// The same with refract's own nftables table (`--firewall nftables`),
+/// `nft` as the witness.
+#[test]
+fn limit_two_bans_the_third_device_with_nftables() {
+    skip_unless_sandbox!();
+    if which("nft").is_none() {
+        skip("nft not installed (apt-get install nftables)");
+        return;
+    }
+    limit_two("limnft", &["--limit=2", "--firewall=nftables"]);
+}
+
+fn limit_two(tag: &str, flags: &[&str]) {
+    let mut sb = Sandbox::new(tag);
     let a1 = sb.add_client("a1", ALICE_ID, Net::V4(1));
     let a2 = sb.add_client("a2", ALICE_ID, Net::V4(2));
     let a3 = sb.add_client("a3", ALICE_ID, Net::V6(3));
     sb.start_proxy();
-    sb.start_refract(&["--limit=2"]);
+    sb.start_refract(flags);
 
     let watch = Prober::start(&sb.node(), &[&a1, &a2], None);
     let d1 = fetch(&a1, "/slow/8", 15.0);
@@ -1074,7 +1123,7 @@ fn limit_two_bans_the_third_device() {
         .wait_banned(&a3, true, BAN_WITHIN)
         .unwrap_or_else(|| panic!("a3 not banned; its lines: {:?}", sb.access_lines(a3.addr)));
     let latency = since(d3.started, banned_at);
-    eprintln!("a3: first request -> in {SET6}: {latency:?}");
+    eprintln!("a3: first request -> in the IPv6 set: {latency:?}");
     assert!(latency <= BAN_WITHIN, "a3 banned only after {latency:?}");
     let audit = sb.audit_line(&[
         "disallowed concurrent connection from 2001:db8:3::/64 w/ origin ",

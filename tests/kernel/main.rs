@@ -35,6 +35,10 @@ mod kill;
 /// what `ss -ti` reads; a download judged in use, an idle connection not.
 mod liveness;
 
+/// The nftables enforcer driven directly: bans with timeouts, restart
+/// read-back, repair after `nft flush ruleset`, a flood, cleanup.
+mod nftables;
+
 /// The kernel enforcer driven directly (no daemon): bans, restart
 /// read-back, repair, startup errors, kills, a mio loop, cleanup.
 mod enforcer;

@@ -44,6 +44,7 @@ const POSIX_SCRIPTS: &[&str] = &[
     "packaging/debian/postinst",
     "packaging/debian/prerm",
     "packaging/debian/postrm",
+    "packaging/openwrt/refract.init",
 ];
 
 fn all_scripts() -> Vec<String> {
@@ -352,15 +353,26 @@ fn container_and_alpine_files_are_consistent() {
 
 /// The README's first command, as a newcomer runs it (with the binary this
 /// test suite built): a real ban, a real reset, exit 0, and nothing left
-/// behind: no namespace, process, set or rule.
+/// behind: no namespace, process, set or rule. With each backend
+/// (`REFRACT_DEMO_FIREWALL`), nftables where `nft` is installed.
 #[test]
 fn demo_shows_a_ban_and_cleans_up() {
     if root_with(&["ip", "ipset", "iptables", "python3"]).is_none() {
         return;
     }
+    demo_with("iptables");
+    if have("nft") {
+        demo_with("nftables");
+    } else {
+        skip("nft not installed: the demo ran with iptables only");
+    }
+}
+
+fn demo_with(firewall: &str) {
     let child = Command::new("bash")
         .arg(repo().join("scripts/demo.sh"))
         .env("REFRACT_BIN", BIN)
+        .env("REFRACT_DEMO_FIREWALL", firewall)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -416,6 +428,17 @@ fn demo_shows_a_ban_and_cleans_up() {
         !String::from_utf8_lossy(&rules.stdout).contains("refract"),
         "a rule is left on the host"
     );
+    if firewall == "nftables" {
+        // Read-only: the host's tables are listed, never changed.
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains("inet refract"),
+            "a table inet refract is left on the host"
+        );
+    }
 }
 
 /// `install.sh --uninstall` cleans up with the installed settings (their
@@ -550,4 +573,44 @@ fn uninstall_cleans_up_with_the_installed_settings_and_says_what_remains() {
     assert!(!out.contains("refract removed"), "{out}");
     assert_eq!(files_under(&root.0), installed);
     assert!(ns.ok(&["ipset", "list", "-n"]).contains("rf_un4"));
+}
+
+/// OpenWrt: every UCI option of `/etc/config/refract` is mapped by the
+/// procd init script, and every flag the script passes is one the daemon
+/// takes (its `--help`), so a renamed flag cannot break routers silently.
+#[test]
+fn openwrt_uci_options_map_to_daemon_flags() {
+    let init = std::fs::read_to_string(repo().join("packaging/openwrt/refract.init")).unwrap();
+    let uci =
+        std::fs::read_to_string(repo().join("packaging/openwrt/files/refract.config")).unwrap();
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let mut mapped = BTreeSet::new();
+    for line in init.lines().map(str::trim) {
+        let Some(rest) = ["append_opt ", "append_list ", "append_bool "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
+        else {
+            continue;
+        };
+        let (option, flag) = rest.split_once(' ').unwrap();
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "--{flag} is not a daemon flag"
+        );
+        mapped.insert(option.to_string());
+    }
+    // `control` is read by control_socket(), `enabled` by start_service().
+    mapped.insert("control".into());
+    mapped.insert("enabled".into());
+    for line in uci.lines().map(|l| l.trim().trim_start_matches('#')) {
+        let Some(rest) = line
+            .strip_prefix("option ")
+            .or_else(|| line.strip_prefix("list "))
+        else {
+            continue;
+        };
+        let option = rest.split_whitespace().next().unwrap();
+        assert!(mapped.contains(option), "UCI option {option} is not mapped");
+    }
 }

@@ -471,8 +471,9 @@ pub fn cleanup_plan(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
 fn find(cfg: &KernelConfig) -> io::Result<CleanupPlan> {
     let found = rules_on_sets(cfg)?;
     let (rules, kept) = match cfg.firewall {
-        FirewallMode::Iptables => (found, Vec::new()),
         FirewallMode::None => (Vec::new(), found),
+        // nftables and auto reach the ipset cleanup only as iptables.
+        FirewallMode::Iptables | FirewallMode::Nftables | FirewallMode::Auto => (found, Vec::new()),
     };
     let mut sock = cleanup_socket()?;
     let mut sets = Vec::new();
