@@ -133,3 +133,53 @@ fn exactly_limit_devices_across_nodes() {
     assert!(a.fleet.reregister);
     assert_eq!(a.admit("alice", "192.0.2.1", 1), Answer::Admitted);
 }
+
+/// The README's minimal ACL is enough: a client that logs in as that user
+/// (`redis://refract:s3cret@…`) admits and refuses as usual; with a wrong
+/// password it never comes up (and the node decides alone).
+#[test]
+fn the_readmes_acl_is_enough_and_a_wrong_password_is_refused() {
+    let dir = TempDir::new("fleet-acl");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let Some(_redis) = crate::support::redis::Redis::start_with_acl(&dir, port) else {
+        return;
+    };
+    let client = |password: &str| {
+        let poll = Poll::new().unwrap();
+        let mut fleet = Fleet::new(FleetConfig {
+            target: Target::Tcp(format!("127.0.0.1:{port}").parse().unwrap()),
+            user: Some("refract".into()),
+            password: Some(password.into()),
+            db: 0,
+            node: "n".into(),
+            prefix: "refract:".into(),
+            timeout: 200_000,
+        });
+        fleet.set_token(Token(1));
+        Node { poll, fleet }
+    };
+    let mut good = client("s3cret");
+    good.until(|f| f.stats.up);
+    assert_eq!(good.admit("alice", "192.0.2.1", 1), Answer::Admitted);
+    assert!(matches!(
+        good.admit("alice", "192.0.2.2", 1),
+        Answer::Over(_)
+    ));
+    let mut bad = client("wrong");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(500) {
+        let mut events = Events::with_capacity(8);
+        bad.fleet.tick(bad.poll.registry(), monotonic());
+        bad.poll
+            .poll(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        for _ in events.iter() {
+            bad.fleet.event(monotonic());
+        }
+    }
+    assert!(!bad.fleet.stats.up, "{:?}", bad.fleet.stats);
+    assert!(bad.fleet.stats.errors > 0, "{:?}", bad.fleet.stats);
+}
