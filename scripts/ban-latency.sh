@@ -59,8 +59,22 @@
 # the set or counted as refused by a full set. The flood's lines name
 # connections that do not exist; `ban-latency listener_alive=1|0` says
 # whether the node's listener on :443 survived every ban (it must).
+#
+# FIREWALL=nftables runs refract with its nftables backend (--firewall
+# nftables: its own inet refract table) instead of ipset; the shell
+# reference stays ipset + ss -K.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+firewall=${FIREWALL:-iptables}
+# members REGEX: how many of refract's IPv4 bans in the node start so.
+members() {
+    if [[ $firewall == nftables ]]; then
+        ip netns exec "$node" nft list set inet refract banned4 |
+            grep -oE "(^|[ {,])$1[0-9.]+" | wc -l
+    else
+        ip netns exec "$node" ipset list refract_banned_users | grep -c "^$1" || true
+    fi
+}
 n=${1:-240}
 idle=${2:-10000}
 ehash=${3:-16384}
@@ -159,7 +173,7 @@ pids+=($!)
 log=$dir/access.log
 : >"$log"
 # --set-size: room for the flood's bans beside the trials' (hash:ip grows).
-REFRACT_LOG=stderr ip netns exec "$node" "$bin" --dport=443 --window="$window" --timeout=10m --set-size=262144 \
+REFRACT_LOG=stderr ip netns exec "$node" "$bin" --firewall="$firewall" --dport=443 --window="$window" --timeout=10m --set-size=262144 \
     --access.log="$log" --block.log="$dir/block.log" 2>"$dir/refract.err" &
 daemon=$!
 pids+=("$daemon")
@@ -174,8 +188,8 @@ if [[ $mode == live ]]; then
     out=$(ip netns exec "$cli" python3 "$helper" live 192.0.2.1 443 "$log" "$idle" "$n" \
         192.0.2.2 203.0.113 198.51.100 1 2>"$dir/client.err") ||
         { cat "$dir/client.err" >&2; exit 1; }
-    in_set=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^198\.51\.100\.' || true)
-    dev1_in=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^203\.0\.113\.' || true)
+    in_set=$(members '198\.51\.100\.')
+    dev1_in=$(members '203\.0\.113\.')
     kill -USR1 "$daemon" 2>/dev/null || true
     sleep 0.2
     while read -r path rest; do
@@ -207,12 +221,12 @@ pids+=($!)
 out=$(ip netns exec "$cli" python3 "$helper" client 192.0.2.1 443 "$log" "$dir/fifo" \
     "$idle" "$n" 192.0.2.2 198.51.100 203.0.113 2>"$dir/client.err") ||
     { cat "$dir/client.err" >&2; exit 1; }
-in_set=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^198\.51\.100\.' || true)
+in_set=$(members '198\.51\.100\.')
 if ((flood > 0)); then
     fl=$(python3 "$helper" flood "$log" "$daemon" "$dir/refract.err" "$flood" 192.0.2.2) ||
         { echo "ban-latency: $fl" >&2; tail -5 "$dir/refract.err" >&2; exit 1; }
     echo "ban-latency $fl"
-    flood_in=$(ip netns exec "$node" ipset list refract_banned_users | grep -c '^10\.' || true)
+    flood_in=$(members '10\.')
     kill -USR1 "$daemon" 2>/dev/null || true
     sleep 0.2
     full=$(grep -o 'stats: .*' "$dir/refract.err" | tail -1 | sed -n 's/.*\bset_full=\([0-9]*\).*/\1/p')

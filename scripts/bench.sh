@@ -164,6 +164,7 @@ for run in "16384 10000 $flood" "0 10000 0" "16384 0 0"; do
             # exact kills must spare the node's listener.
             lst=$(sed -n 's/^ban-latency listener_alive=\([0-9]*\).*/\1/p' <<<"$lat")
             lst_txt=$(awk -v l="${lst:-0}" 'BEGIN { print (l > 0) ? "alive" : "**destroyed**" }')
+            first_fps=$fps
             row latency "ban flood: $nflood violating lines, each a ban, with $idle idle conns, $where (same daemon as the row above)" \
                 "$fps bans/s ($nflood in ${fsecs:-?} s; $fin in set + ${ffull:-0} set_full; every kill reported; the node's listener on :443 after it: $lst_txt)" "" "≥ 10,000 bans/s, listener alive" \
                 "$(yes_no "${fps:--1} >= 10000 && ${fin:-0} + ${ffull:-0} == $nflood && ${lst:-0} > 0")"
@@ -173,6 +174,24 @@ for run in "16384 10000 $flood" "0 10000 0" "16384 0 0"; do
         row latency "ban latency, $where" "not measured (needs root, ip, ipset, iptables, ss)" "" "p99 < 2 ms" "-"
     fi
 done
+# The nftables backend (--firewall nftables), the first row's setup and
+# flood, right after it: no slower than ipset is the goal.
+if ((first_p99 >= 0)) && command -v nft >/dev/null 2>&1; then
+    say "latency, nftables backend"
+    if nlat=$(FIREWALL=nftables scripts/ban-latency.sh "$bans" 10000 16384 "$flood") && [[ -n $nlat ]]; then
+        nget() { sed -n "s/^ban-latency $1 .*$2=\([0-9.-]*\).*/\1/p" <<<"$nlat" | head -1; }
+        np50=$(nget refract p50_us) np99=$(nget refract p99_us) nlost=$(nget refract lost)
+        nfps=$(sed -n "/^ban-latency flood/s/.* bans_per_s=\([0-9.-]*\).*/\1/p" <<<"$nlat" | head -1)
+        nin=$(sed -n "/^ban-latency flood_in_set/s/.*flood_in_set=\([0-9]*\).*/\1/p" <<<"$nlat" | head -1)
+        nlst=$(sed -n 's/^ban-latency listener_alive=\([0-9]*\).*/\1/p' <<<"$nlat")
+        row latency "--firewall nftables: line appended → in set + RST at client; $bans bans, 10000 idle conns, own TCP hash of 16384 buckets" \
+            "p50 $np50 µs, p99 $np99 µs (lost $nlost)" "nftables / ipset (first row): p50 $(ratio "$np50" "$first_p50")x, p99 $(ratio "$np99" "$first_p99")x" \
+            "p99 < 2 ms" "$(yes_no "${np99:--1} >= 0 && ${np99:--1} < 2000")"
+        row latency "--firewall nftables: ban flood of $flood lines, same setup" \
+            "$nfps bans/s ($nin in the set; listener alive: ${nlst:-0})" "nftables / ipset flood: $(ratio "${nfps:-0}" "${first_fps:-1}")x" \
+            "no slower than ipset" "$(yes_no "${nfps:--1} >= ${first_fps:-0} && ${nlst:-0} > 0")"
+    fi
+fi
 
 # Bans decided by liveness (ban-latency.sh MODE live): device 1 in use,
 # its only line older than the daemon's --window=1s.
