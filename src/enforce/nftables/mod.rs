@@ -303,6 +303,8 @@ pub struct NftEnforcer {
     existing: Option<Vec<(Key, Duration)>>,
     /// Bans of this turn, not sent yet: (key, timeout ms, logged connection).
     turn: Vec<(Key, u64, Option<SocketAddr>)>,
+    /// The loop turn (its `now`) whose first ban went out at once.
+    sent_first: Option<Micros>,
     first_token: usize,
     now: Micros,
     stats: EnforceStats,
@@ -385,8 +387,14 @@ impl Enforcer for NftEnforcer {
         let ms = timeout_ms(ttl);
         self.ops
             .remember(ban.key, self.now + ms.saturating_mul(1000));
-        // Sent with the turn's other bans ([`Enforcer::tick`] is due now).
         self.turn.push((ban.key, ms, conn));
+        // A turn's first ban goes out at once, as ipset's do (a lone ban
+        // does not wait for the turn's end); the rest of the turn's bans
+        // share one batch per family ([`Enforcer::tick`] is due now).
+        if self.sent_first != Some(now) {
+            self.sent_first = Some(now);
+            self.send_turn();
+        }
     }
 
     fn unban(&mut self, key: Key, now: Micros) {

@@ -166,6 +166,7 @@ impl NftEnforcer {
             watch,
             existing: Some(existing),
             turn: Vec::new(),
+            sent_first: None,
             first_token: 0,
             now,
             stats: EnforceStats::default(),
