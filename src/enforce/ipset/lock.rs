@@ -60,11 +60,31 @@ fn bind(set: &str) -> io::Result<UnixListener> {
     UnixListener::bind_addr(&addr)
 }
 
+/// [`bind`], tried again a few times over 100 ms when the name is taken. A
+/// daemon that just exited can leave its lock behind for a moment: a child
+/// forked by another thread of the parent between its `fork` and its
+/// `exec` holds copies of every descriptor, `SOCK_CLOEXEC` ones included,
+/// until the `exec` (a test harness that starts daemons in parallel does
+/// this; so can a supervisor). A real second daemon holds the name for
+/// longer than that and is still refused.
+fn bind_patiently(set: &str) -> io::Result<UnixListener> {
+    let mut tries = 0;
+    loop {
+        match bind(set) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Takes the lock of every set in `sets`, or none of them.
 pub fn acquire(sets: &[&str]) -> Result<InstanceLock, LockError> {
     let mut held = Vec::with_capacity(sets.len());
     for &set in sets {
-        match bind(set) {
+        match bind_patiently(set) {
             Ok(l) => held.push(l),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 return Err(LockError::Held(set.to_string()))
