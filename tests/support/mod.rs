@@ -11,7 +11,9 @@
 //!   `iptables -S`;
 //! - [`nl`]: a banned key's TCP sockets and UDP conntrack entries found and
 //!   killed one blocking request at a time, from refract's wire formats
-//!   (the daemon sends the same requests without blocking).
+//!   (the daemon sends the same requests without blocking);
+//! - [`transfer`]: a real TCP transfer between two namespaces, its rate
+//!   measured at the receiver (the bandwidth tests).
 //!
 //! And here, what every subject shares: skipping with a reason that shows,
 //! the one bounded wait ([`wait_until`], [`poll_until`], and
@@ -30,6 +32,7 @@ pub mod netns;
 pub mod nl;
 pub mod redis;
 pub mod rules;
+pub mod transfer;
 
 use std::fmt::Debug;
 use std::io::Write as _;
