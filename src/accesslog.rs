@@ -257,11 +257,31 @@ pub const MAX_PREFIX: usize = 512;
 /// Address classification beyond syntax (port 0, loopback, allowlist) is the
 /// policy's job. The grammar is in the module documentation.
 pub fn parse(line: &[u8]) -> Result<Access<'_>, ParseError> {
-    parse_opt(trim_end(line)).ok_or(ParseError::NotAccess)
+    parse_with(line, &mut TsCache::default())
 }
 
-fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
-    let (ts, mut i) = find_timestamp(line)?;
+/// [`parse`] with a timestamp cache kept by the caller across lines: a log
+/// writes many lines per second, and a line whose `YYYY/MM/DD HH:MM:SS`
+/// bytes equal the previous stamp's reuses its seconds (no digit checks, no
+/// calendar arithmetic). The result is always the one [`parse`] gives.
+pub fn parse_with<'a>(line: &'a [u8], cache: &mut TsCache) -> Result<Access<'a>, ParseError> {
+    parse_opt(trim_end(line), cache).ok_or(ParseError::NotAccess)
+}
+
+/// The last well-formed `YYYY/MM/DD HH:MM:SS` seen by [`parse_with`] (its
+/// 19 bytes as the three overlapping words the parser reads) and its
+/// seconds. A plain value: no clock, no I/O, so the parser stays pure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TsCache {
+    /// `t[0..8]`, `t[8..16]`, `t[11..19]` of the last valid stamp.
+    words: [u64; 3],
+    secs: i64,
+    /// False until the first valid stamp (any bytes may equal `words`).
+    valid: bool,
+}
+
+fn parse_opt<'a>(line: &'a [u8], cache: &mut TsCache) -> Option<Access<'a>> {
+    let (ts, mut i) = find_timestamp(line, cache)?;
     let rest = &line[i..];
     if is_error_log(rest) {
         return None;
@@ -359,43 +379,31 @@ fn trim_spaces_end(mut s: &[u8]) -> &[u8] {
 
 /// The timestamp and the index just after its trailing space: at byte 0, or
 /// after a foreign prefix (see [`MAX_PREFIX`]).
-fn find_timestamp(line: &[u8]) -> Option<(Timestamp, usize)> {
-    if let Some(found) = parse_timestamp(line, 0) {
+fn find_timestamp(line: &[u8], cache: &mut TsCache) -> Option<(Timestamp, usize)> {
+    if let Some(found) = parse_timestamp(line, 0, cache) {
         return Some(found);
     }
     let last = line.len().saturating_sub(20).min(MAX_PREFIX);
     (1..=last)
         .filter(|&i| line[i - 1] == b' ' && line[i + 4] == b'/' && line[i + 7] == b'/')
-        .find_map(|i| parse_timestamp(line, i))
+        .find_map(|i| parse_timestamp(line, i, cache))
 }
 
-/// `YYYY/MM/DD HH:MM:SS[.f{1,6}] ` at `at`.
-///
-/// The fixed part is checked eight bytes at a time: subtracting a template
-/// (`'0'` at digit positions, the separator itself elsewhere) leaves every
-/// byte of a well-formed stamp in `0..=9`. A byte below its template byte
-/// underflows to `>= 0xC6` and one above `'9'` stays `>= 10`, so the lowest
-/// bad byte is always caught (a borrow only disturbs bytes above it).
-fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
-    const TEMPLATE: &[u8; 19] = b"0000/00/00 00:00:00";
+/// `YYYY/MM/DD HH:MM:SS[.f{1,6}] ` at `at`; the fixed part through `cache`
+/// ([`stamp_secs`] on a miss).
+fn parse_timestamp(line: &[u8], at: usize, cache: &mut TsCache) -> Option<(Timestamp, usize)> {
     let t = line.get(at..at + 19)?;
-    let mut d = [0u8; 24];
-    for (k, &off) in [0usize, 8, 11].iter().enumerate() {
-        let v = word(&t[off..off + 8]).wrapping_sub(word(&TEMPLATE[off..off + 8]));
-        if (v.wrapping_add(0x7676_7676_7676_7676) | v) & HI != 0 {
-            return None;
-        }
-        d[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    // d[0..8] = t[0..8], d[8..16] = t[8..16], d[16..24] = t[11..19].
-    let n2 = |hi: u8, lo: u8| u32::from(hi) * 10 + u32::from(lo);
-    let civil = Civil {
-        year: (n2(d[0], d[1]) * 100 + n2(d[2], d[3])) as i32,
-        month: n2(d[5], d[6]),
-        day: n2(d[8], d[9]),
-        hour: n2(d[16], d[17]),
-        minute: n2(d[19], d[20]),
-        second: n2(d[22], d[23]),
+    let words = [word(&t[0..8]), word(&t[8..16]), word(&t[11..19])];
+    let secs = if cache.valid && words == cache.words {
+        cache.secs
+    } else {
+        let secs = stamp_secs(words)?;
+        *cache = TsCache {
+            words,
+            secs,
+            valid: true,
+        };
+        secs
     };
     let i = at + 19;
     // Xray's `.dddddd ` (Go's Lmicroseconds): one word, same template trick.
@@ -406,7 +414,7 @@ fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
             let micros = m[1..7]
                 .iter()
                 .fold(0u32, |acc, &dig| acc * 10 + u32::from(dig));
-            return Some((Timestamp::from_civil(civil, micros)?, i + 8));
+            return Some((Timestamp { secs, micros }, i + 8));
         }
     }
     let mut i = i;
@@ -431,7 +439,38 @@ fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
     if line.get(i) != Some(&b' ') {
         return None;
     }
-    Some((Timestamp::from_civil(civil, micros)?, i + 1))
+    Some((Timestamp { secs, micros }, i + 1))
+}
+
+/// The seconds of a `YYYY/MM/DD HH:MM:SS` given as the words `t[0..8]`,
+/// `t[8..16]`, `t[11..19]`; `None` unless well-formed and in range.
+///
+/// The fixed part is checked eight bytes at a time: subtracting a template
+/// (`'0'` at digit positions, the separator itself elsewhere) leaves every
+/// byte of a well-formed stamp in `0..=9`. A byte below its template byte
+/// underflows to `>= 0xC6` and one above `'9'` stays `>= 10`, so the lowest
+/// bad byte is always caught (a borrow only disturbs bytes above it).
+fn stamp_secs(words: [u64; 3]) -> Option<i64> {
+    const TEMPLATE: &[u8; 19] = b"0000/00/00 00:00:00";
+    let mut d = [0u8; 24];
+    for (k, &off) in [0usize, 8, 11].iter().enumerate() {
+        let v = words[k].wrapping_sub(word(&TEMPLATE[off..off + 8]));
+        if (v.wrapping_add(0x7676_7676_7676_7676) | v) & HI != 0 {
+            return None;
+        }
+        d[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // d[0..8] = t[0..8], d[8..16] = t[8..16], d[16..24] = t[11..19].
+    let n2 = |hi: u8, lo: u8| u32::from(hi) * 10 + u32::from(lo);
+    let civil = Civil {
+        year: (n2(d[0], d[1]) * 100 + n2(d[2], d[3])) as i32,
+        month: n2(d[5], d[6]),
+        day: n2(d[8], d[9]),
+        hour: n2(d[16], d[17]),
+        minute: n2(d[19], d[20]),
+        second: n2(d[22], d[23]),
+    };
+    Timestamp::from_civil(civil, 0).map(|t| t.secs)
 }
 
 /// The value of 1–9 ASCII digits.
@@ -1563,6 +1602,9 @@ mod tests {
         let alphabet = b" :[]/.>-=*@%0123456789emailfromacceptedrejectedtcpudp\r\n\xff";
         let mut buf = Vec::with_capacity(512);
         let mut parsed = 0;
+        // One cache across all lines, as replay keeps it: a mutated stamp
+        // next to a cached one must still parse exactly as without it.
+        let mut cache = TsCache::default();
         for round in 0..100_000 {
             buf.clear();
             if round % 2 == 0 {
@@ -1587,13 +1629,35 @@ mod tests {
                     buf.push(b);
                 }
             }
-            if parse(&buf).is_ok() {
+            let plain = parse(&buf);
+            assert_eq!(parse_with(&buf, &mut cache), plain, "{buf:?}");
+            if plain.is_ok() {
                 parsed += 1;
             }
         }
         // The mutations keep many lines valid: the test really reaches the
         // end of the grammar, not just the timestamp check.
         assert!(parsed > 10_000, "{parsed}");
+    }
+
+    #[test]
+    fn the_timestamp_cache_keeps_results() {
+        let mut c = TsCache::default();
+        let a = b"2026/01/30 17:03:38.067799 from 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let b = b"2026/01/30 17:03:38.500000 from 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let c2 = b"2026/01/30 17:03:39 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let bad = b"2026/01/30 17:03:39.5x from 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let zeros = [0u8; 40];
+        assert_eq!(parse_with(&zeros, &mut c), Err(ParseError::NotAccess));
+        for line in [&a[..], b, c2, bad, a, &zeros, b] {
+            assert_eq!(parse_with(line, &mut c), parse(line), "{line:?}");
+        }
+        assert_eq!(parse_with(b, &mut c).unwrap().ts.micros, 500_000);
+        assert_eq!(parse_with(b, &mut c).unwrap().ts, {
+            let mut t = parse(a).unwrap().ts;
+            t.micros = 500_000;
+            t
+        });
     }
 
     #[test]
