@@ -62,6 +62,7 @@ impl Entries {
         Entries::Inline(0, [Entry::vacant(), Entry::vacant()])
     }
 
+    #[inline]
     pub(super) fn as_slice(&self) -> &[Entry] {
         match self {
             Entries::Inline(n, a) => &a[..usize::from(*n)],
@@ -69,6 +70,7 @@ impl Entries {
         }
     }
 
+    #[inline]
     pub(super) fn as_mut_slice(&mut self) -> &mut [Entry] {
         match self {
             Entries::Inline(n, a) => &mut a[..usize::from(*n)],
@@ -76,6 +78,7 @@ impl Entries {
         }
     }
 
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.as_slice().len()
     }
@@ -109,10 +112,12 @@ impl Entries {
         }
     }
 
+    #[inline]
     pub(super) fn find(&self, key: Key) -> Option<usize> {
         self.as_slice().iter().position(|e| e.key == key)
     }
 
+    #[inline]
     pub(super) fn admitted(&self) -> usize {
         self.as_slice().iter().filter(|e| !e.candidate).count()
     }
@@ -130,6 +135,7 @@ impl Entries {
     }
 
     /// Index of the oldest candidate.
+    #[inline]
     pub(super) fn oldest_candidate(&self) -> Option<usize> {
         self.as_slice()
             .iter()
@@ -198,6 +204,7 @@ pub(super) fn settle(
     before - entries.len()
 }
 
+#[inline]
 fn promote(entries: &mut Entries, limit: usize, stats: &mut PolicyStats) {
     while entries.admitted() < limit {
         let Some(c) = entries.oldest_candidate() else {
@@ -213,6 +220,7 @@ fn promote(entries: &mut Entries, limit: usize, stats: &mut PolicyStats) {
 /// The last instant at which entry `e` is active: `last_seen + window`, or
 /// just before its key was banned (a key banned for anyone counts for
 /// nobody; other users' entries for it end at the ban, found lazily here).
+#[inline]
 pub(super) fn end_of(e: &Entry, window: Micros, bans: &Map<Key, BanRec>) -> Micros {
     let natural = e.last_seen.saturating_add(window);
     if bans.is_empty() {
