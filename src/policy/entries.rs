@@ -177,6 +177,15 @@ pub(super) fn settle(
     bans: &Map<Key, BanRec>,
     stats: &mut PolicyStats,
 ) -> usize {
+    // The common case, one pass: nothing ended and no candidate waits, so
+    // the loop below would break at once and `promote` find nothing.
+    let quiet = entries
+        .as_slice()
+        .iter()
+        .all(|e| !e.candidate && end_of(e, window, bans) >= t);
+    if quiet {
+        return 0;
+    }
     let before = entries.len();
     // Expire in order of end, candidates first on a tie (a candidate that
     // ends with the last admitted key is not promoted), promoting candidates
