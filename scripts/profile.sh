@@ -9,7 +9,13 @@
 #                     email:` on the same file in the same run (medians of
 #                     5), and the ratios to them
 #
+#   idle_*            with --idle BIN...: for each binary, footprint.sh's
+#                     idle measure (a --dry-run daemon following an empty
+#                     log, 1 s after ready): VmRSS, RssAnon, Pss (KiB) and
+#                     the file size; nothing else runs
+#
 #   scripts/profile.sh [--top] [--no-wall]
+#   scripts/profile.sh --idle BIN...
 #   REFRACT=path/to/refract scripts/profile.sh     (default target/release)
 # The logs are kept in target/profile/ (regenerated when missing). The
 # release binary has no symbols; --top builds a copy with them
@@ -18,6 +24,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=0 wall=1
+if [[ ${1:-} == --idle ]]; then
+    shift
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/refract-profile.XXXXXX")
+    pid=
+    trap '[[ -n $pid ]] && kill "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+    for bin in "$@"; do
+        : >"$dir/access.log"
+        : >"$dir/err"
+        REFRACT_LOG=stderr "$bin" --dry-run --access.log="$dir/access.log" \
+            --block.log="$dir/block.log" 2>"$dir/err" &
+        pid=$!
+        for _ in $(seq 500); do
+            grep -q 'refract: ready: ' "$dir/err" && break
+            sleep 0.01
+        done
+        grep -q 'refract: ready: ' "$dir/err" || { cat "$dir/err" >&2; exit 1; }
+        sleep 1
+        f() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$pid/$2"; }
+        echo "profile idle bin=$bin bytes=$(stat -c %s "$bin") vmrss_kib=$(f VmRSS status) rssanon_kib=$(f RssAnon status) rssfile_kib=$(f RssFile status) pss_kib=$(f Pss smaps_rollup)"
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+        pid=
+    done
+    exit 0
+fi
 for a in "$@"; do
     case $a in
         --top) top=1 ;;
