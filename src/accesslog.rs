@@ -363,6 +363,7 @@ fn parse_opt<'a>(line: &'a [u8], cache: &mut TsCache) -> Option<Access<'a>> {
 }
 
 /// Strips trailing `\n`, `\r` and spaces.
+#[inline]
 fn trim_end(mut line: &[u8]) -> &[u8] {
     while let [head @ .., b'\n' | b'\r' | b' '] = line {
         line = head;
@@ -370,6 +371,7 @@ fn trim_end(mut line: &[u8]) -> &[u8] {
     line
 }
 
+#[inline]
 fn trim_spaces_end(mut s: &[u8]) -> &[u8] {
     while let [head @ .., b' '] = s {
         s = head;
@@ -391,6 +393,7 @@ fn find_timestamp(line: &[u8], cache: &mut TsCache) -> Option<(Timestamp, usize)
 
 /// `YYYY/MM/DD HH:MM:SS[.f{1,6}] ` at `at`; the fixed part through `cache`
 /// ([`stamp_secs`] on a miss).
+#[inline]
 fn parse_timestamp(line: &[u8], at: usize, cache: &mut TsCache) -> Option<(Timestamp, usize)> {
     let t = line.get(at..at + 19)?;
     let words = [word(&t[0..8]), word(&t[8..16]), word(&t[11..19])];
@@ -474,6 +477,7 @@ fn stamp_secs(words: [u64; 3]) -> Option<i64> {
 }
 
 /// The value of 1–9 ASCII digits.
+#[inline]
 fn digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() || s.len() > 9 {
         return None;
@@ -490,6 +494,7 @@ fn digits(s: &[u8]) -> Option<u32> {
 }
 
 /// An error-log line (`[Info] …`) written into the same stream.
+#[inline]
 fn is_error_log(rest: &[u8]) -> bool {
     rest.first() == Some(&b'[')
         && [&b"[Debug] "[..], b"[Info] ", b"[Warning] ", b"[Error] "]
@@ -562,6 +567,7 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
     None
 }
 
+#[inline]
 fn ip_source(ip: IpAddr, port: u16) -> Source {
     let ip = canonical(ip);
     if ip.is_unspecified() {
@@ -571,6 +577,7 @@ fn ip_source(ip: IpAddr, port: u16) -> Source {
     }
 }
 
+#[inline]
 fn parse_port(s: &[u8]) -> Option<u16> {
     if s.len() > 5 {
         return None;
@@ -721,6 +728,7 @@ fn find_email(line: &[u8], from: usize) -> Option<(usize, Option<&[u8]>)> {
 
 /// The inbound tag of a detour: the text before the rightmost ` -> `,
 /// ` >> ` or ` ==> ` (`app/dispatcher/default.go`), `None` for `[out]`.
+#[inline]
 fn inbound_of(d: &[u8]) -> Option<&[u8]> {
     let mut end = d.len();
     while let Some(p) = rfind_byte(&d[..end], b'>') {

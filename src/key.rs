@@ -23,6 +23,7 @@ pub enum Key {
 impl Key {
     /// The key of a client address with IPv6 grouped to `v6_prefix` bits
     /// (clamped to `1..=128`).
+    #[inline]
     pub fn new(ip: IpAddr, v6_prefix: u8) -> Key {
         match canonical(ip) {
             IpAddr::V4(a) => Key::V4(a),
@@ -67,6 +68,7 @@ impl Key {
 /// The one spelling of an address: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, how
 /// a dual-stack socket names an IPv4 peer) becomes the IPv4 address; every
 /// other address is returned unchanged.
+#[inline]
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -717,11 +717,13 @@ impl Policy {
         self.banned(key, now.saturating_add(self.offset).max(self.clock))
     }
 
+    #[inline]
     fn banned(&self, key: Key, t: Micros) -> bool {
         self.bans.get(&key).is_some_and(|b| b.until > t)
     }
 
     /// Moves the internal clock to the caller's `now` and returns it.
+    #[inline]
     fn advance(&mut self, now: Micros) -> Micros {
         let t = now.saturating_add(self.offset);
         if t >= self.clock {
