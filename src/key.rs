@@ -76,8 +76,6 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// IPv4 and a full-length IPv6 key print as a plain address; a shorter IPv6
-/// prefix prints in CIDR form (`2001:db8:5:6::/64`), as the audit line wants.
 /// One `write_u64` for an IPv4 key (the derived hash made four: the
 /// variant, the octets' length, the octets, in [`crate::hash`] each a
 /// multiply), two for IPv6. Equal keys write equal words, as `Eq` needs; a
@@ -96,6 +94,8 @@ impl Hash for Key {
     }
 }
 
+/// IPv4 and a full-length IPv6 key print as a plain address; a shorter IPv6
+/// prefix prints in CIDR form (`2001:db8:5:6::/64`), as the audit line wants.
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
