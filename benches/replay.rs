@@ -11,8 +11,15 @@
 //!
 //! Adding a measurement is one more `Case::new(..)` line in [`cases`].
 //!
-//! `cargo bench --bench replay -- --write-log PATH [LINES]` only writes the
-//! generated log (default 1,000,000 lines) to PATH and exits; scripts use it.
+//! Two logs, one table each: "realistic" ([`gen::realistic`], the mix of
+//! issue 17: bans and audit lines included) and "easy" ([`gen::generate`],
+//! few bans). Each table also times `wc -l` and `grep -c email:` on the same
+//! file in the same run (external processes, medians too), so ratios to
+//! them compare across machines.
+//!
+//! `cargo bench --bench replay -- --write-log PATH [LINES] [--realistic]`
+//! only writes a generated log (default 1,000,000 lines, the easy one unless
+//! `--realistic`) to PATH and exits; scripts use it.
 
 mod gen;
 
@@ -141,15 +148,32 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// One external command over the whole file (`wc -l`, `grep -c`): its
+/// stdout's first number, which must be non-zero.
+fn external(cmd: &'static [&'static str], path: &Path) -> u64 {
+    let out = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("bench: run {}: {e}", cmd[0]));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn main() {
     // cargo passes `--bench`; everything else is ours.
-    let args: Vec<String> = std::env::args()
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    let realistic = args.iter().any(|a| a == "--realistic");
+    args.retain(|a| a != "--realistic");
     if let Some(i) = args.iter().position(|a| a == "--write-log") {
         let Some(path) = args.get(i + 1) else {
-            eprintln!("usage: replay --write-log PATH [LINES]");
+            eprintln!("usage: replay --write-log PATH [LINES] [--realistic]");
             std::process::exit(2);
         };
         let n = match args.get(i + 2).map(|s| s.replace('_', "").parse::<usize>()) {
@@ -160,23 +184,35 @@ fn main() {
                 std::process::exit(2);
             }
         };
-        if let Err(e) = std::fs::write(path, gen::generate(n, SEED)) {
+        let log = if realistic {
+            gen::realistic::generate(n, SEED)
+        } else {
+            gen::generate(n, SEED)
+        };
+        if let Err(e) = std::fs::write(path, log) {
             eprintln!("bench: write {path}: {e}");
             std::process::exit(1);
         }
         return;
     }
+    table("realistic", gen::realistic::generate);
+    println!();
+    table("easy", gen::generate);
+}
 
+/// Generates one log and prints its table.
+fn table(name: &str, generate: fn(usize, u64) -> Vec<u8>) {
     let t = Instant::now();
-    let log = gen::generate(LINES, SEED);
+    let log = generate(LINES, SEED);
     let gen_time = t.elapsed();
     // Same seed, same bytes; a shorter log is a prefix of a longer one.
     assert!(
-        log.starts_with(&gen::generate(10_000, SEED)),
+        log.starts_with(&generate(10_000, SEED)),
         "bench: generator is not deterministic"
     );
-    let tmp =
-        TempFile(std::env::temp_dir().join(format!("refract-bench-{}.log", std::process::id())));
+    let tmp = TempFile(
+        std::env::temp_dir().join(format!("refract-bench-{name}-{}.log", std::process::id())),
+    );
     std::fs::write(&tmp.0, &log).expect("bench: write the temporary log");
 
     let (mut access, mut email, mut rejected) = (0u64, 0u64, 0u64);
@@ -188,7 +224,7 @@ fn main() {
         }
     }
     println!(
-        "log: {LINES} lines, {:.1} MiB, generated in {:.0} ms; {access} access lines ({email} with email, {rejected} rejected)",
+        "{name} log: {LINES} lines, {:.1} MiB, generated in {:.0} ms; {access} access lines ({email} with email, {rejected} rejected)",
         log.len() as f64 / (1 << 20) as f64,
         gen_time.as_secs_f64() * 1e3
     );
@@ -200,11 +236,17 @@ fn main() {
     println!("each case: median of {RUNS} runs over the whole log");
     println!();
     println!(
-        "{:<20} {:>10} {:>9} {:>13} {:>10}",
-        "case", "ms", "ns/line", "lines/s", "x newline"
+        "{:<20} {:>10} {:>9} {:>13} {:>10} {:>8}",
+        "case", "ms", "ns/line", "lines/s", "x newline", "x wc -l"
     );
-    let mut reference = None;
-    for mut case in cases(&log, &tmp.0) {
+    let path = tmp.0.as_path();
+    let mut all = cases(&log, path);
+    all.push(Case::new("wc -l", move || external(&["wc", "-l"], path)));
+    all.push(Case::new("grep -c email:", move || {
+        external(&["grep", "-c", "email:"], path)
+    }));
+    let mut results = Vec::new();
+    for mut case in all {
         let mut times = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
             let t = Instant::now();
@@ -212,15 +254,22 @@ fn main() {
             times.push(t.elapsed());
             assert!(n > 0, "bench: {} counted nothing", case.name);
         }
-        let m = median(times).as_secs_f64();
-        let reference = *reference.get_or_insert(m);
+        results.push((case.name, median(times).as_secs_f64()));
+    }
+    let reference = results[0].1;
+    let wc = results
+        .iter()
+        .find(|(n, _)| *n == "wc -l")
+        .map_or(reference, |r| r.1);
+    for (name, m) in results {
         println!(
-            "{:<20} {:>10.2} {:>9.1} {:>13.0} {:>10.1}",
-            case.name,
+            "{:<20} {:>10.2} {:>9.1} {:>13.0} {:>10.1} {:>8.1}",
+            name,
             m * 1e3,
             m * 1e9 / LINES as f64,
             LINES as f64 / m,
-            m / reference
+            m / reference,
+            m / wc
         );
     }
 }

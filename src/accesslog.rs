@@ -257,11 +257,31 @@ pub const MAX_PREFIX: usize = 512;
 /// Address classification beyond syntax (port 0, loopback, allowlist) is the
 /// policy's job. The grammar is in the module documentation.
 pub fn parse(line: &[u8]) -> Result<Access<'_>, ParseError> {
-    parse_opt(trim_end(line)).ok_or(ParseError::NotAccess)
+    parse_with(line, &mut TsCache::default())
 }
 
-fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
-    let (ts, mut i) = find_timestamp(line)?;
+/// [`parse`] with a timestamp cache kept by the caller across lines: a log
+/// writes many lines per second, and a line whose `YYYY/MM/DD HH:MM:SS`
+/// bytes equal the previous stamp's reuses its seconds (no digit checks, no
+/// calendar arithmetic). The result is always the one [`parse`] gives.
+pub fn parse_with<'a>(line: &'a [u8], cache: &mut TsCache) -> Result<Access<'a>, ParseError> {
+    parse_opt(trim_end(line), cache).ok_or(ParseError::NotAccess)
+}
+
+/// The last well-formed `YYYY/MM/DD HH:MM:SS` seen by [`parse_with`] (its
+/// 19 bytes as the three overlapping words the parser reads) and its
+/// seconds. A plain value: no clock, no I/O, so the parser stays pure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TsCache {
+    /// `t[0..8]`, `t[8..16]`, `t[11..19]` of the last valid stamp.
+    words: [u64; 3],
+    secs: i64,
+    /// False until the first valid stamp (any bytes may equal `words`).
+    valid: bool,
+}
+
+fn parse_opt<'a>(line: &'a [u8], cache: &mut TsCache) -> Option<Access<'a>> {
+    let (ts, mut i) = find_timestamp(line, cache)?;
     let rest = &line[i..];
     if is_error_log(rest) {
         return None;
@@ -343,6 +363,7 @@ fn parse_opt(line: &[u8]) -> Option<Access<'_>> {
 }
 
 /// Strips trailing `\n`, `\r` and spaces.
+#[inline]
 fn trim_end(mut line: &[u8]) -> &[u8] {
     while let [head @ .., b'\n' | b'\r' | b' '] = line {
         line = head;
@@ -350,6 +371,7 @@ fn trim_end(mut line: &[u8]) -> &[u8] {
     line
 }
 
+#[inline]
 fn trim_spaces_end(mut s: &[u8]) -> &[u8] {
     while let [head @ .., b' '] = s {
         s = head;
@@ -359,43 +381,32 @@ fn trim_spaces_end(mut s: &[u8]) -> &[u8] {
 
 /// The timestamp and the index just after its trailing space: at byte 0, or
 /// after a foreign prefix (see [`MAX_PREFIX`]).
-fn find_timestamp(line: &[u8]) -> Option<(Timestamp, usize)> {
-    if let Some(found) = parse_timestamp(line, 0) {
+fn find_timestamp(line: &[u8], cache: &mut TsCache) -> Option<(Timestamp, usize)> {
+    if let Some(found) = parse_timestamp(line, 0, cache) {
         return Some(found);
     }
     let last = line.len().saturating_sub(20).min(MAX_PREFIX);
     (1..=last)
         .filter(|&i| line[i - 1] == b' ' && line[i + 4] == b'/' && line[i + 7] == b'/')
-        .find_map(|i| parse_timestamp(line, i))
+        .find_map(|i| parse_timestamp(line, i, cache))
 }
 
-/// `YYYY/MM/DD HH:MM:SS[.f{1,6}] ` at `at`.
-///
-/// The fixed part is checked eight bytes at a time: subtracting a template
-/// (`'0'` at digit positions, the separator itself elsewhere) leaves every
-/// byte of a well-formed stamp in `0..=9`. A byte below its template byte
-/// underflows to `>= 0xC6` and one above `'9'` stays `>= 10`, so the lowest
-/// bad byte is always caught (a borrow only disturbs bytes above it).
-fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
-    const TEMPLATE: &[u8; 19] = b"0000/00/00 00:00:00";
+/// `YYYY/MM/DD HH:MM:SS[.f{1,6}] ` at `at`; the fixed part through `cache`
+/// ([`stamp_secs`] on a miss).
+#[inline]
+fn parse_timestamp(line: &[u8], at: usize, cache: &mut TsCache) -> Option<(Timestamp, usize)> {
     let t = line.get(at..at + 19)?;
-    let mut d = [0u8; 24];
-    for (k, &off) in [0usize, 8, 11].iter().enumerate() {
-        let v = word(&t[off..off + 8]).wrapping_sub(word(&TEMPLATE[off..off + 8]));
-        if (v.wrapping_add(0x7676_7676_7676_7676) | v) & HI != 0 {
-            return None;
-        }
-        d[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    }
-    // d[0..8] = t[0..8], d[8..16] = t[8..16], d[16..24] = t[11..19].
-    let n2 = |hi: u8, lo: u8| u32::from(hi) * 10 + u32::from(lo);
-    let civil = Civil {
-        year: (n2(d[0], d[1]) * 100 + n2(d[2], d[3])) as i32,
-        month: n2(d[5], d[6]),
-        day: n2(d[8], d[9]),
-        hour: n2(d[16], d[17]),
-        minute: n2(d[19], d[20]),
-        second: n2(d[22], d[23]),
+    let words = [word(&t[0..8]), word(&t[8..16]), word(&t[11..19])];
+    let secs = if cache.valid && words == cache.words {
+        cache.secs
+    } else {
+        let secs = stamp_secs(words)?;
+        *cache = TsCache {
+            words,
+            secs,
+            valid: true,
+        };
+        secs
     };
     let i = at + 19;
     // Xray's `.dddddd ` (Go's Lmicroseconds): one word, same template trick.
@@ -406,7 +417,7 @@ fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
             let micros = m[1..7]
                 .iter()
                 .fold(0u32, |acc, &dig| acc * 10 + u32::from(dig));
-            return Some((Timestamp::from_civil(civil, micros)?, i + 8));
+            return Some((Timestamp { secs, micros }, i + 8));
         }
     }
     let mut i = i;
@@ -431,10 +442,42 @@ fn parse_timestamp(line: &[u8], at: usize) -> Option<(Timestamp, usize)> {
     if line.get(i) != Some(&b' ') {
         return None;
     }
-    Some((Timestamp::from_civil(civil, micros)?, i + 1))
+    Some((Timestamp { secs, micros }, i + 1))
+}
+
+/// The seconds of a `YYYY/MM/DD HH:MM:SS` given as the words `t[0..8]`,
+/// `t[8..16]`, `t[11..19]`; `None` unless well-formed and in range.
+///
+/// The fixed part is checked eight bytes at a time: subtracting a template
+/// (`'0'` at digit positions, the separator itself elsewhere) leaves every
+/// byte of a well-formed stamp in `0..=9`. A byte below its template byte
+/// underflows to `>= 0xC6` and one above `'9'` stays `>= 10`, so the lowest
+/// bad byte is always caught (a borrow only disturbs bytes above it).
+fn stamp_secs(words: [u64; 3]) -> Option<i64> {
+    const TEMPLATE: &[u8; 19] = b"0000/00/00 00:00:00";
+    let mut d = [0u8; 24];
+    for (k, &off) in [0usize, 8, 11].iter().enumerate() {
+        let v = words[k].wrapping_sub(word(&TEMPLATE[off..off + 8]));
+        if (v.wrapping_add(0x7676_7676_7676_7676) | v) & HI != 0 {
+            return None;
+        }
+        d[k * 8..k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // d[0..8] = t[0..8], d[8..16] = t[8..16], d[16..24] = t[11..19].
+    let n2 = |hi: u8, lo: u8| u32::from(hi) * 10 + u32::from(lo);
+    let civil = Civil {
+        year: (n2(d[0], d[1]) * 100 + n2(d[2], d[3])) as i32,
+        month: n2(d[5], d[6]),
+        day: n2(d[8], d[9]),
+        hour: n2(d[16], d[17]),
+        minute: n2(d[19], d[20]),
+        second: n2(d[22], d[23]),
+    };
+    Timestamp::from_civil(civil, 0).map(|t| t.secs)
 }
 
 /// The value of 1–9 ASCII digits.
+#[inline]
 fn digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() || s.len() > 9 {
         return None;
@@ -451,6 +494,7 @@ fn digits(s: &[u8]) -> Option<u32> {
 }
 
 /// An error-log line (`[Info] …`) written into the same stream.
+#[inline]
 fn is_error_log(rest: &[u8]) -> bool {
     rest.first() == Some(&b'[')
         && [&b"[Debug] "[..], b"[Info] ", b"[Warning] ", b"[Error] "]
@@ -523,6 +567,7 @@ fn parse_source(line: &[u8], i: usize) -> Option<(Source, usize)> {
     None
 }
 
+#[inline]
 fn ip_source(ip: IpAddr, port: u16) -> Source {
     let ip = canonical(ip);
     if ip.is_unspecified() {
@@ -532,6 +577,7 @@ fn ip_source(ip: IpAddr, port: u16) -> Source {
     }
 }
 
+#[inline]
 fn parse_port(s: &[u8]) -> Option<u16> {
     if s.len() > 5 {
         return None;
@@ -540,40 +586,39 @@ fn parse_port(s: &[u8]) -> Option<u16> {
 }
 
 /// Dotted quad, no leading zeros (as Go prints it and as `std` accepts).
-/// One pass, no splitting: this runs on nearly every line.
+/// Octet by octet, at most three digits each, no per-byte state machine:
+/// this runs on nearly every line.
+#[inline]
 fn parse_ipv4(s: &[u8]) -> Option<Ipv4Addr> {
     if s.len() < 7 || s.len() > 15 {
         return None;
     }
+    let digit = |i: usize| s.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d <= 9);
     let mut octets = [0u8; 4];
-    let mut n = 0; // octets completed
-    let mut acc: u32 = 0;
-    let mut len = 0; // digits in the current octet
-    for &b in s {
-        if b == b'.' {
-            if len == 0 || n == 3 {
+    let mut i = 0;
+    for (k, o) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if s.get(i) != Some(&b'.') {
                 return None;
             }
-            octets[n] = acc as u8;
-            n += 1;
-            (acc, len) = (0, 0);
-        } else {
-            let d = b.wrapping_sub(b'0');
-            if d > 9 || (len == 1 && acc == 0) {
-                return None;
+            i += 1;
+        }
+        let mut v = u32::from(digit(i)?);
+        i += 1;
+        if let Some(d) = digit(i) {
+            if v == 0 {
+                return None; // a leading zero
             }
-            acc = acc * 10 + u32::from(d);
-            len += 1;
-            if acc > 255 {
-                return None;
+            v = v * 10 + u32::from(d);
+            i += 1;
+            if let Some(d) = digit(i) {
+                v = v * 10 + u32::from(d);
+                i += 1;
             }
         }
+        *o = u8::try_from(v).ok()?;
     }
-    if len == 0 || n != 3 {
-        return None;
-    }
-    octets[3] = acc as u8;
-    Some(Ipv4Addr::from(octets))
+    (i == s.len()).then(|| Ipv4Addr::from(octets))
 }
 
 /// RFC 4291 text form, as `std` accepts it (hex groups, one `::`, an
@@ -683,6 +728,7 @@ fn find_email(line: &[u8], from: usize) -> Option<(usize, Option<&[u8]>)> {
 
 /// The inbound tag of a detour: the text before the rightmost ` -> `,
 /// ` >> ` or ` ==> ` (`app/dispatcher/default.go`), `None` for `[out]`.
+#[inline]
 fn inbound_of(d: &[u8]) -> Option<&[u8]> {
     let mut end = d.len();
     while let Some(p) = rfind_byte(&d[..end], b'>') {
@@ -1563,6 +1609,9 @@ mod tests {
         let alphabet = b" :[]/.>-=*@%0123456789emailfromacceptedrejectedtcpudp\r\n\xff";
         let mut buf = Vec::with_capacity(512);
         let mut parsed = 0;
+        // One cache across all lines, as replay keeps it: a mutated stamp
+        // next to a cached one must still parse exactly as without it.
+        let mut cache = TsCache::default();
         for round in 0..100_000 {
             buf.clear();
             if round % 2 == 0 {
@@ -1587,13 +1636,94 @@ mod tests {
                     buf.push(b);
                 }
             }
-            if parse(&buf).is_ok() {
+            let plain = parse(&buf);
+            assert_eq!(parse_with(&buf, &mut cache), plain, "{buf:?}");
+            if plain.is_ok() {
                 parsed += 1;
             }
         }
         // The mutations keep many lines valid: the test really reaches the
         // end of the grammar, not just the timestamp check.
         assert!(parsed > 10_000, "{parsed}");
+    }
+
+    #[test]
+    fn ipv4_matches_std() {
+        let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+        let alphabet = b"0123456789.....:x";
+        let mut fixed: Vec<Vec<u8>> = [
+            "0.0.0.0",
+            "1.2.3.4",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..2.3",
+            "1.2.3.4.",
+            ".1.2.3.4",
+            "1000.1.1.1",
+            "1.2.3.255",
+            "10.0.0.1x",
+            "198.51.100.7",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        for round in 0..200_000 {
+            if round % 2 == 0 {
+                let n = rng.below(17);
+                fixed.push(
+                    (0..n)
+                        .map(|_| alphabet[rng.below(alphabet.len())])
+                        .collect(),
+                );
+            } else {
+                // Near-valid quads: octets up to 300, sometimes zero-padded.
+                let mut q = Vec::new();
+                for k in 0..3 + rng.below(3) {
+                    if k > 0 {
+                        q.push(b'.');
+                    }
+                    let o = rng.below(301);
+                    let text = if rng.below(10) == 0 {
+                        format!("0{o}")
+                    } else {
+                        o.to_string()
+                    };
+                    q.extend_from_slice(text.as_bytes());
+                }
+                fixed.push(q);
+            }
+        }
+        let mut ok = 0;
+        for s in &fixed {
+            let want = std::str::from_utf8(s).unwrap().parse::<Ipv4Addr>().ok();
+            assert_eq!(parse_ipv4(s), want, "{:?}", String::from_utf8_lossy(s));
+            ok += usize::from(want.is_some());
+        }
+        assert!(ok > 10_000, "{ok}");
+    }
+
+    #[test]
+    fn the_timestamp_cache_keeps_results() {
+        let mut c = TsCache::default();
+        let a = b"2026/01/30 17:03:38.067799 from 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let b = b"2026/01/30 17:03:38.500000 from 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let c2 = b"2026/01/30 17:03:39 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let bad = b"2026/01/30 17:03:39.5x from 198.51.100.7:1 accepted tcp:x:443 email: a";
+        let zeros = [0u8; 40];
+        assert_eq!(parse_with(&zeros, &mut c), Err(ParseError::NotAccess));
+        for line in [&a[..], b, c2, bad, a, &zeros, b] {
+            assert_eq!(parse_with(line, &mut c), parse(line), "{line:?}");
+        }
+        assert_eq!(parse_with(b, &mut c).unwrap().ts.micros, 500_000);
+        assert_eq!(parse_with(b, &mut c).unwrap().ts, {
+            let mut t = parse(a).unwrap().ts;
+            t.micros = 500_000;
+            t
+        });
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! daemon and a replay see the same lines.
 //!
 //! [`find_byte`] and [`rfind_byte`] look at eight bytes per step (SWAR, in
-//! safe code); the newline search here and the parser's scans for ` `, `:`,
-//! `]` and `>` use them.
+//! safe code); `find_byte` hands slices of 32 bytes or more to libc's
+//! vectorized memchr ([`crate::sys::mem`]). The newline search here and the
+//! parser's scans for ` `, `:`, `]` and `>` use them.
 
 /// A line longer than the `max_line` cap: skipped, not buffered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +111,12 @@ fn zero_bytes(v: u64) -> u64 {
 /// Index of the first `b` in `hay`.
 #[inline]
 pub fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
+    // Past a few words libc's vectorized memchr wins, call included (the
+    // newline search, the parser's scans over the rest of a line); below,
+    // the call costs more than it saves (benches/NOTES.md).
+    if hay.len() >= 32 {
+        return crate::sys::mem::memchr(hay, b);
+    }
     let pat = u64::from(b) * 0x0101_0101_0101_0101;
     let mut chunks = hay.chunks_exact(8);
     let mut off = 0;
@@ -188,7 +195,8 @@ mod tests {
     /// and with bytes that differ from it only in the high bit.
     #[test]
     fn byte_search_matches_std() {
-        for len in 0..40 {
+        // Both sides of find_byte's 32-byte switch to memchr.
+        for len in 0..72 {
             for a in 0..=len {
                 for b in a..=len {
                     let mut hay: Vec<u8> = (0..len)

@@ -57,6 +57,8 @@ pub struct Replayer<W: Write> {
     explain: bool,
     out: W,
     buf: Vec<u8>,
+    /// The parser's per-second timestamp cache (see [`accesslog::parse_with`]).
+    ts: accesslog::TsCache,
     pub summary: Summary,
 }
 
@@ -68,6 +70,7 @@ impl<W: Write> Replayer<W> {
             explain,
             out,
             buf: Vec::with_capacity(256),
+            ts: accesslog::TsCache::default(),
             summary: Summary::default(),
         }
     }
@@ -76,9 +79,10 @@ impl<W: Write> Replayer<W> {
     pub fn line(&mut self, line: Result<&[u8], TooLong>) -> io::Result<()> {
         self.summary.lines += 1;
         let n = self.summary.lines;
+        let ts = &mut self.ts;
         let parsed = line
             .map_err(Skip::from)
-            .and_then(|l| accesslog::parse(l).map_err(Skip::from));
+            .and_then(|l| accesslog::parse_with(l, ts).map_err(Skip::from));
         let access = match parsed {
             Ok(a) => a,
             Err(skip) => return self.skip(n, skip, None, None),

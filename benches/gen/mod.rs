@@ -28,6 +28,8 @@
 
 use std::io::Write;
 
+pub mod realistic;
+
 use refract::clock::{civil_from_days, days_from_civil};
 
 /// Users in the generated population.

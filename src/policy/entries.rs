@@ -62,6 +62,7 @@ impl Entries {
         Entries::Inline(0, [Entry::vacant(), Entry::vacant()])
     }
 
+    #[inline]
     pub(super) fn as_slice(&self) -> &[Entry] {
         match self {
             Entries::Inline(n, a) => &a[..usize::from(*n)],
@@ -69,6 +70,7 @@ impl Entries {
         }
     }
 
+    #[inline]
     pub(super) fn as_mut_slice(&mut self) -> &mut [Entry] {
         match self {
             Entries::Inline(n, a) => &mut a[..usize::from(*n)],
@@ -76,6 +78,7 @@ impl Entries {
         }
     }
 
+    #[inline]
     pub(super) fn len(&self) -> usize {
         self.as_slice().len()
     }
@@ -109,10 +112,12 @@ impl Entries {
         }
     }
 
+    #[inline]
     pub(super) fn find(&self, key: Key) -> Option<usize> {
         self.as_slice().iter().position(|e| e.key == key)
     }
 
+    #[inline]
     pub(super) fn admitted(&self) -> usize {
         self.as_slice().iter().filter(|e| !e.candidate).count()
     }
@@ -130,6 +135,7 @@ impl Entries {
     }
 
     /// Index of the oldest candidate.
+    #[inline]
     pub(super) fn oldest_candidate(&self) -> Option<usize> {
         self.as_slice()
             .iter()
@@ -162,15 +168,118 @@ pub(super) struct BanRec {
     pub(super) until: Micros,
 }
 
+/// The ban table, with a counting filter in front: most lookups (every
+/// line's key, every entry [`end_of`] looks at) are for keys that are not
+/// banned, and the table is small, so a bucket count of zero answers them
+/// without hashing. The bucket is an unkeyed multiply of the key's bits:
+/// addresses aimed at one bucket only send lookups on to the keyed table,
+/// as without the filter.
+#[derive(Debug)]
+pub(super) struct Bans {
+    map: Map<Key, BanRec>,
+    /// Keys of `map` per bucket of [`Bans::bucket`].
+    count: Box<[u32; 256]>,
+}
+
+impl Default for Bans {
+    fn default() -> Bans {
+        Bans {
+            map: Map::default(),
+            count: Box::new([0; 256]),
+        }
+    }
+}
+
+impl Bans {
+    #[inline]
+    fn bucket(k: Key) -> usize {
+        let x = match k {
+            Key::V4(a) => u64::from(u32::from(a)),
+            Key::V6(a, p) => {
+                let v = u128::from(a);
+                (v >> 64) as u64 ^ v as u64 ^ u64::from(p)
+            }
+        };
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
+    }
+
+    #[inline]
+    pub(super) fn get(&self, k: &Key) -> Option<&BanRec> {
+        if self.count[Bans::bucket(*k)] == 0 {
+            return None;
+        }
+        self.map.get(k)
+    }
+
+    pub(super) fn insert(&mut self, k: Key, rec: BanRec) -> Option<BanRec> {
+        let old = self.map.insert(k, rec);
+        if old.is_none() {
+            self.count[Bans::bucket(k)] += 1;
+        }
+        old
+    }
+
+    pub(super) fn remove(&mut self, k: &Key) -> Option<BanRec> {
+        let old = self.map.remove(k);
+        if old.is_some() {
+            self.count[Bans::bucket(*k)] -= 1;
+        }
+        old
+    }
+
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[inline]
+    pub(super) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Key, &BanRec)> {
+        self.map.iter()
+    }
+
+    #[cfg(test)]
+    pub(super) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.map.keys()
+    }
+
+    #[cfg(test)]
+    pub(super) fn values(&self) -> impl Iterator<Item = &BanRec> {
+        self.map.values()
+    }
+
+    /// The filter's invariant: each bucket counts exactly its keys.
+    #[cfg(test)]
+    pub(super) fn check(&self) {
+        let mut want = [0u32; 256];
+        for k in self.map.keys() {
+            want[Bans::bucket(*k)] += 1;
+        }
+        assert_eq!(&want[..], &self.count[..], "ban filter counts");
+    }
+}
+
 /// What a settled user changed: entries removed (for the key count).
 pub(super) fn settle(
     entries: &mut Entries,
     t: Micros,
     window: Micros,
     limit: usize,
-    bans: &Map<Key, BanRec>,
+    bans: &Bans,
     stats: &mut PolicyStats,
 ) -> usize {
+    // The common case, one pass: nothing ended and no candidate waits, so
+    // the loop below would break at once and `promote` find nothing.
+    let quiet = entries
+        .as_slice()
+        .iter()
+        .all(|e| !e.candidate && end_of(e, window, bans) >= t);
+    if quiet {
+        return 0;
+    }
     let before = entries.len();
     // Expire in order of end, candidates first on a tie (a candidate that
     // ends with the last admitted key is not promoted), promoting candidates
@@ -198,6 +307,7 @@ pub(super) fn settle(
     before - entries.len()
 }
 
+#[inline]
 fn promote(entries: &mut Entries, limit: usize, stats: &mut PolicyStats) {
     while entries.admitted() < limit {
         let Some(c) = entries.oldest_candidate() else {
@@ -213,7 +323,8 @@ fn promote(entries: &mut Entries, limit: usize, stats: &mut PolicyStats) {
 /// The last instant at which entry `e` is active: `last_seen + window`, or
 /// just before its key was banned (a key banned for anyone counts for
 /// nobody; other users' entries for it end at the ban, found lazily here).
-pub(super) fn end_of(e: &Entry, window: Micros, bans: &Map<Key, BanRec>) -> Micros {
+#[inline]
+pub(super) fn end_of(e: &Entry, window: Micros, bans: &Bans) -> Micros {
     let natural = e.last_seen.saturating_add(window);
     if bans.is_empty() {
         return natural;

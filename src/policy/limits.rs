@@ -160,6 +160,7 @@ pub fn parse_limits(text: &[u8]) -> Result<Parsed, Vec<(usize, String)>> {
 }
 
 /// `limit(user)`: the per-user entry, else the default; at least 1.
+#[inline]
 pub(super) fn limit_of(cfg: &PolicyConfig, email: &[u8]) -> usize {
     let l = if cfg.limits.is_empty() {
         cfg.limit

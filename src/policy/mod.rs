@@ -173,7 +173,7 @@ use crate::accesslog::Access;
 use crate::clock::Micros;
 use crate::hash::Map;
 use crate::key::Key;
-use entries::{end_of, settle, user_deadline, BanRec, Entries, Entry, Slot, User};
+use entries::{end_of, settle, user_deadline, BanRec, Bans, Entries, Entry, Slot, User};
 use limits::{limit_of, Limits};
 use skip::{allowlisted, classify, Skip};
 
@@ -289,7 +289,7 @@ pub struct Policy {
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// Banned key → when (internal clock).
-    bans: Map<Key, BanRec>,
+    bans: Bans,
     heap: BinaryHeap<Reverse<(Micros, Timer)>>,
     /// Number of entries over all users.
     entries: usize,
@@ -309,7 +309,7 @@ impl Policy {
             users: Map::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            bans: Map::default(),
+            bans: Bans::default(),
             heap: BinaryHeap::new(),
             entries: 0,
             clock: 0,
@@ -744,11 +744,13 @@ impl Policy {
         self.banned(key, now.saturating_add(self.offset).max(self.clock))
     }
 
+    #[inline]
     fn banned(&self, key: Key, t: Micros) -> bool {
         self.bans.get(&key).is_some_and(|b| b.until > t)
     }
 
     /// Moves the internal clock to the caller's `now` and returns it.
+    #[inline]
     fn advance(&mut self, now: Micros) -> Micros {
         let t = now.saturating_add(self.offset);
         if t >= self.clock {
@@ -872,7 +874,7 @@ impl Policy {
                 self.heap.push(Reverse((user.queued, timer)));
             }
         }
-        for (&k, b) in &self.bans {
+        for (&k, b) in self.bans.iter() {
             self.heap.push(Reverse((b.until, Timer::Ban(k))));
         }
     }

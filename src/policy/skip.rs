@@ -126,6 +126,7 @@ pub(super) fn classify<'a>(cfg: &PolicyConfig, a: &Access<'a>) -> Result<(Key, &
 /// inside the key (a /64 key holding an allowed /128: banning the key would
 /// ban the allowed address). IPv4 keys also match IPv4-mapped IPv6 networks.
 /// Two prefixes overlap exactly when one contains the other.
+#[inline]
 pub(super) fn allowlisted(allow: &[IpNet], key: Key) -> bool {
     let knet = key.net();
     allow.iter().any(|n| {

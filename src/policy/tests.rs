@@ -1085,6 +1085,7 @@ fn run(seed: u64, steps: usize, seen: &mut [u64; 7]) {
             (p.users.len(), entries + p.bans.len()),
             "{ctx}"
         );
+        p.bans.check();
     }
     seen[4] += p.stats().promotions;
     // Everything ends: a day later, after expire, nothing is left.
