@@ -83,6 +83,9 @@ pub(super) struct Core {
     pub(super) fleet: Option<crate::fleet::Fleet>,
     fleet_pending: crate::hash::Map<u64, FleetAsk>,
     fleet_refreshed: crate::hash::Map<(Box<[u8]>, Key), Micros>,
+    /// The parser's per-second timestamp cache (lines of one second share
+    /// their stamp).
+    ts: accesslog::TsCache,
 }
 
 /// An admission the fleet was asked about.
@@ -223,12 +226,13 @@ impl Core {
             fleet: None,
             fleet_pending: crate::hash::Map::default(),
             fleet_refreshed: crate::hash::Map::default(),
+            ts: accesslog::TsCache::default(),
         }
     }
 
     pub(super) fn line(&mut self, now: Micros, line: &[u8]) {
         self.stats.lines += 1;
-        let access = match accesslog::parse(line) {
+        let access = match accesslog::parse_with(line, &mut self.ts) {
             Ok(a) => a,
             Err(e) => return self.skipped(now, e.into()),
         };
