@@ -38,7 +38,7 @@ use crate::config::{format_duration, Config, FirewallMode, Protos};
 use crate::control::client::{Request, Unban};
 use crate::enforce::ipset::rules::MULTIPORT_MAX;
 use crate::nl::consts::IPSET_MAXNAMELEN;
-use crate::policy::limits::{read_limits, Limits};
+use crate::policy::limits::{read_file, Limits};
 use crate::policy::PolicyConfig;
 
 /// Exit code for a usage error (bad flag or value), as with BSD `EX_USAGE`'s
@@ -172,6 +172,22 @@ pub struct Args {
     /// (default 200ms)
     #[argh(option)]
     pub fleet_timeout: Option<String>,
+    /// cap each user's bandwidth (on, the default when a rate is set) or
+    /// remove refract's shaping and do none (off)
+    #[argh(option)]
+    pub shape: Option<String>,
+    /// the interface the clients' traffic goes out on, or auto (the route
+    /// to the default gateway) (default auto)
+    #[argh(option)]
+    pub shape_dev: Option<String>,
+    /// download cap of users the limits file gives none, e.g. 20mbit
+    /// (default none)
+    #[argh(option)]
+    pub rate_down: Option<String>,
+    /// upload cap of users the limits file gives none, e.g. 5mbit (default
+    /// none)
+    #[argh(option)]
+    pub rate_up: Option<String>,
     /// replay: print one line per input line with what happened
     #[argh(switch)]
     pub explain: bool,
@@ -283,6 +299,10 @@ const DAEMON_FLAGS: &[&str] = &[
     "node",
     "fleet-prefix",
     "fleet-timeout",
+    "shape",
+    "shape-dev",
+    "rate-down",
+    "rate-up",
     "env-file",
 ];
 
@@ -414,6 +434,10 @@ const VALUE_FLAGS: &[&str] = &[
     "node",
     "fleet-prefix",
     "fleet-timeout",
+    "shape",
+    "shape-dev",
+    "rate-down",
+    "rate-up",
     "proto",
     "dport",
     "window",
@@ -1169,7 +1193,7 @@ fn config(
     let firewall = firewall(args, env, d.firewall)?;
     let (set_v4, set_v6) = set_names(args, env, d.set_v4, d.set_v6)?;
     let (access_log, block_log) = log_paths(args, env, d.access_log, d.block_log)?;
-    let (limits_file, limits) = limits_file(args, env, warnings)?;
+    let (limits_file, limits, rates) = limits_file(args, env, warnings)?;
     let confirm = env.switch(args.confirm, "confirm")?;
     // `cleanup --dry-run` only from its own command line: a REFRACT_DRY_RUN
     // meant for the daemon (in the environment file) must not turn an
@@ -1201,6 +1225,7 @@ fn config(
     };
     let hooks = hooks(args, env, d.hooks.clone())?;
     let fleet = fleet(args, env)?;
+    let shape = shape(args, env, rates)?;
     operands(command, args)?;
 
     let micros = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
@@ -1237,6 +1262,51 @@ fn config(
         metrics_file,
         hooks,
         fleet,
+        shape,
+    })
+}
+
+/// `--shape`, `--shape-dev`, `--rate-down`, `--rate-up`.
+fn shape(
+    args: &Args,
+    env: &Env<'_>,
+    rates: crate::hash::Map<Box<[u8]>, crate::shape::rate::Fields>,
+) -> Result<crate::shape::ShapeConfig, UsageError> {
+    use crate::shape::{rate, Dev, ShapeConfig};
+    let off = match env.value(&args.shape, "shape") {
+        None => false,
+        Some((v, _)) if v == "on" => false,
+        Some((v, _)) if v == "off" => true,
+        Some((v, l)) => return Err(usage(format!("{l}: {v:?}: expected on or off"))),
+    };
+    let (dev, dev_given) = match env.value(&args.shape_dev, "shape-dev") {
+        None => (Dev::Auto, false),
+        Some((v, _)) if v == "auto" => (Dev::Auto, true),
+        Some((v, l)) if v.is_empty() || v.len() > 15 || v.contains(['/', ' ', '\0']) => {
+            return Err(usage(format!(
+                "{l}: {v:?} is not an interface name (at most 15 characters, no / or spaces) or auto"
+            )))
+        }
+        Some((v, _)) => (Dev::Named(v), true),
+    };
+    let rate = |given: &Option<String>, flag: &str| -> Result<Option<rate::Rate>, UsageError> {
+        match env.value(given, flag) {
+            None => Ok(None),
+            Some((v, l)) => rate::parse(&v)
+                .map(Some)
+                .map_err(|e| usage(format!("{l}: {e}"))),
+        }
+    };
+    let defaults = rate::Caps {
+        down: rate(&args.rate_down, "rate-down")?,
+        up: rate(&args.rate_up, "rate-up")?,
+    };
+    Ok(ShapeConfig {
+        off,
+        dev,
+        defaults,
+        rates,
+        dev_given,
     })
 }
 
@@ -1549,19 +1619,22 @@ fn log_paths(
     Ok((access_log, block_log))
 }
 
+/// The limits file's rates, by email.
+type Rates = crate::hash::Map<Box<[u8]>, crate::shape::rate::Fields>;
+
 /// `--limits FILE`, read now so that a bad file stops the start.
 fn limits_file(
     args: &Args,
     env: &Env<'_>,
     warnings: &mut Vec<String>,
-) -> Result<(Option<PathBuf>, Limits), UsageError> {
+) -> Result<(Option<PathBuf>, Limits, Rates), UsageError> {
     let Some((path, _)) = env.pick(&args.limits, "limits") else {
-        return Ok((None, Limits::default()));
+        return Ok((None, Limits::default(), Rates::default()));
     };
     let path = PathBuf::from(path);
-    let (limits, w) = read_limits(&path).map_err(usage)?;
+    let (parsed, w) = read_file(&path).map_err(usage)?;
     warnings.extend(w);
-    Ok((Some(path), limits))
+    Ok((Some(path), parsed.limits, parsed.rates))
 }
 
 /// `--control PATH`: a path a unix socket address can hold (`none` and
@@ -2104,6 +2177,28 @@ mod tests {
     }
 
     #[test]
+    fn shaping_flags() {
+        use crate::shape::rate::Rate;
+        use crate::shape::Dev;
+        let c = cfg(&[]).unwrap();
+        assert!(!c.shape.enabled(), "no rate, no --shape-dev: no shaping");
+        let c = cfg(&["--rate-down=20mbit", "--rate-up=5mbit"]).unwrap();
+        assert!(c.shape.enabled());
+        assert_eq!(c.shape.dev, Dev::Auto);
+        assert_eq!(c.shape.defaults.down, Some(Rate(2_500_000)));
+        assert_eq!(c.shape.caps_of(b"anyone").up, Some(Rate(625_000)));
+        assert!(c
+            .summary()
+            .ends_with("shape auto (rate-down 20mbit, rate-up 5mbit, 0 per-user)"));
+        let c = cfg(&["--shape-dev=eth1"]).unwrap();
+        assert!(c.shape.enabled());
+        assert_eq!(c.shape.dev, Dev::Named("eth1".into()));
+        let c = cfg(&["--rate-down=20mbit", "--shape=off"]).unwrap();
+        assert!(c.shape.off && !c.shape.enabled());
+        assert!(c.summary().ends_with("shape off"));
+    }
+
+    #[test]
     fn durations() {
         let d = |x| parse_duration(x);
         assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
@@ -2166,6 +2261,11 @@ mod tests {
             (&["cleanup", "--limit=2"], "--limit: not a flag of refract cleanup"),
             (&["status", "--for=1h"], "--for: not a flag of refract status (it is one of refract ban)"),
             (&["--dport"], "--dport: missing value"),
+            (&["--shape=maybe"], "--shape: \"maybe\": expected on or off"),
+            (&["--shape-dev=eth0/1"], "--shape-dev: \"eth0/1\" is not an interface name"),
+            (&["--rate-down=fast"], "--rate-down: invalid rate \"fast\""),
+            (&["--rate-up=1kbit"], "--rate-up: rate \"1kbit\" is below the lowest, 8kbit"),
+            (&["replay", "x", "--rate-up=1mbit"], "--rate-up: not a flag of refract replay"),
         ];
         for (argv, want) in cases {
             let err = cfg(argv).unwrap_err();

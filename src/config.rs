@@ -79,6 +79,9 @@ pub struct Config {
     pub hooks: crate::hooks::HookConfig,
     /// `--fleet URL` and friends; `None`: this node decides alone.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// `--shape`, `--shape-dev`, `--rate-down`, `--rate-up` and the limits
+    /// file's rates.
+    pub shape: crate::shape::ShapeConfig,
 }
 
 /// Where the control socket is unless `--control` says otherwise.
@@ -118,6 +121,7 @@ impl Default for Config {
                 max: 4,
             },
             fleet: None,
+            shape: crate::shape::ShapeConfig::default(),
         }
     }
 }
@@ -148,7 +152,7 @@ impl Config {
             "settings: access-log {}, block-log {}, proto {proto}, dport {}, window {}, \
              timeout {}, limit {}{limits}, ipv6-prefix {}, allow {}, confirm {}, dry-run {}, \
              from-start {}, firewall {firewall}, sets {}/{} (size {}), max-line {}, \
-             max-users {}, max-keys {}, control {}",
+             max-users {}, max-keys {}, control {}, {}",
             self.access_log.display(),
             self.block_log.display(),
             ports.join(","),
@@ -173,6 +177,7 @@ impl Config {
             self.control
                 .as_ref()
                 .map_or("none".to_string(), |p| p.display().to_string()),
+            self.shape.summary(),
         )
     }
 }
@@ -227,7 +232,7 @@ mod tests {
              proto tcp, dport 443, window 5s, timeout 1m, limit 1, ipv6-prefix 64, allow none, \
              confirm off, dry-run off, from-start off, firewall iptables, \
              sets refract_banned_users/refract_banned_users6 (size 65536), max-line 65536, \
-             max-users 50000, max-keys 250000, control /run/refract/control.sock"
+             max-users 50000, max-keys 250000, control /run/refract/control.sock, shape none"
         );
         let c = Config {
             control: None,

@@ -8,7 +8,7 @@ _refract() {
     local cur prev cmd i w
     local commands="status user ban unban reload check replay cleanup help"
     # Flags that configure the daemon; check, replay and cleanup read them.
-    local settings="--proto --dport --window --timeout --access-log --block-log --limit --limits --ipv6-prefix --allow --confirm --dry-run --from-start --firewall --set-name --set-name6 --set-size --max-line --max-users --max-keys --metrics --metrics-file --on-ban --on-unban --hook-timeout --hook-max --fleet --node --fleet-prefix --fleet-timeout"
+    local settings="--proto --dport --window --timeout --access-log --block-log --limit --limits --ipv6-prefix --allow --confirm --dry-run --from-start --firewall --set-name --set-name6 --set-size --max-line --max-users --max-keys --metrics --metrics-file --on-ban --on-unban --hook-timeout --hook-max --fleet --node --fleet-prefix --fleet-timeout --shape --shape-dev --rate-down --rate-up"
     local common="--control --env-file --help -h"
     COMPREPLY=()
     cur=${COMP_WORDS[COMP_CWORD]}
@@ -50,7 +50,15 @@ _refract() {
             mapfile -t COMPREPLY < <(compgen -W "iptables none nftables auto" -- "$cur")
             return 0
             ;;
-        --dport | --window | --timeout | --limit | --ipv6-prefix | --allow | --set-name | --set-name6 | --set-size | --max-line | --max-users | --max-keys | --metrics | --on-ban | --on-unban | --hook-timeout | --hook-max | --fleet | --node | --fleet-prefix | --fleet-timeout | --for | --reason | --user)
+        --shape)
+            mapfile -t COMPREPLY < <(compgen -W "on off" -- "$cur")
+            return 0
+            ;;
+        --shape-dev)
+            mapfile -t COMPREPLY < <(compgen -W "auto $(ls /sys/class/net 2>/dev/null)" -- "$cur")
+            return 0
+            ;;
+        --dport | --window | --timeout | --limit | --ipv6-prefix | --allow | --set-name | --set-name6 | --set-size | --max-line | --max-users | --max-keys | --metrics | --on-ban | --on-unban | --hook-timeout | --hook-max | --fleet | --node | --fleet-prefix | --fleet-timeout | --rate-down | --rate-up | --for | --reason | --user)
             # A value of the operator's own: nothing to offer.
             return 0
             ;;

@@ -6,6 +6,12 @@
 //! before the last field, so a name containing spaces works; `N` is a whole
 //! number >= 1. A user without an entry gets `--limit`.
 //!
+//! Bandwidth caps may follow: `EMAIL N down=RATE up=RATE` (either or both,
+//! in any order; RATE in tc's units, e.g. `20mbit`, or `off` for "not
+//! capped" when `--rate-down`/`--rate-up` set a default; see
+//! [`crate::shape::rate`]). Those fields are the ones after `N` that
+//! contain `=`; a field with `=` that is not `down=` or `up=` is an error.
+//!
 //! Invariants of the parser: a file with any bad line is rejected as a
 //! whole, and the error lists every bad line with its number (an operator
 //! fixes them in one pass, not one per reload); a UTF-8 byte order mark at
@@ -15,6 +21,7 @@
 use std::path::Path;
 
 use super::PolicyConfig;
+use crate::shape::rate::{self, Fields};
 
 /// Per-user limits: raw email bytes → addresses allowed.
 pub type Limits = crate::hash::Map<Box<[u8]>, u32>;
@@ -32,6 +39,9 @@ pub struct Parsed {
     /// `(line, earlier line, email)` for every email given again: the
     /// limit on `line` is the one in force.
     pub duplicates: Vec<(usize, usize, String)>,
+    /// The `down=`/`up=` fields of the lines that have some, by email (the
+    /// later line wins, as for the limit).
+    pub rates: crate::hash::Map<Box<[u8]>, Fields>,
 }
 
 impl Parsed {
@@ -59,14 +69,51 @@ pub fn load_limits(path: &Path) -> Result<Limits, String> {
 /// [`load_limits`] with the warnings (duplicate emails) a caller should
 /// print or log, one line each.
 pub fn read_limits(path: &Path) -> Result<(Limits, Vec<String>), String> {
+    read_file(path).map(|(p, warnings)| (p.limits, warnings))
+}
+
+/// The whole parse of a limits file (limits and rates) with its warnings.
+pub fn read_file(path: &Path) -> Result<(Parsed, Vec<String>), String> {
     let text = std::fs::read(path).map_err(|e| format!("limits: {}: {e}", path.display()))?;
     match parse_limits(&text) {
         Ok(p) => {
             let warnings = p.warnings(path);
-            Ok((p.limits, warnings))
+            Ok((p, warnings))
         }
         Err(bad) => Err(format_errors(path, &bad)),
     }
+}
+
+/// Splits the trailing `key=value` fields off a line: the rest, and the
+/// fields parsed (or why one is bad).
+fn rate_fields(line: &[u8]) -> Result<(&[u8], Option<Fields>), String> {
+    let mut rest = line;
+    let mut fields: Option<Fields> = None;
+    loop {
+        let split = rest.iter().rposition(|&b| b == b' ' || b == b'\t');
+        let Some(split) = split else { break };
+        let last = &rest[split + 1..];
+        let Some(eq) = last.iter().position(|&b| b == b'=') else {
+            break;
+        };
+        let (name, value) = (&last[..eq], &last[eq + 1..]);
+        let value = std::str::from_utf8(value)
+            .map_err(|_| format!("{:?}: not UTF-8", String::from_utf8_lossy(last)))?;
+        let f = fields.get_or_insert_with(Fields::default);
+        let slot = match &name.to_ascii_lowercase()[..] {
+            b"down" => &mut f.down,
+            b"up" => &mut f.up,
+            _ => {
+                return Err(format!(
+                    "unknown field {:?} (down=RATE or up=RATE)",
+                    String::from_utf8_lossy(last)
+                ))
+            }
+        };
+        *slot = rate::parse_field(value)?;
+        rest = trim(&rest[..split]);
+    }
+    Ok((rest, fields))
 }
 
 /// `limits: PATH:3: why` for one bad line; for more,
@@ -120,6 +167,13 @@ pub fn parse_limits(text: &[u8]) -> Result<Parsed, Vec<(usize, String)>> {
         if line.is_empty() {
             continue;
         }
+        let (line, fields) = match rate_fields(line) {
+            Ok(v) => v,
+            Err(why) => {
+                bad.push((n, why));
+                continue;
+            }
+        };
         let split = line.iter().rposition(|&b| b == b' ' || b == b'\t');
         let Some(split) = split else {
             bad.push((n, "expected \"EMAIL N\"".to_string()));
@@ -151,6 +205,14 @@ pub fn parse_limits(text: &[u8]) -> Result<Parsed, Vec<(usize, String)>> {
             }
         }
         out.limits.insert(email.into(), limit);
+        match fields {
+            Some(f) => {
+                out.rates.insert(email.into(), f);
+            }
+            None => {
+                out.rates.remove(email);
+            }
+        }
     }
     if bad.is_empty() {
         Ok(out)
@@ -222,6 +284,46 @@ mod tests {
                     .to_string()
             ]
         );
+    }
+
+    #[test]
+    fn rate_fields_follow_the_limit() {
+        use crate::shape::rate::{Field, Rate};
+        let p = parse_limits(
+            b"alice@example.com 2 down=20mbit up=5mbit\n\
+              bob 1\n\
+              name with spaces 3\tUP=1mbps\n\
+              carol 1 down=off\n",
+        )
+        .unwrap();
+        assert_eq!(p.limits.get(&b"alice@example.com"[..]), Some(&2));
+        let alice = p.rates.get(&b"alice@example.com"[..]).unwrap();
+        assert_eq!(alice.down, Field::Set(Rate(2_500_000)));
+        assert_eq!(alice.up, Field::Set(Rate(625_000)));
+        assert!(!p.rates.contains_key(&b"bob"[..]));
+        let spaces = p.rates.get(&b"name with spaces"[..]).unwrap();
+        assert_eq!(
+            (spaces.down, spaces.up),
+            (Field::Default, Field::Set(Rate(1_000_000)))
+        );
+        assert_eq!(p.limits.get(&b"name with spaces"[..]), Some(&3));
+        assert_eq!(p.rates.get(&b"carol"[..]).unwrap().down, Field::Off);
+        // A later line without fields drops the earlier fields, as a later
+        // limit replaces the earlier one.
+        let p = parse_limits(b"a 1 down=1mbit\na 2\n").unwrap();
+        assert!(p.rates.is_empty());
+        // Bad fields are bad lines, every one listed.
+        let bad =
+            parse_limits(b"a 1 down=fast\nb 1 speed=1mbit\nc down=1mbit\nd 1 up=\n").unwrap_err();
+        let lines: Vec<usize> = bad.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4], "{bad:?}");
+        assert!(bad[0].1.contains("invalid rate \"fast\""), "{}", bad[0].1);
+        assert!(
+            bad[1].1.contains("unknown field \"speed=1mbit\""),
+            "{}",
+            bad[1].1
+        );
+        assert!(bad[2].1.contains("expected \"EMAIL N\""), "{}", bad[2].1);
     }
 
     #[test]
