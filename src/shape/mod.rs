@@ -1,5 +1,6 @@
 //! Per-user bandwidth caps in the kernel.
 
+pub mod marks;
 pub mod rate;
 
 use rate::{Caps, Fields};
