@@ -58,8 +58,10 @@ pub const CTA_TUPLE_ORIG: u16 = 1;
 pub const CTA_TUPLE_REPLY: u16 = 2;
 pub const CTA_STATUS: u16 = 3;
 pub const CTA_TIMEOUT: u16 = 7;
+pub const CTA_MARK: u16 = 8;
 pub const CTA_ID: u16 = 12;
 pub const CTA_ZONE: u16 = 18;
+pub const CTA_MARK_MASK: u16 = 21;
 pub const CTA_FILTER: u16 = 25;
 
 // enum ctattr_tuple
@@ -281,6 +283,31 @@ impl GetRequest {
     }
 }
 
+/// A dump of every flow, of every family, whose mark is `mark` under
+/// `mask` (what `conntrack -L --mark MARK/MASK` asks): `CTA_MARK` and
+/// `CTA_MARK_MASK` at the top level, which `ctnetlink_alloc_filter()`
+/// turns into the dump's mark filter (`ctnetlink_filter_match()` compares
+/// `ct->mark & mask`). Family `AF_UNSPEC` dumps both families: the family
+/// check of `ctnetlink_dump_table()` skips only when a family is given.
+/// The shaper asks this before it gives a mark back: an empty dump means
+/// no connection carries it any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkDump {
+    pub mark: u32,
+    pub mask: u32,
+}
+
+impl MarkDump {
+    pub fn emit(&self, buf: &mut NlBuf, seq: u32) {
+        let nl_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        buf.message(ct_msg_type(IPCTNL_MSG_CT_GET), nl_flags, seq, |b| {
+            put_nfgenmsg(b, libc::AF_UNSPEC as u8);
+            b.attr_u32_be(CTA_MARK, self.mark);
+            b.attr_u32_be(CTA_MARK_MASK, self.mask);
+        });
+    }
+}
+
 /// What liveness reads of one entry: its status bits and the seconds left
 /// before it expires (`CTA_TIMEOUT`; every packet, in either direction,
 /// sets it back to the full timeout of the flow's state).
@@ -402,6 +429,27 @@ mod tests {
     }
 
     const NESTED: u16 = 0x8000;
+
+    #[test]
+    fn mark_dump_asks_every_family_by_mark() {
+        let mut b = NlBuf::new();
+        MarkDump {
+            mark: 0x5246_0005,
+            mask: 0xffff_ffff,
+        }
+        .emit(&mut b, 9);
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            // nlmsghdr: 16 + 4 + 8 + 8 = 36; (CTNETLINK << 8) | CT_GET; REQUEST|DUMP
+            &ne32(36)[..], &ne16(0x0101), &ne16(0x0301), &ne32(9), &ne32(0),
+            // nfgenmsg: AF_UNSPEC, v0, res_id 0
+            &[0, 0, 0, 0],
+            &nla(8, CTA_MARK), &[0x52, 0x46, 0x00, 0x05],
+            &nla(8, CTA_MARK_MASK), &[0xff, 0xff, 0xff, 0xff],
+        ]
+        .concat();
+        assert_eq!(b.as_bytes(), &want[..]);
+    }
 
     #[test]
     fn dump_request_v4_exact_source() {

@@ -72,6 +72,10 @@ mod metrics;
 /// that node's set; --limit 2 over three nodes.
 mod fleet;
 
+/// Bandwidth caps: the conntrack mark dump behind a mark's release, and
+/// the daemon shaping real transfers through HTB and nftables.
+mod shape;
+
 /// Least privilege: the capabilities the daemon keeps, and that they are
 /// enough for a ban and a repair.
 mod privilege;
