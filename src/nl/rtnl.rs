@@ -297,6 +297,14 @@ pub fn get_link_by_name(buf: &mut NlBuf, seq: u32, name: &str) {
     });
 }
 
+/// `RTM_GETLINK` dump of every link, without statistics.
+pub fn dump_links(buf: &mut NlBuf, seq: u32) {
+    buf.message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, |b| {
+        put_ifinfomsg(b, 0);
+        b.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+    });
+}
+
 /// A link: its index and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
