@@ -136,6 +136,21 @@ impl NlBuf {
         self.pad();
     }
 
+    /// A nested attribute without `NLA_F_NESTED` (the kernel's
+    /// `nla_nest_start_noflag()`): how iproute2 writes, and the kernel
+    /// dumps, traffic control's `TCA_OPTIONS` (tc parses it with
+    /// `nla_parse_nested_deprecated()`, which takes either form).
+    pub fn nested_noflag(&mut self, ty: u16, body: impl FnOnce(&mut NlBuf)) {
+        self.pad();
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 2]);
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        body(self);
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        self.pad();
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }

@@ -1,8 +1,9 @@
 //! Netlink: the wire format (`buf`, `msg`), the one request pipeline every
 //! kernel user goes through (`pipeline`, bound to its socket by `channel`),
 //! and the kernel families refract speaks (ipset over nfnetlink, sock_diag,
-//! conntrack, nf_tables notifications). Wire formats only: nothing here
-//! decides what to send.
+//! conntrack, nf_tables notifications, rtnetlink links, routes and traffic
+//! control for the bandwidth caps). Wire formats only: nothing here decides
+//! what to send.
 
 pub mod buf;
 pub mod channel;
@@ -13,4 +14,5 @@ pub mod ipset;
 pub mod msg;
 pub mod nftables;
 pub mod pipeline;
+pub mod rtnl;
 pub mod socket;

@@ -272,6 +272,21 @@ pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Moves the calling thread into a new, empty network namespace
+/// (`unshare(2)` with `CLONE_NEWNET`; only this thread: the namespaces of
+/// a task are its own). Needs `CAP_SYS_ADMIN`. `refract check` opens a
+/// socket there and goes back with [`setns_net`]: the namespace lives as
+/// long as the socket and vanishes with it, whatever the check did in it.
+pub fn unshare_net() -> io::Result<()> {
+    // SAFETY: unshare takes a flag; no memory is shared.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

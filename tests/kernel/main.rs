@@ -79,3 +79,10 @@ mod shape;
 /// Least privilege: the capabilities the daemon keeps, and that they are
 /// enough for a ban and a repair.
 mod privilege;
+
+/// The tc half of the bandwidth caps (`refract::shape::tc`): our HTB root,
+/// a class per user and the mark classifier on a veth; marked downloads
+/// capped (IPv4, IPv6, changed in place), unmarked and unclassed ones not;
+/// adoption, repair, a foreign root refused, cleanup, `refract check`'s
+/// scratch-namespace test.
+mod shape_tc;
