@@ -92,6 +92,7 @@ pub mod notify;
 pub mod policy;
 pub mod privilege;
 pub mod replay;
+pub mod shape;
 // The syscall wrappers are where the crate's `unsafe` is meant to be; each
 // block there carries its own `// SAFETY:` argument.
 #[allow(unsafe_code)]
