@@ -151,6 +151,16 @@ impl NlBuf {
         self.pad();
     }
 
+    /// Adds `flags` to the `nlmsg_flags` of the message that starts at
+    /// byte `start` (an offset [`NlBuf::len`] gave before it was written,
+    /// aligned): for a request whose last message is known only after it
+    /// was written (an nf_tables batch acks only its last).
+    pub fn add_flags_at(&mut self, start: usize, flags: u16) {
+        let at = align(start) + 6;
+        let old = u16::from_ne_bytes([self.buf[at], self.buf[at + 1]]);
+        self.buf[at..at + 2].copy_from_slice(&(old | flags).to_ne_bytes());
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
     }

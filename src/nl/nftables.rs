@@ -58,6 +58,8 @@ pub const NFT_MSG_DELSET: u16 = 11;
 pub const NFT_MSG_NEWSETELEM: u8 = 12;
 pub const NFT_MSG_GETSETELEM: u8 = 13;
 pub const NFT_MSG_DELSETELEM: u8 = 14;
+pub const NFT_MSG_NEWOBJ: u8 = 18;
+pub const NFT_MSG_DELOBJ: u8 = 20;
 
 /// `enum nft_list_attributes`.
 pub const NFTA_LIST_ELEM: u16 = 1;
@@ -86,12 +88,21 @@ pub const NFTA_SET_NAME: u16 = 2;
 pub const NFTA_SET_FLAGS: u16 = 3;
 pub const NFTA_SET_KEY_TYPE: u16 = 4;
 pub const NFTA_SET_KEY_LEN: u16 = 5;
+pub const NFTA_SET_DATA_TYPE: u16 = 6;
+pub const NFTA_SET_DATA_LEN: u16 = 7;
 pub const NFTA_SET_DESC: u16 = 9;
 /// Required by `nf_tables_newset()` (the set's id within its batch).
 pub const NFTA_SET_ID: u16 = 10;
 pub const NFTA_SET_USERDATA: u16 = 13;
+/// The object type of a set with `NFT_SET_OBJECT` (`NFT_OBJECT_*`).
+pub const NFTA_SET_OBJ_TYPE: u16 = 15;
 pub const NFTA_SET_DESC_SIZE: u16 = 1;
+/// A map: each element carries data (`NFTA_SET_ELEM_DATA`).
+pub const NFT_SET_MAP: u32 = 0x8;
 pub const NFT_SET_TIMEOUT: u32 = 0x10;
+/// An object map: each element names a stateful object
+/// (`NFTA_SET_ELEM_OBJREF`).
+pub const NFT_SET_OBJECT: u32 = 0x40;
 
 // enum nft_set_elem_list_attributes, enum nft_set_elem_attributes
 pub const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -99,8 +110,28 @@ pub const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 pub const NFTA_SET_ELEM_KEY: u16 = 1;
+pub const NFTA_SET_ELEM_DATA: u16 = 2;
 pub const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 pub const NFTA_SET_ELEM_EXPIRATION: u16 = 5;
+pub const NFTA_SET_ELEM_USERDATA: u16 = 6;
+pub const NFTA_SET_ELEM_OBJREF: u16 = 9;
+
+// enum nft_object_attributes, NFT_OBJECT_* (nf_tables.h)
+pub const NFTA_OBJ_TABLE: u16 = 1;
+pub const NFTA_OBJ_NAME: u16 = 2;
+pub const NFTA_OBJ_TYPE: u16 = 3;
+pub const NFTA_OBJ_DATA: u16 = 4;
+pub const NFT_OBJECT_LIMIT: u32 = 4;
+
+// enum nft_limit_attributes, enum nft_limit_type, enum nft_limit_flags
+pub const NFTA_LIMIT_RATE: u16 = 1;
+pub const NFTA_LIMIT_UNIT: u16 = 2;
+pub const NFTA_LIMIT_BURST: u16 = 3;
+pub const NFTA_LIMIT_TYPE: u16 = 4;
+pub const NFTA_LIMIT_FLAGS: u16 = 5;
+pub const NFT_LIMIT_PKT_BYTES: u32 = 1;
+/// `limit rate over`: the expression (or object) matches past the rate.
+pub const NFT_LIMIT_F_INV: u32 = 1;
 
 // enum nft_data_attributes, enum nft_verdict_attributes
 pub const NFTA_DATA_VALUE: u16 = 1;
@@ -114,6 +145,9 @@ pub const NFTA_EXPR_DATA: u16 = 2;
 // enum nft_meta_attributes, enum nft_meta_keys
 pub const NFTA_META_DREG: u16 = 1;
 pub const NFTA_META_KEY: u16 = 2;
+pub const NFTA_META_SREG: u16 = 3;
+/// The packet mark (`skb->mark`).
+pub const NFT_META_MARK: u32 = 3;
 pub const NFT_META_NFPROTO: u32 = 15;
 pub const NFT_META_L4PROTO: u32 = 16;
 
@@ -144,21 +178,48 @@ pub const NFT_BITWISE_BOOL: u32 = 0;
 // enum nft_lookup_attributes
 pub const NFTA_LOOKUP_SET: u16 = 1;
 pub const NFTA_LOOKUP_SREG: u16 = 2;
+/// A map lookup: the element's data goes to this register.
+pub const NFTA_LOOKUP_DREG: u16 = 3;
 pub const NFTA_LOOKUP_SET_ID: u16 = 4;
+
+// enum nft_ct_attributes, enum nft_ct_keys
+pub const NFTA_CT_DREG: u16 = 1;
+pub const NFTA_CT_KEY: u16 = 2;
+pub const NFTA_CT_SREG: u16 = 4;
+/// `ct direction`: `IP_CT_DIR_ORIGINAL` (0) or `IP_CT_DIR_REPLY` (1), one byte.
+pub const NFT_CT_DIRECTION: u32 = 1;
+/// `ct mark`: the conntrack entry's mark, a host-order `u32`.
+pub const NFT_CT_MARK: u32 = 3;
+/// `enum ip_conntrack_dir` (`linux/netfilter/nf_conntrack_tuple_common.h`).
+pub const IP_CT_DIR_ORIGINAL: u8 = 0;
+pub const IP_CT_DIR_REPLY: u8 = 1;
+
+// enum nft_objref_attributes: the object named by a map lookup.
+pub const NFTA_OBJREF_SET_SREG: u16 = 3;
+pub const NFTA_OBJREF_SET_NAME: u16 = 4;
+pub const NFTA_OBJREF_SET_ID: u16 = 5;
 
 // enum nft_immediate_attributes
 pub const NFTA_IMMEDIATE_DREG: u16 = 1;
 pub const NFTA_IMMEDIATE_DATA: u16 = 2;
 
-/// `enum nft_registers`: the verdict register and the first 128-bit one.
+/// `enum nft_registers`: the verdict register, the first two 128-bit
+/// ones, and the second 32-bit one (bytes 4..8 of `NFT_REG_1`; a
+/// concatenation puts each field in its own 4-byte-aligned slot, so the
+/// port after an IPv4 address goes to `NFT_REG32_01` and the one after an
+/// IPv6 address to `NFT_REG_2`, as `nft` writes them).
 pub const NFT_REG_VERDICT: u32 = 0;
 pub const NFT_REG_1: u32 = 1;
+pub const NFT_REG_2: u32 = 2;
+pub const NFT_REG32_01: u32 = 9;
 
 /// `NF_DROP`, `NF_ACCEPT` (`/usr/include/linux/netfilter.h`).
 pub const NF_DROP: u32 = 0;
 pub const NF_ACCEPT: u32 = 1;
-/// `NF_INET_LOCAL_IN` (`enum nf_inet_hooks`, netfilter.h).
+/// `enum nf_inet_hooks` (netfilter.h).
+pub const NF_INET_PRE_ROUTING: u32 = 0;
 pub const NF_INET_LOCAL_IN: u32 = 1;
+pub const NF_INET_POST_ROUTING: u32 = 4;
 
 // ---- nft's own data types (nftables `include/datatype.h`, `enum
 // datatypes`): stored in NFTA_SET_KEY_TYPE so `nft list` prints the keys as
@@ -167,6 +228,15 @@ pub const NF_INET_LOCAL_IN: u32 = 1;
 pub const TYPE_IPADDR: u32 = 7;
 pub const TYPE_IP6ADDR: u32 = 8;
 pub const TYPE_INET_SERVICE: u32 = 13;
+/// `mark` (a host-order `u32`: packet and conntrack marks).
+pub const TYPE_MARK: u32 = 19;
+
+/// nft's type of a concatenation `a . b` (`concat_subtype_add()`,
+/// `TYPE_BITS` = 6): `ipv4_addr . inet_service` is 461, so `nft list`
+/// prints the key as the two types.
+pub const fn concat_type(a: u32, b: u32) -> u32 {
+    (a << 6) | b
+}
 
 /// nft's set user data saying the key is big-endian
 /// (`NFTNL_UDATA_SET_KEYBYTEORDER` = 0, length 4, `BYTEORDER_BIG_ENDIAN`
@@ -175,6 +245,44 @@ pub const USERDATA_BIG_ENDIAN: [u8; 6] = {
     let v = 2u32.to_ne_bytes();
     [0, 4, v[0], v[1], v[2], v[3]]
 };
+
+/// nft's set user data for a key of host byte order (`mark`):
+/// `NFTNL_UDATA_SET_KEYBYTEORDER` = `BYTEORDER_HOST_ENDIAN` (1).
+pub const USERDATA_HOST_ENDIAN: [u8; 6] = {
+    let v = 1u32.to_ne_bytes();
+    [0, 4, v[0], v[1], v[2], v[3]]
+};
+
+/// nft 1.0.6's set user data for a `mark : limit` object map: the key in
+/// host order, then `NFTNL_UDATA_SET_DATA_INTERVAL` (6) = 0. Copied from
+/// what `nft` sends.
+pub const USERDATA_OBJMAP_MARK: [u8; 12] = {
+    let v = 1u32.to_ne_bytes();
+    [0, 4, v[0], v[1], v[2], v[3], 6, 4, 0, 0, 0, 0]
+};
+
+/// nft 1.0.6's set user data for a concatenation map `… : mark`, copied
+/// from what `nft` sends: key byte order 0 (a concatenation has none),
+/// data byte order host (`NFTNL_UDATA_SET_DATABYTEORDER` = 1), the key's
+/// `NFTNL_UDATA_SET_KEY_TYPEOF` (3) record of a concatenation, and
+/// `NFTNL_UDATA_SET_DATA_INTERVAL` = 0. Only nft reads it (to print).
+pub const USERDATA_CONCAT_TO_MARK: [u8; 28] = {
+    let h = 1u32.to_ne_bytes();
+    let c = 13u32.to_ne_bytes();
+    [
+        0, 4, 0, 0, 0, 0, // key byte order: none
+        1, 4, h[0], h[1], h[2], h[3], // data byte order: host
+        3, 8, 0, 4, c[0], c[1], c[2], c[3], 1, 0, // key typeof: concat
+        6, 4, 0, 0, 0, 0, // data interval: no
+    ]
+};
+
+/// The element user data nft writes for `comment "…"`
+/// (`NFTNL_UDATA_SET_ELEM_COMMENT` = 0, the string with its NUL); nft
+/// refuses longer comments on input (`NFTNL_UDATA_COMMENT_MAXLEN`), so a
+/// listed ruleset stays loadable only below it.
+pub const UDATA_SET_ELEM_COMMENT: u8 = 0;
+pub const COMMENT_MAXLEN: usize = 128;
 
 /// The nfnetlink type of an nf_tables command.
 pub const fn msg_type(cmd: u8) -> u16 {
@@ -202,6 +310,93 @@ pub struct Elem<'a> {
     pub timeout_ms: Option<u64>,
 }
 
+/// The shape of a set, map or object map ([`Batch::set`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetSpec<'a> {
+    pub name: &'a str,
+    /// Its id within the creating batch.
+    pub id: u32,
+    /// `NFT_SET_*` flags.
+    pub flags: u32,
+    /// nft's data type of the key (`TYPE_*`, [`concat_type`]).
+    pub key_type: u32,
+    /// Key bytes; a concatenation's fields each take a multiple of 4.
+    pub key_len: u32,
+    /// A map's data: nft's type and the length in bytes.
+    pub data: Option<(u32, u32)>,
+    /// An object map's object type (`NFT_OBJECT_*`).
+    pub obj_type: Option<u32>,
+    /// Element bound; 0: none.
+    pub size: u32,
+    /// nft's user data (how `nft list` prints the set).
+    pub userdata: &'a [u8],
+}
+
+/// What an [`Item`] carries beside its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    None,
+    /// A map's data (`NFTA_SET_ELEM_DATA`), as the rule's register holds it.
+    Data(&'a [u8]),
+    /// An object map's object, by name (`NFTA_SET_ELEM_OBJREF`).
+    Object(&'a str),
+}
+
+/// An element of a map, an object map or a set with comments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Item<'a> {
+    pub key: &'a [u8],
+    pub timeout_ms: Option<u64>,
+    pub value: Value<'a>,
+    /// Kept in the element's user data as nft keeps `comment "…"`; cut
+    /// to [`COMMENT_MAXLEN`] - 1 bytes (at a character boundary).
+    pub comment: Option<&'a str>,
+}
+
+/// A byte-rate limit object ([`Batch::new_limit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub bytes_per_s: u64,
+    /// Bytes allowed beyond the rate. The kernel's bucket holds one
+    /// second of the rate plus this (`nft_limit_init()`: `tokens_max =
+    /// unit * (rate + burst) / rate`).
+    pub burst_bytes: u32,
+    /// `rate over`: the object matches the packets past the rate.
+    pub over: bool,
+}
+
+/// `comment` as element user data: one TLV, type
+/// [`UDATA_SET_ELEM_COMMENT`], the string with its NUL.
+pub fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut end = comment.len().min(COMMENT_MAXLEN - 1);
+    while !comment.is_char_boundary(end) {
+        end -= 1;
+    }
+    let c = &comment.as_bytes()[..end];
+    let mut v = Vec::with_capacity(c.len() + 3);
+    v.push(UDATA_SET_ELEM_COMMENT);
+    v.push(c.len() as u8 + 1);
+    v.extend_from_slice(c);
+    v.push(0);
+    v
+}
+
+/// The comment in element user data (nft's TLVs: type, length, value),
+/// without its NUL; `None` without one or when malformed.
+pub fn udata_comment(udata: &[u8]) -> Option<&str> {
+    let mut rest = udata;
+    while rest.len() >= 2 {
+        let (ty, len) = (rest[0], usize::from(rest[1]));
+        let value = rest.get(2..2 + len)?;
+        if ty == UDATA_SET_ELEM_COMMENT {
+            let s = value.strip_suffix(&[0])?;
+            return std::str::from_utf8(s).ok();
+        }
+        rest = &rest[2 + len..];
+    }
+    None
+}
+
 /// How [`Rule`] matches the source address: the set, and (IPv6) the mask
 /// applied before the lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,6 +414,35 @@ pub struct Rule<'a> {
     pub addr_set: SetRef<'a>,
 }
 
+/// The conntrack marking rule ([`Batch::mark_rule`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkRule<'a> {
+    pub table: &'a str,
+    pub chain: &'a str,
+    /// `NFPROTO_IPV4` or `NFPROTO_IPV6`: the key is `ip saddr . th sport`
+    /// or `ip6 saddr . th sport`.
+    pub nfproto: u8,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub l4proto: u8,
+    /// The set of destination ports (`th dport @ports`).
+    pub ports_set: SetRef<'a>,
+    /// The map from the client's address and port to the mark.
+    pub peers: SetRef<'a>,
+}
+
+/// The rule that copies a conntrack mark to the packet mark
+/// ([`Batch::restore_rule`]) on replies from the ports in `ports_set`
+/// whose conntrack mark has `tag` under `mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestoreRule<'a> {
+    pub table: &'a str,
+    pub chain: &'a str,
+    pub l4proto: u8,
+    pub ports_set: SetRef<'a>,
+    pub mask: u32,
+    pub tag: u32,
+}
+
 /// One batch: [`Batch::begin`], the messages, [`Batch::end`]. Every
 /// message carries `seq`; only the ones written with `ack` ask for an
 /// ack (the module docs say why only the last should).
@@ -226,6 +450,8 @@ pub struct Rule<'a> {
 pub struct Batch<'a> {
     pub buf: &'a mut NlBuf,
     pub seq: u32,
+    /// Where the last message written starts.
+    last: usize,
 }
 
 impl<'a> Batch<'a> {
@@ -236,7 +462,22 @@ impl<'a> Batch<'a> {
             let r = NFNL_SUBSYS_NFTABLES.to_be_bytes();
             b.put(&[NFPROTO_UNSPEC, NFNETLINK_V0, r[0], r[1]]);
         });
-        Batch { buf, seq }
+        let last = buf.len();
+        Batch { buf, seq, last }
+    }
+
+    /// Writes one message of the batch, remembering where it starts.
+    fn msg(&mut self, ty: u16, flags: u16, body: impl FnOnce(&mut NlBuf)) {
+        self.last = self.buf.len();
+        self.buf.message(ty, flags, self.seq, body);
+    }
+
+    /// Like [`Batch::end`], after asking for an ack on the last message
+    /// written (for builders that learn which one is last only at the
+    /// end; the messages were written with `ack` false).
+    pub fn end_acked(self) {
+        self.buf.add_flags_at(self.last, NLM_F_ACK);
+        self.end();
     }
 
     pub fn end(self) {
@@ -255,22 +496,20 @@ impl<'a> Batch<'a> {
     /// existing table is kept).
     pub fn new_table(&mut self, table: &str, ack: bool) {
         let f = Self::flags(ack, NLM_F_CREATE);
-        self.buf
-            .message(msg_type(NFT_MSG_NEWTABLE), f, self.seq, |b| {
-                nfgen(b, NFPROTO_INET);
-                b.attr_str(NFTA_TABLE_NAME, table);
-                b.attr_u32_be(NFTA_TABLE_FLAGS, 0);
-            });
+        self.msg(msg_type(NFT_MSG_NEWTABLE), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_TABLE_NAME, table);
+            b.attr_u32_be(NFTA_TABLE_FLAGS, 0);
+        });
     }
 
     /// `NFT_MSG_DELTABLE`: the table and everything in it.
     pub fn del_table(&mut self, table: &str, ack: bool) {
         let f = Self::flags(ack, 0);
-        self.buf
-            .message(msg_type(NFT_MSG_DELTABLE as u8), f, self.seq, |b| {
-                nfgen(b, NFPROTO_INET);
-                b.attr_str(NFTA_TABLE_NAME, table);
-            });
+        self.msg(msg_type(NFT_MSG_DELTABLE as u8), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_TABLE_NAME, table);
+        });
     }
 
     /// `NFT_MSG_NEWSET`: a named set of `key_len`-byte keys; an existing
@@ -288,21 +527,44 @@ impl<'a> Batch<'a> {
         id: u32,
         ack: bool,
     ) {
+        let spec = SetSpec {
+            name: set,
+            id,
+            flags,
+            key_type,
+            key_len,
+            data: None,
+            obj_type: None,
+            size,
+            userdata: &USERDATA_BIG_ENDIAN,
+        };
+        self.set(table, &spec, ack);
+    }
+
+    /// `NFT_MSG_NEWSET` of any shape (sets, maps, object maps), with
+    /// the attributes in nft's order; kept if it exists with that shape.
+    pub fn set(&mut self, table: &str, s: &SetSpec<'_>, ack: bool) {
         let f = Self::flags(ack, NLM_F_CREATE);
-        self.buf
-            .message(msg_type(NFT_MSG_NEWSET), f, self.seq, |b| {
-                nfgen(b, NFPROTO_INET);
-                b.attr_str(NFTA_SET_TABLE, table);
-                b.attr_str(NFTA_SET_NAME, set);
-                b.attr_u32_be(NFTA_SET_FLAGS, flags);
-                b.attr_u32_be(NFTA_SET_KEY_TYPE, key_type);
-                b.attr_u32_be(NFTA_SET_KEY_LEN, key_len);
-                if size > 0 {
-                    b.nested(NFTA_SET_DESC, |b| b.attr_u32_be(NFTA_SET_DESC_SIZE, size));
-                }
-                b.attr_u32_be(NFTA_SET_ID, id);
-                b.attr(NFTA_SET_USERDATA, &USERDATA_BIG_ENDIAN);
-            });
+        self.msg(msg_type(NFT_MSG_NEWSET), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_SET_TABLE, table);
+            b.attr_str(NFTA_SET_NAME, s.name);
+            b.attr_u32_be(NFTA_SET_FLAGS, s.flags);
+            b.attr_u32_be(NFTA_SET_KEY_TYPE, s.key_type);
+            b.attr_u32_be(NFTA_SET_KEY_LEN, s.key_len);
+            if let Some((ty, len)) = s.data {
+                b.attr_u32_be(NFTA_SET_DATA_TYPE, ty);
+                b.attr_u32_be(NFTA_SET_DATA_LEN, len);
+            }
+            if let Some(ty) = s.obj_type {
+                b.attr_u32_be(NFTA_SET_OBJ_TYPE, ty);
+            }
+            b.attr_u32_be(NFTA_SET_ID, s.id);
+            if s.size > 0 {
+                b.nested(NFTA_SET_DESC, |b| b.attr_u32_be(NFTA_SET_DESC_SIZE, s.size));
+            }
+            b.attr(NFTA_SET_USERDATA, s.userdata);
+        });
     }
 
     /// `NFT_MSG_NEWSETELEM` (`add = true`) or `NFT_MSG_DELSETELEM` of
@@ -318,14 +580,67 @@ impl<'a> Batch<'a> {
         elems: &[Elem<'_>],
         ack: bool,
     ) {
+        self.elem_list(table, set, add, elems, ack, |b, e| {
+            if let Some(ms) = e.timeout_ms {
+                b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+            }
+            b.nested(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, e.key));
+        });
+    }
+
+    /// Like [`Batch::elems`], for elements of maps and object maps and
+    /// elements with a comment ([`Item`]). A deletion names only the
+    /// keys, as nft writes it.
+    ///
+    /// An addition whose key is already there is accepted only when it
+    /// carries the same data or object (`nft_add_set_elem()`: otherwise
+    /// `EEXIST`, and the whole batch is refused); its comment is not
+    /// compared and the old one stays.
+    pub fn items(
+        &mut self,
+        table: &str,
+        set: SetRef<'_>,
+        add: bool,
+        items: &[Item<'_>],
+        ack: bool,
+    ) {
+        self.elem_list(table, set, add, items, ack, |b, e| {
+            if !add {
+                b.nested(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, e.key));
+                return;
+            }
+            if let Some(ms) = e.timeout_ms {
+                b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+            }
+            b.nested(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, e.key));
+            match e.value {
+                Value::None => {}
+                Value::Data(d) => b.nested(NFTA_SET_ELEM_DATA, |b| b.attr(NFTA_DATA_VALUE, d)),
+                Value::Object(name) => b.attr_str(NFTA_SET_ELEM_OBJREF, name),
+            }
+            if let Some(c) = e.comment {
+                b.attr(NFTA_SET_ELEM_USERDATA, &comment_udata(c));
+            }
+        });
+    }
+
+    fn elem_list<T>(
+        &mut self,
+        table: &str,
+        set: SetRef<'_>,
+        add: bool,
+        list: &[T],
+        ack: bool,
+        one: impl Fn(&mut NlBuf, &T),
+    ) {
         let (cmd, f) = if add {
             (NFT_MSG_NEWSETELEM, Self::flags(ack, NLM_F_CREATE))
         } else {
             (NFT_MSG_DELSETELEM, Self::flags(ack, 0))
         };
-        self.buf.message(msg_type(cmd), f, self.seq, |b| {
+        self.msg(msg_type(cmd), f, |b| {
             nfgen(b, NFPROTO_INET);
-            if elems.is_empty() {
+            if list.is_empty() {
                 // A flush names the set first, as nft writes it (the
                 // kernel reads attributes in any order).
                 b.attr_str(NFTA_SET_ELEM_LIST_SET, set.name);
@@ -341,15 +656,49 @@ impl<'a> Batch<'a> {
             b.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                 // Numbered from 1 as libnftnl does; the kernel reads any
                 // type here (`nla_for_each_nested()`).
-                for (i, e) in elems.iter().enumerate() {
-                    b.nested(i as u16 + 1, |b| {
-                        if let Some(ms) = e.timeout_ms {
-                            b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
-                        }
-                        b.nested(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, e.key));
-                    });
+                for (i, e) in list.iter().enumerate() {
+                    b.nested(i as u16 + 1, |b| one(b, e));
                 }
             });
+        });
+    }
+
+    /// `NFT_MSG_NEWOBJ` of a limit object (`NFT_OBJECT_LIMIT`, counting
+    /// bytes, per second). An object of that name that is already there
+    /// is kept as it is: `nf_tables_newobj()` updates an existing object
+    /// only through `obj->ops->update`, and the limit objects have none
+    /// (`nft_limit_obj_bytes_ops` in `net/netfilter/nft_limit.c`), so it
+    /// returns 0 and changes nothing. A new rate takes a delete and a new
+    /// object in one batch.
+    pub fn new_limit(&mut self, table: &str, name: &str, l: &Limit, ack: bool) {
+        let f = Self::flags(ack, NLM_F_CREATE);
+        self.msg(msg_type(NFT_MSG_NEWOBJ), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_OBJ_TABLE, table);
+            b.attr_str(NFTA_OBJ_NAME, name);
+            b.attr_u32_be(NFTA_OBJ_TYPE, NFT_OBJECT_LIMIT);
+            b.nested(NFTA_OBJ_DATA, |b| {
+                b.attr(NFTA_LIMIT_RATE, &l.bytes_per_s.to_be_bytes());
+                b.attr(NFTA_LIMIT_UNIT, &1u64.to_be_bytes());
+                b.attr_u32_be(NFTA_LIMIT_BURST, l.burst_bytes);
+                b.attr_u32_be(NFTA_LIMIT_TYPE, NFT_LIMIT_PKT_BYTES);
+                b.attr_u32_be(NFTA_LIMIT_FLAGS, if l.over { NFT_LIMIT_F_INV } else { 0 });
+            });
+        });
+    }
+
+    /// `NFT_MSG_DELOBJ` by name (`ENOENT` if missing; `EBUSY` while a
+    /// rule or an element refers to it, so an object map's element goes
+    /// first, in the same batch).
+    pub fn del_obj(&mut self, table: &str, name: &str, obj_type: u32, ack: bool) {
+        let f = Self::flags(ack, 0);
+        self.msg(msg_type(NFT_MSG_DELOBJ), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_OBJ_TABLE, table);
+            b.attr_str(NFTA_OBJ_NAME, name);
+            b.attr_u32_be(NFTA_OBJ_TYPE, obj_type);
+            // nft sends an empty data attribute; the kernel ignores it.
+            b.nested(NFTA_OBJ_DATA, |_| {});
         });
     }
 
@@ -357,64 +706,149 @@ impl<'a> Batch<'a> {
     /// `priority` (policy accept, the default); kept if it exists.
     pub fn new_chain(&mut self, table: &str, chain: &str, hook: u32, priority: i32, ack: bool) {
         let f = Self::flags(ack, NLM_F_CREATE);
-        self.buf
-            .message(msg_type(NFT_MSG_NEWCHAIN), f, self.seq, |b| {
-                nfgen(b, NFPROTO_INET);
-                b.attr_str(NFTA_CHAIN_TABLE, table);
-                b.attr_str(NFTA_CHAIN_NAME, chain);
-                b.attr_str(NFTA_CHAIN_TYPE, "filter");
-                b.attr_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
-                b.nested(NFTA_CHAIN_HOOK, |b| {
-                    b.attr_u32_be(NFTA_HOOK_HOOKNUM, hook);
-                    b.attr(NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
-                });
+        self.msg(msg_type(NFT_MSG_NEWCHAIN), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_CHAIN_TABLE, table);
+            b.attr_str(NFTA_CHAIN_NAME, chain);
+            b.attr_str(NFTA_CHAIN_TYPE, "filter");
+            b.attr_u32_be(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            b.nested(NFTA_CHAIN_HOOK, |b| {
+                b.attr_u32_be(NFTA_HOOK_HOOKNUM, hook);
+                b.attr(NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
             });
+        });
     }
 
     /// `NFT_MSG_DELRULE` without a handle: every rule of the chain
     /// (`nf_tables_delrule()` → `nft_delrule_by_chain()`).
     pub fn flush_chain(&mut self, table: &str, chain: &str, ack: bool) {
         let f = Self::flags(ack, 0);
-        self.buf
-            .message(msg_type(NFT_MSG_DELRULE as u8), f, self.seq, |b| {
-                nfgen(b, NFPROTO_INET);
-                b.attr_str(NFTA_RULE_TABLE, table);
-                b.attr_str(NFTA_RULE_CHAIN, chain);
-            });
+        self.msg(msg_type(NFT_MSG_DELRULE as u8), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_RULE_TABLE, table);
+            b.attr_str(NFTA_RULE_CHAIN, chain);
+        });
     }
 
     /// `NFT_MSG_NEWRULE`, appended:
     /// `meta l4proto P th dport @ports meta nfproto F <saddr> [& mask] @set drop`,
     /// the expressions `nft --debug=netlink` shows for it (tests compare).
     pub fn new_rule(&mut self, r: &Rule<'_>, ack: bool) {
-        let f = Self::flags(ack, NLM_F_CREATE | NLM_F_APPEND);
-        self.buf
-            .message(msg_type(NFT_MSG_NEWRULE), f, self.seq, |b| {
-                nfgen(b, NFPROTO_INET);
-                b.attr_str(NFTA_RULE_TABLE, r.table);
-                b.attr_str(NFTA_RULE_CHAIN, r.chain);
-                b.nested(NFTA_RULE_EXPRESSIONS, |b| {
-                    expr_meta(b, NFT_META_L4PROTO);
-                    expr_cmp(b, &[r.l4proto]);
-                    // th dport: 2 bytes at offset 2 of the transport header.
-                    expr_payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
-                    expr_lookup(b, r.ports_set);
-                    expr_meta(b, NFT_META_NFPROTO);
-                    expr_cmp(b, &[r.nfproto]);
-                    match r.v6_mask {
-                        // ip6 saddr: 16 bytes at offset 8 of the IPv6 header.
-                        Some(mask) => {
-                            expr_payload(b, NFT_PAYLOAD_NETWORK_HEADER, 8, 16);
-                            expr_bitwise(b, &mask);
-                        }
-                        // ip saddr: 4 bytes at offset 12 of the IPv4 header.
-                        None => expr_payload(b, NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
-                    }
-                    expr_lookup(b, r.addr_set);
-                    expr_drop(b);
-                });
-            });
+        self.rule(r.table, r.chain, ack, |b| {
+            l4proto_port_in(b, r.l4proto, 2, r.ports_set);
+            expr_meta(b, NFT_META_NFPROTO);
+            expr_cmp(b, &[r.nfproto]);
+            match r.v6_mask {
+                // ip6 saddr: 16 bytes at offset 8 of the IPv6 header.
+                Some(mask) => {
+                    expr_payload(b, NFT_PAYLOAD_NETWORK_HEADER, 8, 16);
+                    expr_bitwise(b, &mask);
+                }
+                // ip saddr: 4 bytes at offset 12 of the IPv4 header.
+                None => expr_payload(b, NFT_PAYLOAD_NETWORK_HEADER, 12, 4),
+            }
+            expr_lookup(b, r.addr_set);
+            expr_drop(b);
+        });
     }
+
+    /// `NFT_MSG_NEWRULE`, appended, with the expressions `exprs` writes.
+    fn rule(&mut self, table: &str, chain: &str, ack: bool, exprs: impl FnOnce(&mut NlBuf)) {
+        let f = Self::flags(ack, NLM_F_CREATE | NLM_F_APPEND);
+        self.msg(msg_type(NFT_MSG_NEWRULE), f, |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_RULE_TABLE, table);
+            b.attr_str(NFTA_RULE_CHAIN, chain);
+            b.nested(NFTA_RULE_EXPRESSIONS, exprs);
+        });
+    }
+
+    /// The conntrack marking rule ([`MarkRule`]):
+    /// `meta nfproto F meta l4proto P th dport @ports ct direction original
+    /// ct mark 0 ct mark set <saddr> . th sport map @peers`. A key missing
+    /// from the map ends the rule (`nft_lookup_eval()`: `NFT_BREAK`), so
+    /// unknown connections keep mark 0 and are looked up again on their
+    /// next packet; a marked one is not looked up again.
+    pub fn mark_rule(&mut self, r: &MarkRule<'_>, ack: bool) {
+        self.rule(r.table, r.chain, ack, |b| {
+            expr_meta(b, NFT_META_NFPROTO);
+            expr_cmp(b, &[r.nfproto]);
+            l4proto_port_in(b, r.l4proto, 2, r.ports_set);
+            expr_ct_load(b, NFT_CT_DIRECTION);
+            expr_cmp(b, &[IP_CT_DIR_ORIGINAL]);
+            expr_ct_load(b, NFT_CT_MARK);
+            expr_cmp(b, &0u32.to_ne_bytes());
+            // The key `saddr . th sport`: the address from reg 1 on, the
+            // port in the next 4-byte slot (see NFT_REG32_01).
+            if r.nfproto == crate::nl::consts::NFPROTO_IPV6 {
+                expr_payload_to(b, NFT_PAYLOAD_NETWORK_HEADER, 8, 16, NFT_REG_1);
+                expr_payload_to(b, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2, NFT_REG_2);
+            } else {
+                expr_payload_to(b, NFT_PAYLOAD_NETWORK_HEADER, 12, 4, NFT_REG_1);
+                expr_payload_to(b, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2, NFT_REG32_01);
+            }
+            expr(b, "lookup", |b| {
+                b.attr_u32_be(NFTA_LOOKUP_SREG, NFT_REG_1);
+                b.attr_u32_be(NFTA_LOOKUP_DREG, NFT_REG_1);
+                b.attr_str(NFTA_LOOKUP_SET, r.peers.name);
+                b.attr_u32_be(NFTA_LOOKUP_SET_ID, r.peers.id);
+            });
+            expr(b, "ct", |b| {
+                b.attr_u32_be(NFTA_CT_KEY, NFT_CT_MARK);
+                b.attr_u32_be(NFTA_CT_SREG, NFT_REG_1);
+            });
+        });
+    }
+
+    /// The policing rule:
+    /// `ct direction original limit name ct mark map @objects drop`. The
+    /// object map lookup (`nft_objref_map_eval()`) ends the rule on a
+    /// missing key (no limit for that mark); a found limit object ends it
+    /// while under its rate (a `rate over` object matches only past it),
+    /// so only the packets past the rate reach the drop.
+    pub fn police_rule(&mut self, table: &str, chain: &str, objects: SetRef<'_>, ack: bool) {
+        self.rule(table, chain, ack, |b| {
+            expr_ct_load(b, NFT_CT_DIRECTION);
+            expr_cmp(b, &[IP_CT_DIR_ORIGINAL]);
+            expr_ct_load(b, NFT_CT_MARK);
+            expr(b, "objref", |b| {
+                b.attr_u32_be(NFTA_OBJREF_SET_SREG, NFT_REG_1);
+                // nft writes this name without its NUL (an NLA_STRING
+                // either way for the kernel's policy).
+                b.attr(NFTA_OBJREF_SET_NAME, objects.name.as_bytes());
+                b.attr_u32_be(NFTA_OBJREF_SET_ID, objects.id);
+            });
+            expr_drop(b);
+        });
+    }
+
+    /// The packet mark rule ([`RestoreRule`]):
+    /// `meta l4proto P th sport @ports ct direction reply
+    /// ct mark and MASK == TAG meta mark set ct mark`.
+    pub fn restore_rule(&mut self, r: &RestoreRule<'_>, ack: bool) {
+        self.rule(r.table, r.chain, ack, |b| {
+            l4proto_port_in(b, r.l4proto, 0, r.ports_set);
+            expr_ct_load(b, NFT_CT_DIRECTION);
+            expr_cmp(b, &[IP_CT_DIR_REPLY]);
+            expr_ct_load(b, NFT_CT_MARK);
+            expr_bitwise_len(b, &r.mask.to_ne_bytes(), &[0; 4]);
+            expr_cmp(b, &r.tag.to_ne_bytes());
+            expr_ct_load(b, NFT_CT_MARK);
+            expr(b, "meta", |b| {
+                b.attr_u32_be(NFTA_META_KEY, NFT_META_MARK);
+                b.attr_u32_be(NFTA_META_SREG, NFT_REG_1);
+            });
+        });
+    }
+}
+
+/// `meta l4proto P th (sport|dport) @ports`: the port at `offset` (0
+/// source, 2 destination) of the transport header.
+fn l4proto_port_in(b: &mut NlBuf, l4proto: u8, offset: u32, ports: SetRef<'_>) {
+    expr_meta(b, NFT_META_L4PROTO);
+    expr_cmp(b, &[l4proto]);
+    expr_payload(b, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
+    expr_lookup(b, ports);
 }
 
 fn expr(b: &mut NlBuf, name: &str, data: impl FnOnce(&mut NlBuf)) {
@@ -440,11 +874,23 @@ fn expr_cmp(b: &mut NlBuf, value: &[u8]) {
 }
 
 fn expr_payload(b: &mut NlBuf, base: u32, offset: u32, len: u32) {
+    expr_payload_to(b, base, offset, len, NFT_REG_1);
+}
+
+fn expr_payload_to(b: &mut NlBuf, base: u32, offset: u32, len: u32, dreg: u32) {
     expr(b, "payload", |b| {
-        b.attr_u32_be(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        b.attr_u32_be(NFTA_PAYLOAD_DREG, dreg);
         b.attr_u32_be(NFTA_PAYLOAD_BASE, base);
         b.attr_u32_be(NFTA_PAYLOAD_OFFSET, offset);
         b.attr_u32_be(NFTA_PAYLOAD_LEN, len);
+    });
+}
+
+/// `ct <key>` into reg1.
+fn expr_ct_load(b: &mut NlBuf, key: u32) {
+    expr(b, "ct", |b| {
+        b.attr_u32_be(NFTA_CT_KEY, key);
+        b.attr_u32_be(NFTA_CT_DREG, NFT_REG_1);
     });
 }
 
@@ -452,13 +898,18 @@ fn expr_payload(b: &mut NlBuf, base: u32, offset: u32, len: u32) {
 /// the kernel's default when `NFTA_BITWISE_OP` is absent: kernels before
 /// 5.6, which do not know the attribute, ignore it and do the same).
 fn expr_bitwise(b: &mut NlBuf, mask: &[u8; 16]) {
+    expr_bitwise_len(b, mask, &[0; 16]);
+}
+
+/// `reg1 = (reg1 & mask) ^ xor` over `mask.len()` bytes.
+fn expr_bitwise_len(b: &mut NlBuf, mask: &[u8], xor: &[u8]) {
     expr(b, "bitwise", |b| {
         b.attr_u32_be(NFTA_BITWISE_SREG, NFT_REG_1);
         b.attr_u32_be(NFTA_BITWISE_DREG, NFT_REG_1);
         b.attr_u32_be(NFTA_BITWISE_OP, NFT_BITWISE_BOOL);
-        b.attr_u32_be(NFTA_BITWISE_LEN, 16);
+        b.attr_u32_be(NFTA_BITWISE_LEN, mask.len() as u32);
         b.nested(NFTA_BITWISE_MASK, |b| b.attr(NFTA_DATA_VALUE, mask));
-        b.nested(NFTA_BITWISE_XOR, |b| b.attr(NFTA_DATA_VALUE, &[0; 16]));
+        b.nested(NFTA_BITWISE_XOR, |b| b.attr(NFTA_DATA_VALUE, xor));
     });
 }
 
@@ -512,12 +963,14 @@ pub fn get_table(buf: &mut NlBuf, seq: u32, table: &str) {
     );
 }
 
-/// One element of a dump: key bytes, and the time left in ms (`None`: no
-/// timeout, a permanent element).
+/// One element of a dump: key bytes, the time left in ms (`None`: no
+/// timeout, a permanent element), and its user data (empty without;
+/// [`udata_comment`] reads nft's comment from it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub key: Vec<u8>,
     pub expires_ms: Option<u64>,
+    pub userdata: Vec<u8>,
 }
 
 fn be64(p: &[u8]) -> Option<u64> {
@@ -537,6 +990,7 @@ pub fn parse_elems(msg: &Msg<'_>) -> Vec<Listed> {
         for e in a.attrs().filter(|e| e.ty == NFTA_LIST_ELEM) {
             let mut key = None;
             let mut expires = None;
+            let mut userdata = Vec::new();
             for f in e.attrs() {
                 match f.ty {
                     NFTA_SET_ELEM_KEY => {
@@ -546,6 +1000,7 @@ pub fn parse_elems(msg: &Msg<'_>) -> Vec<Listed> {
                             .map(|v| v.payload.to_vec())
                     }
                     NFTA_SET_ELEM_EXPIRATION => expires = be64(f.payload),
+                    NFTA_SET_ELEM_USERDATA => userdata = f.payload.to_vec(),
                     _ => {}
                 }
             }
@@ -553,6 +1008,7 @@ pub fn parse_elems(msg: &Msg<'_>) -> Vec<Listed> {
                 out.push(Listed {
                     key,
                     expires_ms: expires,
+                    userdata,
                 });
             }
         }
@@ -590,7 +1046,7 @@ pub fn is_deletion(msg: &Msg<'_>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The batch messages of a `nft --debug=mnl` capture (the fixtures in
@@ -599,7 +1055,7 @@ mod tests {
     /// `|len|flags|type|` attribute headers and 4-byte data rows, padding
     /// included). Only what lies between BATCH_BEGIN and BATCH_END: the
     /// rest is nft reading its cache.
-    fn capture(text: &str) -> Vec<(u16, Vec<u8>)> {
+    pub(crate) fn capture(text: &str) -> Vec<(u16, Vec<u8>)> {
         let msgs = capture_all(text);
         let begin = msgs
             .iter()
@@ -655,7 +1111,7 @@ mod tests {
 
     /// Our batch's messages as (type, payload), checking that every one
     /// carries `seq` and that only the last before END asks for an ack.
-    fn ours(buf: &NlBuf, seq: u32) -> Vec<(u16, Vec<u8>)> {
+    pub(crate) fn ours(buf: &NlBuf, seq: u32) -> Vec<(u16, Vec<u8>)> {
         let mut out = Vec::new();
         let mut acks = Vec::new();
         for r in crate::nl::msg::Messages::new(buf.as_bytes()) {
@@ -674,7 +1130,7 @@ mod tests {
         out
     }
 
-    fn assert_same(ours: &[(u16, Vec<u8>)], nft: &[(u16, Vec<u8>)]) {
+    pub(crate) fn assert_same(ours: &[(u16, Vec<u8>)], nft: &[(u16, Vec<u8>)]) {
         assert_eq!(ours.len(), nft.len(), "message count");
         for (i, (a, b)) in ours.iter().zip(nft).enumerate() {
             assert_eq!(a.0, b.0, "message {i}: type");
@@ -881,14 +1337,58 @@ mod tests {
             vec![
                 Listed {
                     key: vec![192, 0, 2, 7],
-                    expires_ms: Some(59_500)
+                    expires_ms: Some(59_500),
+                    userdata: vec![],
                 },
                 Listed {
                     key: vec![192, 0, 2, 8],
-                    expires_ms: None
+                    expires_ms: None,
+                    userdata: vec![],
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_comment_is_nfts_element_user_data_and_reads_back() {
+        // What nft sends for `comment "alice@example.com"`.
+        let mut want = vec![0, 18];
+        want.extend_from_slice(b"alice@example.com\0");
+        assert_eq!(comment_udata("alice@example.com"), want);
+        assert_eq!(udata_comment(&want), Some("alice@example.com"));
+        // Other records before it are skipped; a torn one is nothing.
+        let mut two = vec![7, 2, 0xaa, 0xbb];
+        two.extend_from_slice(&want);
+        assert_eq!(udata_comment(&two), Some("alice@example.com"));
+        assert_eq!(udata_comment(&want[..10]), None);
+        assert_eq!(udata_comment(&[]), None);
+        // Cut below nft's limit, at a character boundary.
+        let long = "é".repeat(100);
+        let u = comment_udata(&long);
+        assert_eq!(usize::from(u[1]), u.len() - 2);
+        let back = udata_comment(&u).unwrap();
+        assert!(
+            back.len() < COMMENT_MAXLEN && long.starts_with(back),
+            "{back}"
+        );
+        assert_eq!(back.len(), 126);
+    }
+
+    #[test]
+    fn concatenation_types_are_nfts() {
+        // `nft --debug=netlink` shows these for the two peer maps.
+        assert_eq!(concat_type(TYPE_IPADDR, TYPE_INET_SERVICE), 461);
+        assert_eq!(concat_type(TYPE_IP6ADDR, TYPE_INET_SERVICE), 525);
+    }
+
+    #[test]
+    fn end_acked_asks_for_an_ack_on_the_last_message_only() {
+        let mut buf = NlBuf::new();
+        let mut b = Batch::begin(&mut buf, 3);
+        b.new_table("t", false);
+        b.del_table("t", false);
+        b.end_acked();
+        ours(&buf, 3);
     }
 
     #[test]

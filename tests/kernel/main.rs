@@ -39,6 +39,11 @@ mod liveness;
 /// read-back, repair after `nft flush ruleset`, a flood, cleanup.
 mod nftables;
 
+/// The nf_tables half of bandwidth caps (`refract::shape::nft`): the
+/// table, users read back, conntrack and packet marks on real
+/// connections, upload policing and a rate changed in place.
+mod shape_nft;
+
 /// The kernel enforcer driven directly (no daemon): bans, restart
 /// read-back, repair, startup errors, kills, a mio loop, cleanup.
 mod enforcer;
