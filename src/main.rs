@@ -101,6 +101,9 @@ fn cleanup(cfg: &Config) -> i32 {
         }),
         _ => enforce::cleanup_report(&KernelConfig::from_config(cfg), cfg.dry_run),
     };
+    // The bandwidth shaping, after the sets: their cleanup refuses while a
+    // daemon runs, and so this is not pulled from under one either.
+    let report = report.and_then(|r| refract::shape::cleanup_report(cfg.dry_run).map(|s| r + &s));
     match report {
         Ok(report) => {
             cli::out(&report);

@@ -483,6 +483,9 @@ fn render_user(v: &Value) -> String {
         text(v.get("user")),
         text(v.get("limit"))
     );
+    if let Some(s) = v.get("shape").filter(|s| !matches!(s, Value::Null)) {
+        out.push_str(&shape_line(s));
+    }
     let keys = items(v, "keys");
     if keys.is_empty() {
         out.push_str("keys: none\n");
@@ -532,6 +535,28 @@ fn render_user(v: &Value) -> String {
     }
     out.push_str(&bans(v));
     out
+}
+
+/// `rate down 20mbit, up 5mbit, mark 0x52460005` (or `not capped`).
+fn shape_line(s: &Value) -> String {
+    let rate = |k: &str| {
+        s.get(k)
+            .and_then(Value::as_u64)
+            .map(|bits| crate::shape::rate::Rate(bits / 8).to_string())
+    };
+    let (down, up) = (rate("down_bps"), rate("up_bps"));
+    if down.is_none() && up.is_none() {
+        return "rate: not capped\n".to_string();
+    }
+    let mark = match s.get("mark") {
+        Some(Value::Str(m)) => m.clone(),
+        _ => "none yet (no connection since the start or the last release)".to_string(),
+    };
+    format!(
+        "rate down {}, up {}, mark {mark}\n",
+        down.as_deref().unwrap_or("not capped"),
+        up.as_deref().unwrap_or("not capped")
+    )
 }
 
 #[cfg(test)]

@@ -159,6 +159,39 @@ impl Daemon {
             ("set_v4", c.set_v4.as_str().into()),
             ("set_v6", c.set_v6.as_str().into()),
             ("liveness", self.core.live.is_some().into()),
+            (
+                "fleet",
+                match (self.core.fleet.as_ref(), c.fleet.as_ref()) {
+                    (Some(f), Some(fc)) => format!(
+                        "node {} on {}, {}",
+                        f.node(),
+                        match &fc.target {
+                            crate::fleet::Target::Tcp(a) => a.to_string(),
+                            crate::fleet::Target::Unix(p) => p.display().to_string(),
+                        },
+                        if f.stats.up {
+                            "up"
+                        } else {
+                            "down: deciding alone"
+                        }
+                    )
+                    .into(),
+                    _ => "off".into(),
+                },
+            ),
+            (
+                "shape",
+                match self.core.shape.as_ref() {
+                    Some(sh) => format!(
+                        "{}, {} user(s) capped now; {}",
+                        sh.dev().name,
+                        sh.marks.len(),
+                        c.shape.summary()
+                    ),
+                    None => c.shape.summary(),
+                }
+                .into(),
+            ),
         ])
     }
 
@@ -218,7 +251,9 @@ impl Daemon {
             .map(|l| l.tracker.user_conns(user))
             .unwrap_or_default();
         let bans = self.ban_list(now, Some(user));
-        if keys.is_none() && conns.is_empty() && bans.is_empty() {
+        let shape = self.core.shape.as_ref().map(|sh| sh.user(user));
+        let marked = shape.is_some_and(|(_, m)| m.is_some());
+        if keys.is_none() && conns.is_empty() && bans.is_empty() && !marked {
             return protocol::error(Code::NotFound, format!("no user {email:?} is known now"));
         }
         let mut listed: Vec<Key> = keys
@@ -263,9 +298,22 @@ impl Daemon {
             .iter()
             .map(|&(k, start, until)| self.ban_entry(k, start, until, now))
             .collect();
+        let rate = |r: Option<crate::shape::rate::Rate>| r.map_or(Value::Null, |r| r.bits().into());
+        let shape = match shape {
+            None => Value::Null,
+            Some((caps, mark)) => Value::obj([
+                ("down_bps", rate(caps.down)),
+                ("up_bps", rate(caps.up)),
+                (
+                    "mark",
+                    mark.map_or(Value::Null, |m| format!("{m:#010x}").into()),
+                ),
+            ]),
+        };
         protocol::ok(fields([
             ("user", email.into()),
             ("limit", self.core.policy.limit(user).into()),
+            ("shape", shape),
             ("keys", Value::Arr(key_values)),
             ("bans", Value::Arr(ban_values)),
         ]))

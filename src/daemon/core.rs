@@ -16,7 +16,7 @@ use crate::accesslog;
 use crate::audit::AuditLog;
 use crate::clock::{Micros, SECOND};
 use crate::enforce::Enforcer;
-use crate::key::Key;
+use crate::key::{canonical, Key};
 use crate::liveness::kernel::Liveness;
 use crate::liveness::track::Locals;
 use crate::logger::{self, RateLimit};
@@ -83,6 +83,8 @@ pub(super) struct Core {
     pub(super) fleet: Option<crate::fleet::Fleet>,
     fleet_pending: crate::hash::Map<u64, FleetAsk>,
     fleet_refreshed: crate::hash::Map<(Box<[u8]>, Key), Micros>,
+    /// `--rate-down`/`--rate-up`/limits-file caps (`crate::shape`).
+    pub shape: Option<crate::shape::kernel::Shaper>,
     /// The parser's per-second timestamp cache (lines of one second share
     /// their stamp).
     ts: accesslog::TsCache,
@@ -227,6 +229,7 @@ impl Core {
             fleet_pending: crate::hash::Map::default(),
             fleet_refreshed: crate::hash::Map::default(),
             ts: accesslog::TsCache::default(),
+            shape: None,
         }
     }
 
@@ -237,6 +240,15 @@ impl Core {
             Err(e) => return self.skipped(now, e.into()),
         };
         self.stats.last_ts = Some(access.ts);
+        if let Some(sh) = self.shape.as_mut() {
+            // Marked at once, whatever the verdict (a banned connection is
+            // ended anyway): a new connection is shaped from its line on.
+            if let (accesslog::Status::Accepted, Some(email), accesslog::Source::Ip(ip, port)) =
+                (access.status, access.email, access.source)
+            {
+                sh.line(now, email, Some(SocketAddr::new(canonical(ip), port)));
+            }
+        }
         if let (Some(live), Some(probe)) = (self.live.as_mut(), self.policy.probe(now, &access)) {
             let t = &mut live.tracker;
             if let accesslog::Source::Ip(ip, port) = access.source {
@@ -585,6 +597,7 @@ impl Core {
             self.enforcer.next_deadline(),
             self.live.as_ref().and_then(|l| l.deadline()),
             self.fleet.as_ref().and_then(|f| f.deadline()),
+            self.shape.as_ref().and_then(|s| s.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -615,6 +628,11 @@ impl Core {
         if let Some(live) = self.live.as_mut() {
             if live.deadline().is_some_and(|d| d <= now) {
                 live.tick(now);
+            }
+        }
+        if let Some(sh) = self.shape.as_mut() {
+            if sh.deadline().is_some_and(|d| d <= now) {
+                sh.expire(now);
             }
         }
     }
@@ -665,12 +683,27 @@ impl Core {
             logger::notice(format_args!("reloaded: audit log reopened"));
             return Ok(0);
         };
-        match crate::policy::limits::load_limits(path) {
-            Ok(limits) => {
+        match crate::policy::limits::read_file(path) {
+            Ok((parsed, _)) => {
+                let limits = parsed.limits;
                 let n = limits.len();
                 let mut pc = self.policy.config().clone();
                 pc.limits = limits;
                 self.policy.reconfigure(pc);
+                if let Some(sh) = self.shape.as_mut() {
+                    sh.reload(parsed.rates);
+                } else if parsed
+                    .rates
+                    .values()
+                    .any(|f| f.caps(crate::shape::rate::Caps::default()).is_capped())
+                {
+                    logger::warning(format_args!(
+                        "reload: {} gives rates, but shaping was not set up at start \
+                         (no --rate-down, --rate-up, --shape-dev or rates then, or --shape off); \
+                         restart refract to shape",
+                        path.display()
+                    ));
+                }
                 logger::notice(format_args!(
                     "reloaded: {n} per-user limits from {}, audit log reopened {}",
                     path.display(),
@@ -738,6 +771,37 @@ impl Core {
                 l.refused,
                 l.evicted,
                 live.stats.errors,
+            ));
+        }
+        if let Some(f) = self.fleet.as_ref() {
+            let x = &f.stats;
+            out.push_str(&format!(
+                " fleet_up={} fleet_requests={} fleet_admitted={} fleet_over={} \
+                 fleet_timeouts={} fleet_errors={} fleet_connects={}",
+                u8::from(x.up),
+                x.requests,
+                x.admitted,
+                x.over,
+                x.timeouts,
+                x.errors,
+                x.connects,
+            ));
+        }
+        if let Some(sh) = self.shape.as_ref() {
+            let x = &sh.stats;
+            out.push_str(&format!(
+                " shaped_users={} shape_marked={} shape_added={} shape_changed={} \
+                 shape_released={} shape_full={} shape_clashes={} shape_errors={} \
+                 shape_repairs={}",
+                sh.marks.len(),
+                x.marked,
+                x.added,
+                x.changed,
+                x.released,
+                x.full,
+                x.clashes,
+                x.errors,
+                x.repairs,
             ));
         }
         for skip in Skip::ALL {

@@ -8,6 +8,7 @@
 //! | [`LIVENESS`]          | sock_diag lookups ([`crate::liveness`])  |
 //! | [`LIVENESS_UDP`]      | conntrack lookups (`--proto udp`)        |
 //! | [`FLEET`]             | the Redis/Valkey connection (`--fleet`)  |
+//! | [`SHAPE_FIRST`]..     | the shaper's sockets (`--rate-down`, …)  |
 //! | [`CONTROL_FIRST`]..   | the control socket and its connections   |
 //! | [`METRICS_FIRST`]..   | the metrics listener (`--metrics`)       |
 //! | [`HOOKS_FIRST`]..     | hook children's pidfds (`--on-ban`)      |
@@ -96,6 +97,9 @@ pub const SIGNAL: Token = Token(2);
 pub const LIVENESS: Token = Token(3);
 pub const LIVENESS_UDP: Token = Token(4);
 pub const FLEET: Token = Token(5);
+/// The shaper owns `SHAPE_FIRST .. SHAPE_FIRST + shape::kernel::TOKENS`.
+pub const SHAPE_FIRST: usize = 8;
+const _: () = assert!(SHAPE_FIRST + crate::shape::kernel::TOKENS <= ENFORCER_FIRST);
 /// The enforcer owns `ENFORCER_FIRST .. ENFORCER_FIRST + ENFORCER_TOKENS`.
 pub const ENFORCER_FIRST: usize = 16;
 pub const ENFORCER_TOKENS: usize = 16;
@@ -146,6 +150,45 @@ pub fn run(cfg: Config, enforcer: Box<dyn Enforcer>) -> i32 {
             EXIT_START
         }
     }
+}
+
+/// The shaper, when caps are configured (not under `--dry-run`, which
+/// changes nothing in the kernel), registered with the poll; `--shape off`
+/// removes what an earlier run set up instead. A shaper that cannot start
+/// stops the daemon: the operator asked for caps.
+fn open_shaper(cfg: &Config, poll: &Poll) -> io::Result<Option<crate::shape::kernel::Shaper>> {
+    if cfg.shape.off {
+        if crate::enforce::ipset::lock::held(&[crate::shape::kernel::LOCK])?.is_some() {
+            logger::warning(format_args!(
+                "shape off: another refract shapes in this namespace; its shaping is left alone"
+            ));
+            return Ok(None);
+        }
+        match crate::shape::remove_all() {
+            Ok(removed) if removed.is_empty() => {
+                logger::notice(format_args!("shape off: nothing of refract's to remove"))
+            }
+            Ok(removed) => {
+                logger::notice(format_args!("shape off: removed {}", removed.join(", ")))
+            }
+            Err(e) => logger::error(format_args!("shape off: {e}")),
+        }
+        return Ok(None);
+    }
+    if !cfg.shape.enabled() {
+        return Ok(None);
+    }
+    if cfg.dry_run {
+        logger::notice(format_args!(
+            "shape: dry run: no classes, marks or limits are set (caps configured: {})",
+            cfg.shape.summary()
+        ));
+        return Ok(None);
+    }
+    let mut sh = crate::shape::kernel::Shaper::start(&cfg.shape, &cfg.ports, monotonic())
+        .map_err(|e| io::Error::other(e.0))?;
+    sh.register(poll.registry(), SHAPE_FIRST)?;
+    Ok(Some(sh))
 }
 
 struct Daemon {
@@ -199,6 +242,7 @@ impl Daemon {
             }
         }
         let mut core = Core::new(cfg.policy.clone(), enforcer, audit, live);
+        core.shape = open_shaper(&cfg, &poll)?;
         if let Some(fc) = cfg.fleet.clone() {
             let mut f = crate::fleet::Fleet::new(fc);
             f.set_token(FLEET);
@@ -325,6 +369,14 @@ impl Daemon {
                             f.event(now);
                         }
                     }
+                    Token(t)
+                        if (SHAPE_FIRST..SHAPE_FIRST + crate::shape::kernel::TOKENS)
+                            .contains(&t) =>
+                    {
+                        if let Some(sh) = self.core.shape.as_mut() {
+                            sh.ready(t - SHAPE_FIRST, now);
+                        }
+                    }
                     LIVENESS_UDP => {
                         if let Some(l) = self.core.live.as_mut() {
                             l.ready_udp(now);
@@ -361,6 +413,9 @@ impl Daemon {
             self.core.liveness(now);
             self.control_turn(now);
             self.core.fleet_turn(now);
+            if let Some(sh) = self.core.shape.as_mut() {
+                sh.turn(now);
+            }
             self.hooks_turn(now);
             self.metrics_file_turn(now);
             self.status_turn(now);

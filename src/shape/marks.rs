@@ -34,7 +34,8 @@ use crate::hash::Map;
 pub const MARK_TAG: u32 = 0x5246_0000;
 /// The mask of [`MARK_TAG`].
 pub const MARK_TAG_MASK: u32 = 0xffff_0000;
-/// Highest minor (0xffff is kept out: HTB reserves `X:ffff` for itself).
+/// Highest minor (0xffff is kept clear of: minors from `0xffe0` on name
+/// special handles in `pkt_sched.h`, and 0 is the qdisc itself).
 pub const MAX_MINOR: u16 = 0xfffe;
 /// A peer handed the same mark within this long is not sent again.
 pub const PEER_REFRESH: Micros = 60 * SECOND;
@@ -44,8 +45,8 @@ pub const MAX_PEERS: usize = 65_536;
 pub const RELEASE_IDLE: Micros = 10 * 60 * SECOND;
 
 /// The mark of `minor`.
-pub fn mark(minor: u16) -> u32 {
-    MARK_TAG | u32::from(minor)
+pub const fn mark(minor: u16) -> u32 {
+    MARK_TAG | minor as u32
 }
 
 /// The minor of a mark refract set, or `None` for anyone else's.

@@ -1,7 +1,10 @@
 //! Per-user bandwidth caps in the kernel.
 
+pub mod kernel;
 pub mod marks;
+pub mod nft;
 pub mod rate;
+pub mod tc;
 
 use rate::{Caps, Fields};
 
@@ -84,4 +87,59 @@ impl ShapeConfig {
             self.rates.len()
         )
     }
+}
+
+/// Removes everything refract set up for shaping: its root qdisc (with
+/// its classes and filter) on every link, and the table
+/// `inet refract_shape`. Returns what was removed, one item each.
+pub fn remove_all() -> std::io::Result<Vec<String>> {
+    let mut removed = tc::remove_everywhere(&mut tc::open()?)?;
+    let mut sock = nft::open()?;
+    if table_exists(&mut sock)? {
+        nft::remove(&mut sock)?;
+        removed.push(format!("table inet {}", nft::TABLE));
+    }
+    Ok(removed)
+}
+
+fn table_exists(sock: &mut crate::nl::socket::NlSocket) -> std::io::Result<bool> {
+    let mut buf = crate::nl::buf::NlBuf::new();
+    let seq = sock.next_seq();
+    crate::nl::nftables::get_table(&mut buf, seq, nft::TABLE);
+    match sock.request(&buf, std::time::Duration::from_secs(5)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `refract cleanup`'s part for shaping: what there is, removed unless
+/// `dry_run`.
+pub fn cleanup_report(dry_run: bool) -> std::io::Result<String> {
+    if crate::enforce::ipset::lock::held(&[kernel::LOCK])?.is_some() {
+        return Err(std::io::Error::other(
+            "shape: a running refract shapes here; stop it first (systemctl stop refract)",
+        ));
+    }
+    if dry_run {
+        let mut found: Vec<String> = tc::qdiscs(&mut tc::open()?)?
+            .iter()
+            .filter(|q| tc::is_ours(q))
+            .map(|q| format!("htb {} on link {}", tc::handle_str(q.handle), q.ifindex))
+            .collect();
+        if table_exists(&mut nft::open()?)? {
+            found.push(format!("table inet {}", nft::TABLE));
+        }
+        return Ok(if found.is_empty() {
+            "shape: nothing of refract's\n".to_string()
+        } else {
+            format!("shape: would remove {}\n", found.join(", "))
+        });
+    }
+    let removed = remove_all()?;
+    Ok(if removed.is_empty() {
+        "shape: nothing of refract's\n".to_string()
+    } else {
+        format!("shape: removed {}\n", removed.join(", "))
+    })
 }

@@ -91,21 +91,7 @@ use crate::nl::socket::NlSocket;
 /// that turning shaping off or cleaning up removes just this.
 pub const TABLE: &str = "refract_shape";
 
-/// The high half of every mark refract gives; a user's mark is
-/// `MARK_TAG | minor`.
-pub const MARK_TAG: u32 = 0x5246_0000;
-pub const MARK_MASK: u32 = 0xffff_0000;
-
-/// A user's mark from its minor (1..=0xfffe; the HTB class `5246:minor`).
-pub const fn user_mark(minor: u16) -> u32 {
-    MARK_TAG | minor as u32
-}
-
-/// The minor of one of refract's marks; `None` for anyone else's.
-pub fn minor_of(mark: u32) -> Option<u16> {
-    let minor = (mark & !MARK_MASK) as u16;
-    (mark & MARK_MASK == MARK_TAG && (1..=0xfffe).contains(&minor)).then_some(minor)
-}
+pub use super::marks::{mark as user_mark, minor_of, MARK_TAG, MARK_TAG_MASK as MARK_MASK};
 
 /// How long a peer element stays: long enough for the connection's next
 /// packet after the log line (the mark then stays on its conntrack

@@ -49,16 +49,10 @@ use crate::nl::consts::{NLM_F_CREATE, NLM_F_EXCL};
 use crate::nl::rtnl::{self, BpfClassicFilter, Class, Qdisc};
 use crate::nl::socket::{NlSocket, OwnedMsg};
 
-/// The mark of a capped user's packets: `MARK_TAG | minor`.
-pub const MARK_TAG: u32 = 0x5246_0000;
-/// The half of the mark that must equal [`MARK_TAG`].
-pub const MARK_TAG_MASK: u32 = 0xffff_0000;
+pub use super::marks::{MARK_TAG, MARK_TAG_MASK, MAX_MINOR};
+
 /// The major of our root qdisc (`5246:`, "RF") and of its classes.
 pub const HTB_MAJOR: u16 = 0x5246;
-/// The largest minor a user's class can have (`0xffff` is kept clear of:
-/// minors from `0xffe0` on name special handles in `pkt_sched.h`, and 0
-/// is the qdisc itself).
-pub const MAX_MINOR: u16 = 0xfffe;
 /// Our filter's priority on `5246:`.
 pub const FILTER_PRIO: u16 = 1;
 /// Our filter's handle in that priority.
@@ -381,17 +375,23 @@ fn ensure_filter(sock: &mut NlSocket, dev: &Dev) -> io::Result<bool> {
             rtnl::del_filters(b, s, dev.index, HTB_MAJOR, FILTER_PRIO)
         })?;
     }
-    let filter = BpfClassicFilter {
-        ifindex: dev.index,
-        parent_major: HTB_MAJOR,
-        prio: FILTER_PRIO,
-        handle: FILTER_HANDLE,
-        program: &PROGRAM,
-    };
+    let filter = filter(dev.index);
     exchange(sock, &format!("add bpf filter on {}", dev.name), |b, s| {
         filter.emit(b, s, NLM_F_CREATE)
     })?;
     Ok(true)
+}
+
+/// Our filter on `ifindex`: the mark classifier at [`FILTER_PRIO`],
+/// handle [`FILTER_HANDLE`], on `5246:`.
+pub fn filter(ifindex: u32) -> BpfClassicFilter<'static> {
+    BpfClassicFilter {
+        ifindex,
+        parent_major: HTB_MAJOR,
+        prio: FILTER_PRIO,
+        handle: FILTER_HANDLE,
+        program: &PROGRAM,
+    }
 }
 
 /// Our classes on `ifindex` (HTB, major [`HTB_MAJOR`], minor not 0).
