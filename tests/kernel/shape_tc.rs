@@ -415,7 +415,7 @@ fn check_kernel_tries_everything_in_a_scratch_namespace() {
     let findings = p.server.in_netns(tc::check_kernel);
     eprintln!("{findings:?}");
     let names: Vec<&str> = findings.iter().map(|f| f.0).collect();
-    assert_eq!(names, ["htb qdisc", "cls_bpf classic filter", "htb class"]);
+    assert_eq!(names, ["htb qdisc", "htb class", "cls_bpf classic filter"]);
     for (what, r) in &findings {
         assert!(r.is_ok(), "{what}: {r:?}");
     }
