@@ -186,6 +186,41 @@ fn ipv6_is_capped_the_same() {
     assert_capped(&p, "[fd00:9::1]", 5001, "IPv6");
 }
 
+/// The rates of `flows` over the same 4 s, after 1 s of warm-up.
+fn measure_together(flows: &[&Flow]) -> Vec<f64> {
+    std::thread::sleep(Duration::from_secs(1));
+    let (b0, t0): (Vec<u64>, Instant) =
+        (flows.iter().map(|f| f.received()).collect(), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let secs = t0.elapsed().as_secs_f64();
+    flows
+        .iter()
+        .zip(b0)
+        .map(|(f, b)| (f.received() - b) as f64 * 8.0 / secs)
+        .collect()
+}
+
+#[test]
+fn two_users_get_their_own_caps_at_once() {
+    let Some(p) = pair("tctwo") else { return };
+    let _heavy = heavy();
+    p.ensure().unwrap();
+    p.set_class(5, CAP_2M);
+    p.set_class(6, CAP_4M);
+    p.mark(5001, tc::MARK_TAG | 5);
+    p.mark(5003, tc::MARK_TAG | 6);
+    let a = p.download("10.9.0.1:5001");
+    let b = p.download("10.9.0.1:5003");
+    let r = measure_together(&[&a, &b]);
+    eprintln!(
+        "user 5 (2 Mbit/s): {:.3} Mbit/s, user 6 (4 Mbit/s): {:.3} Mbit/s, together",
+        r[0] / MBIT,
+        r[1] / MBIT
+    );
+    assert!(transfer::within(r[0], 2.0 * MBIT, 0.15), "{r:?}");
+    assert!(transfer::within(r[1], 4.0 * MBIT, 0.15), "{r:?}");
+}
+
 #[test]
 fn a_class_changed_in_place_caps_at_the_new_rate() {
     let Some(p) = pair("tcchg") else { return };
