@@ -65,9 +65,9 @@ pub const MARK_TAG: u32 = 0x5246_0000;
 pub const MARK_TAG_MASK: u32 = 0xffff_0000;
 /// The major of our root qdisc (`5246:`, "RF") and of its classes.
 pub const HTB_MAJOR: u16 = 0x5246;
-/// The largest minor a user's class can have (`0xffff` is kept clear of:
-/// minors from `0xffe0` on name special handles in `pkt_sched.h`, and 0
-/// is the qdisc itself).
+/// The largest minor a user's class can have: minors are `1..=0xfffe`
+/// (0 names the qdisc itself; `0xffff` is kept clear, it is the minor of
+/// `TC_H_ROOT` in `pkt_sched.h`).
 pub const MAX_MINOR: u16 = 0xfffe;
 /// Our filter's priority on `5246:`.
 pub const FILTER_PRIO: u16 = 1;
