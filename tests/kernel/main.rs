@@ -87,7 +87,8 @@ mod privilege;
 
 /// The tc half of the bandwidth caps (`refract::shape::tc`): our HTB root,
 /// a class per user and the mark classifier on a veth; marked downloads
-/// capped (IPv4, IPv6, changed in place), unmarked and unclassed ones not;
+/// capped (IPv4, IPv6, two users at once, changed in place), unmarked and
+/// unclassed ones not;
 /// adoption, repair, a foreign root refused, cleanup, `refract check`'s
 /// scratch-namespace test.
 mod shape_tc;
