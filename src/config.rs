@@ -245,6 +245,6 @@ mod tests {
             s.contains("dport 443,8443") && s.contains("dry-run on"),
             "{s}"
         );
-        assert!(s.ends_with("control none"), "{s}");
+        assert!(s.ends_with("control none, shape none"), "{s}");
     }
 }

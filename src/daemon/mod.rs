@@ -292,7 +292,7 @@ impl Daemon {
     /// systemd). Called once, after [`Daemon::new`] and the privilege drop.
     fn ready(&self, sink: &str) {
         // The settings in force, in one line, before the ready line.
-        logger::notice(format_args!("settings: {}", self.cfg.summary()));
+        logger::notice(format_args!("{}", self.cfg.summary()));
         logger::notice(format_args!(
             "ready: following {} from its {}{}, audit log {}, enforcer {}, liveness {}, \
              control {}, metrics {}, logging to {sink}, refract {}",
@@ -539,6 +539,10 @@ impl Daemon {
         reload_timezone();
         let r = self.core.reload(self.cfg.limits_file.as_deref());
         self.cfg.policy = self.core.policy.config().clone();
+        // Changed caps go to the kernel now, not at the next event.
+        if let Some(sh) = self.core.shape.as_mut() {
+            sh.turn(monotonic());
+        }
         self.notify("READY=1");
         r
     }

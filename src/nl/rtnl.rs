@@ -174,6 +174,9 @@ pub const BPF_ABS: u16 = 0x20;
 pub const BPF_AND: u16 = 0x50;
 pub const BPF_JEQ: u16 = 0x10;
 pub const BPF_JSET: u16 = 0x40;
+pub const BPF_JGT: u16 = 0x20;
+/// `BPF_LEN`: the load of the packet's length (`skb->len`).
+pub const BPF_LEN: u16 = 0x80;
 pub const BPF_K: u16 = 0x00;
 /// `BPF_RVAL`: return the accumulator.
 pub const BPF_A: u16 = 0x10;
@@ -183,9 +186,20 @@ pub const SKF_AD_OFF: u32 = (-0x1000i32) as u32;
 /// `net/core/filter.c`).
 pub const SKF_AD_MARK: u32 = 20;
 
-/// The classifier of the bandwidth caps: a packet whose mark is
-/// `tag | minor` (`mark & 0xffff0000 == tag`, `minor != 0`) goes to class
-/// `tag | minor`, any other to none.
+/// Packets of at most this many bytes (`skb->len` at the qdisc: the
+/// link-layer header included) are never classified, so they are sent
+/// directly: pure TCP ACKs (66 bytes over IPv4 with timestamps, 86 over
+/// IPv6, up to 114 with SACK blocks), DNS answers and the like. Without
+/// this, the ACKs of a capped user's *upload* wait in the same class queue
+/// as that user's download data (up to a second at a few Mbit/s), the
+/// uploading client sees its round trip jump past its retransmission
+/// timeout and stalls: the classic reason routers prioritize ACKs. What a
+/// user could send unshaped this way is tiny packets only.
+pub const SMALL_PACKET: u32 = 128;
+
+/// The classifier of the bandwidth caps: a packet longer than
+/// [`SMALL_PACKET`] whose mark is `tag | minor` (`mark & 0xffff0000 ==
+/// tag`, `minor != 0`) goes to class `tag | minor`, any other to none.
 ///
 /// cls_bpf runs a classic program that is not direct-action
 /// (`cls_bpf_classify()`, `net/sched/cls_bpf.c`) as a classifier: 0 is no
@@ -196,34 +210,39 @@ pub const SKF_AD_MARK: u32 = 20;
 /// never be -1. A class id whose class does not exist is no failure:
 /// `htb_classify()` falls back to the default class, and with `default 0`
 /// (no such class) to `HTB_DIRECT`, sent unshaped.
-pub const fn mark_classifier(tag: u32) -> [SockFilter; 7] {
+pub const fn mark_classifier(tag: u32) -> [SockFilter; 9] {
     const fn op(code: u16, jt: u8, jf: u8, k: u32) -> SockFilter {
         SockFilter { code, jt, jf, k }
     }
     [
-        // 0: A = skb->mark
+        // 0: A = skb->len
+        op(BPF_LD | BPF_W | BPF_LEN, 0, 0, 0),
+        // 1: a small packet → 8 (no match: sent directly)
+        op(BPF_JMP | BPF_JGT | BPF_K, 0, 6, SMALL_PACKET),
+        // 2: A = skb->mark
         op(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_AD_OFF + SKF_AD_MARK),
-        // 1: A &= 0xffff0000 (the tag half)
+        // 3: A &= 0xffff0000 (the tag half)
         op(BPF_ALU | BPF_AND | BPF_K, 0, 0, TC_H_MAJ_MASK),
-        // 2: not our tag → 6 (no match)
+        // 4: not our tag → 8 (no match)
         op(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, tag & TC_H_MAJ_MASK),
-        // 3: A = skb->mark again
+        // 5: A = skb->mark again
         op(BPF_LD | BPF_W | BPF_ABS, 0, 0, SKF_AD_OFF + SKF_AD_MARK),
-        // 4: minor 0 (the qdisc itself, not a class) → 6
+        // 6: minor 0 (the qdisc itself, not a class) → 8
         op(BPF_JMP | BPF_JSET | BPF_K, 0, 1, TC_H_MIN_MASK),
-        // 5: return tag | minor, the class id
+        // 7: return tag | minor, the class id
         op(BPF_RET | BPF_A, 0, 0, 0),
-        // 6: return 0: no match
+        // 8: return 0: no match
         op(BPF_RET | BPF_K, 0, 0, 0),
     ]
 }
 
 /// Runs a classic program the way the kernel's interpreter would, for the
-/// subset [`mark_classifier`] uses (loads of the mark, `and`, `jeq`,
-/// `jset`, `ret`): what it returns for a packet with `mark`. `None` for
+/// subset [`mark_classifier`] uses (loads of the length and the mark,
+/// `and`, `jgt`, `jeq`, `jset`, `ret`): what it returns for a packet of
+/// `len` bytes with `mark`. `None` for
 /// any other instruction or a jump out of the program. The unit tests
 /// check the classifier's decisions with it.
-pub fn run_classic(prog: &[SockFilter], mark: u32) -> Option<u32> {
+pub fn run_classic(prog: &[SockFilter], len: u32, mark: u32) -> Option<u32> {
     let mut a: u32 = 0;
     let mut pc = 0usize;
     // Bounded: classic programs only jump forward.
@@ -231,6 +250,10 @@ pub fn run_classic(prog: &[SockFilter], mark: u32) -> Option<u32> {
         pc += 1;
         match i.code {
             c if c == BPF_LD | BPF_W | BPF_ABS && i.k == SKF_AD_OFF + SKF_AD_MARK => a = mark,
+            c if c == BPF_LD | BPF_W | BPF_LEN => a = len,
+            c if c == BPF_JMP | BPF_JGT | BPF_K => {
+                pc += usize::from(if a > i.k { i.jt } else { i.jf })
+            }
             c if c == BPF_ALU | BPF_AND | BPF_K => a &= i.k,
             c if c == BPF_JMP | BPF_JEQ | BPF_K => {
                 pc += usize::from(if a == i.k { i.jt } else { i.jf })

@@ -75,7 +75,7 @@ const _: () = assert!(MARK_TAG == (HTB_MAJOR as u32) << 16);
 const _: () = assert!(MARK_TAG & !MARK_TAG_MASK == 0);
 
 /// Our classifier program.
-pub const PROGRAM: [rtnl::SockFilter; 7] = rtnl::mark_classifier(MARK_TAG);
+pub const PROGRAM: [rtnl::SockFilter; 9] = rtnl::mark_classifier(MARK_TAG);
 
 /// Where a device's public addresses would be routed: `--shape-dev auto`
 /// shapes the device of the route to these (Cloudflare's resolvers; any
@@ -643,11 +643,11 @@ mod tests {
     #[test]
     fn the_program_classifies_our_marks() {
         assert_eq!(
-            rtnl::run_classic(&PROGRAM, MARK_TAG | 5),
+            rtnl::run_classic(&PROGRAM, 1514, MARK_TAG | 5),
             Some(MARK_TAG | 5)
         );
-        assert_eq!(rtnl::run_classic(&PROGRAM, MARK_TAG), Some(0));
-        assert_eq!(rtnl::run_classic(&PROGRAM, 5), Some(0));
+        assert_eq!(rtnl::run_classic(&PROGRAM, 1514, MARK_TAG), Some(0));
+        assert_eq!(rtnl::run_classic(&PROGRAM, 1514, 5), Some(0));
     }
 
     #[test]

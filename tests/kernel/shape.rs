@@ -338,3 +338,24 @@ fn repairs_restart_and_cleanup() {
         .ok(&["nft", "list", "tables"])
         .contains("refract_shape"));
 }
+
+#[test]
+#[ignore]
+fn scratch_upload_variance() {
+    let Some(n) = node("z") else { return };
+    let dir = TempDir::new("shape-z");
+    let rate = std::env::var("UPRATE").unwrap_or("2mbit".into());
+    let d = start(&n, &dir, &[&format!("--rate-up={rate}"), "--rate-down=2mbit"]);
+    for i in 0..5 {
+        if std::env::var("DOWNFIRST").is_ok() {
+            let dn = transfer::start(&n.node, listen(false), &n.client, Dir::Down);
+            append(&d.access, &line(&format!("u{i}@example.com"), dn.client, false));
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let up = transfer::start(&n.node, listen(false), &n.client, Dir::Up);
+        append(&d.access, &line(&format!("u{i}@example.com"), up.client, false));
+        std::thread::sleep(Duration::from_secs(1));
+        let r: Vec<String> = (0..4).map(|_| format!("{:.2}", up.rate_bps(Duration::from_secs(1)) / 1e6)).collect();
+        eprintln!("run {i}: {r:?}");
+    }
+}

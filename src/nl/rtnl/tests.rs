@@ -186,7 +186,7 @@ fn class_delete_is_what_tc_class_del_sends() {
 #[test]
 fn bpf_filter_is_what_tc_filter_add_sends() {
     // tc filter add dev v0 parent 5246: prio 1 handle 1 protocol all bpf
-    // bytecode "7,32 0 0 4294963220,…": our program, spelled out.
+    // bytecode "9,128 0 0 0,…": our program, spelled out.
     let tc = request(include_str!("../../../tests/fixtures/rtnl/filter-add.txt"));
     let mut b = NlBuf::new();
     BpfClassicFilter {
@@ -350,7 +350,12 @@ fn the_classifier_returns_our_class_ids_only() {
         (0xffff_ffff, 0),
         (0x1246_0005, 0),
     ] {
-        assert_eq!(run_classic(&p, mark), Some(want), "mark {mark:#x}");
+        assert_eq!(run_classic(&p, 1514, mark), Some(want), "mark {mark:#x}");
+        // Small packets (ACKs) are never classified.
+        assert_eq!(run_classic(&p, 66, mark), Some(0), "ack, mark {mark:#x}");
+        assert_eq!(run_classic(&p, SMALL_PACKET, mark), Some(0));
+        let first = if want == 0 { 0 } else { want };
+        assert_eq!(run_classic(&p, SMALL_PACKET + 1, mark), Some(first));
     }
     // Every jump lands inside the program and it ends in returns.
     for (i, op) in p.iter().enumerate() {
