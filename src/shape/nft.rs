@@ -492,6 +492,26 @@ pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) {
     b.end_acked();
 }
 
+/// Writes one batch that gives a peer another mark: its element is
+/// deleted and added again (for the `EEXIST` of [`peers_batch`]; the
+/// delete fails with `ENOENT` if the element expired meanwhile, and a
+/// plain [`peers_batch`] then does).
+pub fn replace_peer_batch(buf: &mut NlBuf, seq: u32, client: SocketAddr, mark: u32) {
+    let (v6, key) = peer_key(client);
+    let set = if v6 { PEERS6 } else { PEERS4 };
+    let data = mark.to_ne_bytes();
+    let item = Item {
+        key: &key,
+        timeout_ms: Some(PEER_TIMEOUT.as_millis() as u64),
+        value: Value::Data(&data),
+        comment: None,
+    };
+    let mut b = Batch::begin(buf, seq);
+    b.items(TABLE, set, false, &[item], false);
+    b.items(TABLE, set, true, &[item], true);
+    b.end();
+}
+
 /// Writes the batch deleting the table (`ENOENT` when there is none).
 pub fn delete_batch(buf: &mut NlBuf, seq: u32) {
     let mut b = Batch::begin(buf, seq);
@@ -554,6 +574,18 @@ pub fn read_users(sock: &mut NlSocket) -> io::Result<Vec<(u32, String)>> {
         Err(e) => return Err(err("list set users", e)),
     };
     Ok(msgs.iter().flat_map(|m| parse_users(&m.as_msg())).collect())
+}
+
+/// Whether the table exists.
+pub fn exists(sock: &mut NlSocket) -> io::Result<bool> {
+    let mut buf = NlBuf::new();
+    let seq = sock.next_seq();
+    nft::get_table(&mut buf, seq, TABLE);
+    match sock.request(&buf, TIMEOUT) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(err("get table", e)),
+    }
 }
 
 /// Makes the table fresh with `ports` and `users` (see [`table_batch`]):
@@ -714,6 +746,24 @@ mod tests {
         users_batch(&mut buf, 1, &[]);
         peers_batch(&mut buf, 1, &[]);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_peer_is_deleted_then_added_in_one_batch() {
+        let mut buf = NlBuf::new();
+        replace_peer_batch(&mut buf, 4, "[2001:db8::7]:50000".parse().unwrap(), ALICE);
+        let got = ours(&buf, 4);
+        let types: Vec<u16> = got.iter().map(|m| m.0).collect();
+        let del = msg_type(crate::nl::nftables::NFT_MSG_DELSETELEM);
+        assert_eq!(types[1..3], [del, msg_type(NFT_MSG_NEWSETELEM)]);
+        // The addition is the one peers_batch writes.
+        let mut one = NlBuf::new();
+        peers_batch(
+            &mut one,
+            4,
+            &[("[2001:db8::7]:50000".parse().unwrap(), ALICE)],
+        );
+        assert_eq!(got[2], ours(&one, 4)[1]);
     }
 
     #[test]

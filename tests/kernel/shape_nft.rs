@@ -100,6 +100,7 @@ fn ensure_builds_the_table_idempotently_and_users_read_back() {
         return;
     };
     let before = n.ok(&["nft", "list", "ruleset"]);
+    assert!(!n.in_netns(|| shape::exists(&mut sock()).unwrap()));
     let bob = User {
         mark: BOB,
         email: "bob@example.com",
@@ -107,7 +108,7 @@ fn ensure_builds_the_table_idempotently_and_users_read_back() {
     };
     ensure(&n, &[443, 8443], &[alice(Some(MBIT5)), bob]);
     let first = n.ok(&["nft", "list", "table", "inet", "refract_shape"]);
-    eprintln!("{first}");
+    assert!(n.in_netns(|| shape::exists(&mut sock()).unwrap()));
     for want in [
         "set ports {",
         "elements = { 443, 8443 }",
@@ -227,12 +228,14 @@ fn users_are_added_changed_and_removed_in_place() {
     assert!(t.contains("0x52460005 : \"up_0005\""), "{t}");
 }
 
-/// Counts packets leaving with the packet mark `mark`: a test-only table
-/// whose postrouting chain runs after refract's (priority 100 > -150).
+/// Counts packets leaving with the packet mark `mark`, IPv4 and IPv6
+/// apart: a test-only table whose postrouting chain runs after refract's
+/// (priority 100 > -150).
 fn witness(n: &Netns, mark: u32) {
     let rules = format!(
         "table inet witness {{\n chain post {{\n type filter hook postrouting priority 100;\n \
-         meta mark {mark:#x} counter\n }}\n}}\n"
+         meta nfproto ipv4 meta mark {mark:#x} counter\n \
+         meta nfproto ipv6 meta mark {mark:#x} counter\n }}\n}}\n"
     );
     let path = std::env::temp_dir().join(format!("{}-w.nft", n.name()));
     std::fs::write(&path, rules).unwrap();
@@ -240,13 +243,17 @@ fn witness(n: &Netns, mark: u32) {
     let _ = std::fs::remove_file(&path);
 }
 
-fn witnessed(n: &Netns) -> u64 {
+/// The witness's packet counts: (IPv4, IPv6).
+fn witnessed(n: &Netns) -> (u64, u64) {
     let t = n.ok(&["nft", "list", "chain", "inet", "witness", "post"]);
-    t.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let words: Vec<&str> = t.split_whitespace().collect();
+    let counts: Vec<u64> = words
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .map(|w| w[1].parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 2, "{t}");
+    (counts[0], counts[1])
 }
 
 #[test]
@@ -261,17 +268,18 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
     let six = transfer::start(&srv, "[fd88::1]:5303".parse().unwrap(), &cli, Dir::Down);
     // Nothing is marked before the peers are known.
     assert_eq!(ct_mark(&srv, marked.client), Some(0));
-    assert_eq!(witnessed(&srv), 0);
+    assert_eq!(witnessed(&srv), (0, 0));
     add_peers(&srv, &[(marked.client, ALICE), (six.client, ALICE)]);
     for f in [&marked, &six] {
         wait_until(PROMPT, &format!("the mark on {}", f.client), || {
             (ct_mark(&srv, f.client) == Some(ALICE)).then_some(())
         });
     }
-    // The replies (the download) leave with the packet mark.
-    let start = witnessed(&srv);
+    // The replies (the download) leave with the packet mark, both families.
+    let (v4, v6) = witnessed(&srv);
     wait_until(PROMPT, "marked replies", || {
-        (witnessed(&srv) > start + 100).then_some(())
+        let (a, b) = witnessed(&srv);
+        (a > v4 + 100 && b > v6 + 100).then_some(())
     });
     assert_eq!(ct_mark(&srv, other.client), Some(0), "unlisted: unmarked");
     // An IPv4 client of a dual-stack listener named as ::ffff:a.b.c.d is
@@ -289,6 +297,45 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
         (ct_mark(&srv, late.client) == Some(BOB)).then_some(())
     });
     assert_eq!(ct_mark(&srv, other.client), Some(0), "unlisted: unmarked");
+
+    // A listed peer with another mark is refused (the whole batch), and
+    // taken by the replacing batch.
+    let clash = n_request(&srv, |b, s| {
+        shape::peers_batch(b, s, &[(other.client, BOB), (marked.client, BOB)])
+    });
+    assert_eq!(clash.raw_os_error(), Some(libc::EEXIST), "{clash}");
+    add_peers(&srv, &[(other.client, BOB)]);
+    srv.in_netns(|| {
+        let mut s = sock();
+        let mut buf = refract::nl::buf::NlBuf::new();
+        let seq = s.next_seq();
+        shape::replace_peer_batch(&mut buf, seq, marked.client, BOB);
+        s.request(&buf, PROMPT).unwrap();
+    });
+    let t = srv.ok(&["nft", "list", "map", "inet", "refract_shape", "peers4"]);
+    let at = format!("10.88.0.2 . {} timeout", marked.client.port());
+    let elem = &t[t.find(&at).unwrap_or_else(|| panic!("{at} in {t}"))..];
+    let elem = &elem[..elem.find([',', '}']).unwrap()];
+    assert!(elem.trim_end().ends_with(": 0x52460006"), "{elem}");
+    // The mark already on a connection stays (`ct mark 0` is the rule's
+    // condition): a map change is for new connections.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
+    assert_eq!(ct_mark(&srv, other.client), Some(BOB));
+}
+
+/// Sends the batch `f` writes in `n` and returns the kernel's error.
+fn n_request(
+    n: &Netns,
+    f: impl FnOnce(&mut refract::nl::buf::NlBuf, u32) + Send,
+) -> std::io::Error {
+    n.in_netns(|| {
+        let mut s = sock();
+        let mut buf = refract::nl::buf::NlBuf::new();
+        let seq = s.next_seq();
+        f(&mut buf, seq);
+        s.request(&buf, PROMPT).expect_err("the kernel refuses it")
+    })
 }
 
 /// Both flows' receiver rates over the same `over`, in bit/s.
