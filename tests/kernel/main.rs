@@ -41,7 +41,8 @@ mod nftables;
 
 /// The nf_tables half of bandwidth caps (`refract::shape::nft`): the
 /// table, users read back, conntrack and packet marks on real
-/// connections, upload policing and a rate changed in place.
+/// connections, upload policing and a rate changed in place, a download
+/// untouched by a small upload cap.
 mod shape_nft;
 
 /// The kernel enforcer driven directly (no daemon): bans, restart

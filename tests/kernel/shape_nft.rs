@@ -44,24 +44,26 @@ fn ensure(n: &Netns, ports: &[u16], users: &[User<'_>]) {
     n.in_netns(|| shape::ensure(&mut sock(), ports, users).unwrap());
 }
 
-fn add_peers(n: &Netns, peers: &[(SocketAddr, u32)]) {
+/// Sends the batch `f` writes from inside `n`; the kernel's answer.
+fn send(
+    n: &Netns,
+    f: impl FnOnce(&mut refract::nl::buf::NlBuf, u32) + Send,
+) -> std::io::Result<()> {
     n.in_netns(|| {
         let mut s = sock();
         let mut buf = refract::nl::buf::NlBuf::new();
         let seq = s.next_seq();
-        shape::peers_batch(&mut buf, seq, peers);
-        s.request(&buf, PROMPT).unwrap();
-    });
+        f(&mut buf, seq);
+        s.request(&buf, PROMPT).map(drop)
+    })
+}
+
+fn add_peers(n: &Netns, peers: &[(SocketAddr, u32)]) {
+    send(n, |b, s| shape::peers_batch(b, s, peers)).unwrap();
 }
 
 fn change_users(n: &Netns, changes: &[UserChange<'_>]) {
-    n.in_netns(|| {
-        let mut s = sock();
-        let mut buf = refract::nl::buf::NlBuf::new();
-        let seq = s.next_seq();
-        shape::users_batch(&mut buf, seq, changes);
-        s.request(&buf, PROMPT).unwrap();
-    });
+    send(n, |b, s| shape::users_batch(b, s, changes)).unwrap();
 }
 
 fn alice(up: Option<u64>) -> User<'static> {
@@ -300,18 +302,16 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
 
     // A listed peer with another mark is refused (the whole batch), and
     // taken by the replacing batch.
-    let clash = n_request(&srv, |b, s| {
+    let clash = send(&srv, |b, s| {
         shape::peers_batch(b, s, &[(other.client, BOB), (marked.client, BOB)])
-    });
+    })
+    .expect_err("a clash is refused");
     assert_eq!(clash.raw_os_error(), Some(libc::EEXIST), "{clash}");
     add_peers(&srv, &[(other.client, BOB)]);
-    srv.in_netns(|| {
-        let mut s = sock();
-        let mut buf = refract::nl::buf::NlBuf::new();
-        let seq = s.next_seq();
-        shape::replace_peer_batch(&mut buf, seq, marked.client, BOB);
-        s.request(&buf, PROMPT).unwrap();
-    });
+    send(&srv, |b, s| {
+        shape::replace_peer_batch(b, s, marked.client, BOB)
+    })
+    .unwrap();
     let t = srv.ok(&["nft", "list", "map", "inet", "refract_shape", "peers4"]);
     let at = format!("10.88.0.2 . {} timeout", marked.client.port());
     let elem = &t[t.find(&at).unwrap_or_else(|| panic!("{at} in {t}"))..];
@@ -322,20 +322,6 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
     assert_eq!(ct_mark(&srv, other.client), Some(BOB));
-}
-
-/// Sends the batch `f` writes in `n` and returns the kernel's error.
-fn n_request(
-    n: &Netns,
-    f: impl FnOnce(&mut refract::nl::buf::NlBuf, u32) + Send,
-) -> std::io::Error {
-    n.in_netns(|| {
-        let mut s = sock();
-        let mut buf = refract::nl::buf::NlBuf::new();
-        let seq = s.next_seq();
-        f(&mut buf, seq);
-        s.request(&buf, PROMPT).expect_err("the kernel refuses it")
-    })
 }
 
 /// Both flows' receiver rates over the same `over`, in bit/s.
@@ -399,4 +385,30 @@ fn a_capped_upload_is_policed_to_its_rate_and_the_rate_changes_in_place() {
         "capped upload after the change at {:.2} Mbit/s",
         capped / 1e6
     );
+}
+
+/// The upload policer sees a download's ACKs too (they travel in the
+/// original direction), but TCP's ACKs are cumulative: losing most of
+/// them costs the download little. Segments of one MTU (no TSO on the
+/// server's veth), as on a real NIC, so the ACKs are many.
+#[test]
+fn a_small_upload_cap_leaves_the_download_alone() {
+    let _heavy = crate::support::heavy();
+    let Some((srv, cli)) = pair("shd") else {
+        return;
+    };
+    srv.ok(&["ip", "link", "set", "dev", "sv0", "gso_max_size", "1500"]);
+    ensure(&srv, &[5301], &[alice(Some(MBIT5 / 5))]);
+    let down = transfer::start(&srv, "10.88.0.1:5301".parse().unwrap(), &cli, Dir::Down);
+    add_peers(&srv, &[(down.client, ALICE)]);
+    wait_until(PROMPT, "the mark on the download", || {
+        (ct_mark(&srv, down.client) == Some(ALICE)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let rate = down.rate_bps(Duration::from_secs(2));
+    eprintln!(
+        "download with a 1 Mbit/s upload cap: {:.0} Mbit/s",
+        rate / 1e6
+    );
+    assert!(rate > 50e6, "the download was slowed to {rate} bit/s");
 }
