@@ -127,6 +127,11 @@ pub const PEERS_SIZE: u32 = 65_536;
 /// 20-byte key, 4-byte data) takes 64 bytes.
 pub const PEERS_PER_MSG: usize = 512;
 
+/// Peers per batch ([`peers_batch`]): about 64 KiB of IPv6 elements, one
+/// datagram well below the kernel's bound on it (`netlink_sendmsg()`:
+/// the send buffer, about 208 KiB by default).
+pub const PEERS_PER_BATCH: usize = 1024;
+
 /// Users per batch in [`ensure`]: a user takes three messages' worth
 /// (element, object, object map element), under 300 bytes, so a batch
 /// stays far below the socket's send buffer.
@@ -432,15 +437,18 @@ pub fn users_batch(buf: &mut NlBuf, seq: u32, changes: &[UserChange<'_>]) {
     b.end_acked();
 }
 
-/// Writes one batch adding a peer element per `(client, mark)`, each for
-/// [`PEER_TIMEOUT`], packed [`PEERS_PER_MSG`] to a message per family
-/// (nothing when empty). An element already there with the same mark
-/// only has its timeout renewed; with another mark the batch fails whole
-/// with `EEXIST` (`nft_add_set_elem()`), so a caller that may send such
-/// a clash sends it in a batch of its own.
-pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) {
+/// Writes one batch adding a peer element per `(client, mark)` of the
+/// first [`PEERS_PER_BATCH`] of `peers`, each for [`PEER_TIMEOUT`],
+/// packed [`PEERS_PER_MSG`] to a message per family; returns how many it
+/// took (the rest go in the next batch; nothing is written for none).
+/// An element already there with the same mark only has its timeout
+/// renewed; with another mark the batch fails whole with `EEXIST`
+/// (`nft_add_set_elem()`), and [`replace_peer_batch`] is the way to
+/// give that peer its new mark.
+pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) -> usize {
+    let peers = &peers[..peers.len().min(PEERS_PER_BATCH)];
     if peers.is_empty() {
-        return;
+        return 0;
     }
     let ms = PEER_TIMEOUT.as_millis() as u64;
     let keyed: Vec<(bool, Vec<u8>, [u8; 4])> = peers
@@ -466,6 +474,7 @@ pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) {
         }
     }
     b.end_acked();
+    peers.len()
 }
 
 /// Writes one batch that gives a peer another mark: its element is
@@ -719,7 +728,7 @@ mod tests {
         // Nothing to do writes nothing.
         buf.clear();
         users_batch(&mut buf, 1, &[]);
-        peers_batch(&mut buf, 1, &[]);
+        assert_eq!(peers_batch(&mut buf, 1, &[]), 0);
         assert!(buf.is_empty());
     }
 
@@ -748,10 +757,24 @@ mod tests {
             .chain(std::iter::once(("[2001:db8::1]:7".parse().unwrap(), ALICE)))
             .collect();
         let mut buf = NlBuf::new();
-        peers_batch(&mut buf, 2, &peers);
+        assert_eq!(peers_batch(&mut buf, 2, &peers), peers.len());
         let types: Vec<u16> = ours(&buf, 2).iter().map(|m| m.0).collect();
         let elems = msg_type(NFT_MSG_NEWSETELEM);
         assert_eq!(types.iter().filter(|&&t| t == elems).count(), 3);
+        // At most PEERS_PER_BATCH in one batch, in a datagram far below
+        // the kernel's bound.
+        let many: Vec<(SocketAddr, u32)> = (0..3000u16)
+            .map(|i| {
+                (
+                    SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i], 7)),
+                    ALICE,
+                )
+            })
+            .collect();
+        buf.clear();
+        assert_eq!(peers_batch(&mut buf, 2, &many), PEERS_PER_BATCH);
+        assert!(buf.len() < 100 << 10, "{}", buf.len());
+        assert_eq!(ours(&buf, 2).len(), 2 + PEERS_PER_BATCH / PEERS_PER_MSG);
     }
 
     #[test]

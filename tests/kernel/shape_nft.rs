@@ -59,7 +59,12 @@ fn send(
 }
 
 fn add_peers(n: &Netns, peers: &[(SocketAddr, u32)]) {
-    send(n, |b, s| shape::peers_batch(b, s, peers)).unwrap();
+    let mut left = peers;
+    while !left.is_empty() {
+        let mut took = 0;
+        send(n, |b, s| took = shape::peers_batch(b, s, left)).unwrap();
+        left = &left[took..];
+    }
 }
 
 fn change_users(n: &Netns, changes: &[UserChange<'_>]) {
@@ -77,6 +82,10 @@ fn alice(up: Option<u64>) -> User<'static> {
 /// The conntrack mark of the TCP connection from `client`, as
 /// `conntrack -L` shows it (decimal).
 fn ct_mark(n: &Netns, client: SocketAddr) -> Option<u32> {
+    ct_mark_of(n, "tcp", client)
+}
+
+fn ct_mark_of(n: &Netns, proto: &str, client: SocketAddr) -> Option<u32> {
     let fam = if client.is_ipv4() { "ipv4" } else { "ipv6" };
     let port = client.port().to_string();
     let out = n.exec(&[
@@ -85,12 +94,14 @@ fn ct_mark(n: &Netns, client: SocketAddr) -> Option<u32> {
         "-f",
         fam,
         "-p",
-        "tcp",
+        proto,
         "--orig-port-src",
         &port,
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("ESTABLISHED"))?;
+    let line = text
+        .lines()
+        .find(|l| proto != "tcp" || l.contains("ESTABLISHED"))?;
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("mark="))
         .and_then(|m| m.parse().ok())
@@ -165,6 +176,41 @@ fn ensure_builds_the_table_idempotently_and_users_read_back() {
     assert!(n
         .in_netns(|| shape::read_users(&mut sock()).unwrap())
         .is_empty());
+}
+
+/// More users than one batch takes, and thousands of peers: every one
+/// lands (each batch within the kernel's datagram bound).
+#[test]
+fn many_users_and_peers_land() {
+    let Some(n) = Netns::with_tools("shy", &["nft"]) else {
+        return;
+    };
+    let emails: Vec<String> = (1..=600).map(|i| format!("user{i}@example.com")).collect();
+    let users: Vec<User<'_>> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| User {
+            mark: shape::user_mark(i as u16 + 1),
+            email: e,
+            up_bytes_per_s: (i % 2 == 0).then_some(MBIT5),
+        })
+        .collect();
+    ensure(&n, &[443], &users);
+    let back = n.in_netns(|| shape::read_users(&mut sock()).unwrap());
+    assert_eq!(back.len(), 600);
+    assert!(back.contains(&(shape::user_mark(600), "user600@example.com".to_owned())));
+    let peers: Vec<(SocketAddr, u32)> = (0..3000u16)
+        .map(|i| {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, i, 1);
+            (SocketAddr::new(ip.into(), 1024 + i), ALICE)
+        })
+        .chain((0..3000u16).map(|i| (SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 9)), BOB)))
+        .collect();
+    add_peers(&n, &peers);
+    for (map, want) in [("peers4", 3000), ("peers6", 3000)] {
+        let t = n.ok(&["nft", "-j", "list", "map", "inet", "refract_shape", map]);
+        assert_eq!(t.matches("\"concat\"").count(), want, "{map}");
+    }
 }
 
 #[test]
@@ -303,7 +349,7 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
     // A listed peer with another mark is refused (the whole batch), and
     // taken by the replacing batch.
     let clash = send(&srv, |b, s| {
-        shape::peers_batch(b, s, &[(other.client, BOB), (marked.client, BOB)])
+        shape::peers_batch(b, s, &[(other.client, BOB), (marked.client, BOB)]);
     })
     .expect_err("a clash is refused");
     assert_eq!(clash.raw_os_error(), Some(libc::EEXIST), "{clash}");
@@ -322,6 +368,29 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
     assert_eq!(ct_mark(&srv, other.client), Some(BOB));
+}
+
+/// UDP flows are marked alike (Xray inbounds take UDP too).
+#[test]
+fn a_listed_udp_flow_gets_the_mark() {
+    use std::net::UdpSocket;
+    let Some((srv, cli)) = pair("shv") else {
+        return;
+    };
+    ensure(&srv, &[5304], &[alice(None)]);
+    let server = srv.in_netns(|| UdpSocket::bind("10.88.0.1:5304").unwrap());
+    let client = cli.in_netns(|| UdpSocket::bind("10.88.0.2:0").unwrap());
+    client.connect("10.88.0.1:5304").unwrap();
+    let from = client.local_addr().unwrap();
+    client.send(b"hello").unwrap();
+    let mut buf = [0; 16];
+    server.recv_from(&mut buf).unwrap();
+    assert_eq!(ct_mark_of(&srv, "udp", from), Some(0));
+    add_peers(&srv, &[(from, ALICE)]);
+    wait_until(PROMPT, "the mark on the UDP flow", || {
+        client.send(b"again").unwrap();
+        (ct_mark_of(&srv, "udp", from) == Some(ALICE)).then_some(())
+    });
 }
 
 /// Both flows' receiver rates over the same `over`, in bit/s.
