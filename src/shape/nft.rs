@@ -23,7 +23,8 @@
 //!   is no longer needed (the mark stays on the entry). In the kernel's
 //!   registers each field of a concatenation takes a multiple of 4 bytes,
 //!   so a key is the address, the port in network order and 2 zero bytes
-//!   (8 bytes for IPv4, 20 for IPv6).
+//!   (8 bytes for IPv4, 20 for IPv6). A mark on an entry stays: a later
+//!   element for the same peer marks only new connections.
 //! - set `users` (`mark`): each capped user's mark with the user's email
 //!   in the element's comment (nft's element user data), so a restarted
 //!   daemon reads back whose each mark is ([`read_users`]): marks persist
@@ -76,8 +77,10 @@
 //! Builders write into an [`NlBuf`] with a given sequence number, asking
 //! for one ack on the last message, like [`crate::nl::nftables::Batch`]:
 //! the daemon sends them on its own non-blocking socket through
-//! [`crate::nl::pipeline`]. [`read_users`], [`ensure`] and [`remove`] are
-//! the blocking startup and cleanup exchanges.
+//! [`crate::nl::pipeline`], one batch to a datagram (the kernel runs the
+//! first batch of a datagram only; see the [`crate::nl::nftables`] docs).
+//! [`read_users`], [`ensure`] and [`remove`] are the blocking startup and
+//! cleanup exchanges.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -100,7 +103,7 @@ pub const TABLE: &str = "refract_shape";
 /// The high half of every mark refract gives; a user's mark is
 /// `MARK_TAG | minor`.
 pub const MARK_TAG: u32 = 0x5246_0000;
-pub const MARK_MASK: u32 = 0xffff_0000;
+pub const MARK_TAG_MASK: u32 = 0xffff_0000;
 
 /// A user's mark from its minor (1..=0xfffe; the HTB class `5246:minor`).
 pub const fn user_mark(minor: u16) -> u32 {
@@ -109,8 +112,8 @@ pub const fn user_mark(minor: u16) -> u32 {
 
 /// The minor of one of refract's marks; `None` for anyone else's.
 pub fn minor_of(mark: u32) -> Option<u16> {
-    let minor = (mark & !MARK_MASK) as u16;
-    (mark & MARK_MASK == MARK_TAG && (1..=0xfffe).contains(&minor)).then_some(minor)
+    let minor = (mark & !MARK_TAG_MASK) as u16;
+    (mark & MARK_TAG_MASK == MARK_TAG && (1..=0xfffe).contains(&minor)).then_some(minor)
 }
 
 /// How long a peer element stays: long enough for the connection's next
@@ -174,6 +177,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct User<'a> {
     pub mark: u32,
+    /// Kept as the element's comment, cut to 127 bytes (see
+    /// [`Item::comment`]): [`read_users`] gives back what was kept.
     pub email: &'a str,
     /// The upload cap in bytes per second; `None`: not policed.
     pub up_bytes_per_s: Option<u64>,
@@ -197,7 +202,7 @@ pub enum UserChange<'a> {
 
 /// The limit object's name for a mark: `up_` and the minor in hex.
 pub fn up_name(mark: u32) -> String {
-    format!("up_{:04x}", mark & !MARK_MASK)
+    format!("up_{:04x}", mark & !MARK_TAG_MASK)
 }
 
 /// The policer's burst, beyond the second of the rate the kernel's bucket
@@ -335,7 +340,7 @@ fn rules(b: &mut Batch<'_>) {
             chain: CHAIN_OUT,
             l4proto,
             ports_set: PORTS,
-            mask: MARK_MASK,
+            mask: MARK_TAG_MASK,
             tag: MARK_TAG,
         };
         b.restore_rule(&r, false);
