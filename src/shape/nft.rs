@@ -208,10 +208,11 @@ pub fn up_name(mark: u32) -> String {
 /// The policer's burst, beyond the second of the rate the kernel's bucket
 /// always holds. Measured with a TCP upload across a veth pair
 /// (`tests/kernel/shape_nft.rs`, 4 s after 1 s of warm-up, then 3 s from
-/// 2 s after a change to 10 Mbit/s): 16 KiB gave 4.93 to 5.06 Mbit/s for
-/// a 5 Mbit/s cap and 9.66 to 9.79 for 10 over five runs; a quarter, a
-/// half and a whole second of the rate gave 4.69, 5.26 and 5.10 (9.99,
-/// 11.01 and 10.04): a larger burst only lets more through at once.
+/// 2 s after a change to 10 Mbit/s): with 16 KiB, 4.93 to 5.29 Mbit/s for
+/// a 5 Mbit/s cap and 9.40 to 10.48 for 10 over ten runs (one beside a
+/// busy loop); a quarter, a half and a whole second of the rate gave
+/// 4.69, 5.26 and 5.10 (9.99, 11.01 and 10.04): a larger burst only lets
+/// more through at once.
 pub const UP_BURST: u32 = 16 * 1024;
 
 fn limit(bytes_per_s: u64) -> Limit {

@@ -368,6 +368,17 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
     assert_eq!(ct_mark(&srv, other.client), Some(BOB));
+
+    // A restart makes the table fresh (no peers): the marks stay on the
+    // entries and the replies keep carrying them.
+    ensure(&srv, &[5301, 5302, 5303], &[alice(None)]);
+    let (v4, v6) = witnessed(&srv);
+    wait_until(PROMPT, "marked replies after a fresh table", || {
+        let (a, b) = witnessed(&srv);
+        (a > v4 + 100 && b > v6 + 100).then_some(())
+    });
+    assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
+    assert_eq!(ct_mark(&srv, six.client), Some(ALICE));
 }
 
 /// UDP flows are marked alike (Xray inbounds take UDP too).
