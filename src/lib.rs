@@ -42,6 +42,8 @@
 //!   [`enforce::kill`] the batched kills); [`nl`] holds the netlink wire
 //!   formats (ipset, sock_diag, conntrack, nf_tables notifications) and the
 //!   one request [`nl::pipeline`] every kernel exchange goes through;
+//!   [`shape`] the per-user bandwidth caps (conntrack marks and upload
+//!   policing in nf_tables, [`shape::nft`]);
 //!   [`audit`] the audit line and log; [`daemon`] the one loop that ties
 //!   them together.
 //! - Support: [`clock`] (time as plain numbers), [`hash`], [`logger`],

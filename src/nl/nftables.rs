@@ -1,6 +1,9 @@
 //! nf_tables over nfnetlink: the messages the nftables backend sends (its
 //! table, sets, chain and rules, set elements, all inside batches) and the
-//! ones it reads (element dumps, ruleset change notifications).
+//! ones it reads (element dumps, ruleset change notifications); and those
+//! of the shaper's table ([`crate::shape::nft`]): maps and object maps,
+//! elements with data, objects and comments, limit objects, and its
+//! conntrack-mark rules.
 //!
 //! Constants are from `include/uapi/linux/netfilter/nf_tables.h` and
 //! `nfnetlink.h` (installed under `/usr/include/linux/netfilter/`). Every
@@ -353,6 +356,18 @@ pub struct Item<'a> {
     pub comment: Option<&'a str>,
 }
 
+impl<'a> Item<'a> {
+    /// An element by its key alone (a set's element, or any deletion).
+    pub fn key(key: &'a [u8]) -> Item<'a> {
+        Item {
+            key,
+            timeout_ms: None,
+            value: Value::None,
+            comment: None,
+        }
+    }
+}
+
 /// A byte-rate limit object ([`Batch::new_limit`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
@@ -586,6 +601,22 @@ impl<'a> Batch<'a> {
             }
             b.nested(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, e.key));
         });
+    }
+
+    /// The NEWSETELEM of a port set (`inet_service` keys in network
+    /// order); nothing for no port (an empty NEWSETELEM is refused).
+    pub fn port_elems(&mut self, table: &str, set: SetRef<'_>, ports: &[u16], ack: bool) {
+        let keys: Vec<[u8; 2]> = ports.iter().map(|p| p.to_be_bytes()).collect();
+        let elems: Vec<Elem<'_>> = keys
+            .iter()
+            .map(|k| Elem {
+                key: k,
+                timeout_ms: None,
+            })
+            .collect();
+        if !elems.is_empty() {
+            self.elems(table, set, true, &elems, ack);
+        }
     }
 
     /// Like [`Batch::elems`], for elements of maps and object maps and

@@ -77,7 +77,8 @@ pub struct ShapeStats {
     pub released: u64,
     /// Lines of capped users with every mark taken.
     pub full: u64,
-    /// A peer still mapped to another user's mark (`EEXIST`).
+    /// A peer still mapped to another user's mark (`EEXIST`), given the
+    /// new one.
     pub clashes: u64,
     /// Requests the kernel refused or did not answer.
     pub errors: u64,
@@ -122,7 +123,10 @@ enum Change {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum NfOp {
     Users(Vec<Change>),
+    /// At most [`nft::PEERS_PER_BATCH`].
     Peers(Vec<(SocketAddr, u32)>),
+    /// A peer that another user's mark still holds, given this mark.
+    Replace(SocketAddr, u32),
     /// The table made fresh with every user.
     Table,
     /// Does conntrack hold a flow with the mark of `minor`?
@@ -368,7 +372,10 @@ impl Handler<NfOp> for Nf<'_> {
                     .collect();
                 nft::users_batch(buf, seq, &changes);
             }
-            NfOp::Peers(peers) => nft::peers_batch(buf, seq, peers),
+            NfOp::Peers(peers) => {
+                nft::peers_batch(buf, seq, peers);
+            }
+            NfOp::Replace(peer, mark) => nft::replace_peer_batch(buf, seq, *peer, *mark),
             NfOp::Table => {
                 let emails: Vec<(String, u16, Caps)> = self
                     .marks
@@ -451,7 +458,17 @@ impl Handler<NfOp> for Nf<'_> {
                 }
             }
             (NfOp::Peers(peers), libc::EEXIST) => {
-                self.stats.clashes += peers.len() as u64;
+                // The peer (address and port) was another user's within
+                // the element's timeout (a NAT reusing the port): the
+                // newer line names its connection now.
+                self.stats.clashes += 1;
+                if let Some(&(p, m)) = peers.first() {
+                    self.queue(pipe, NfOp::Replace(p, m));
+                }
+            }
+            (NfOp::Replace(p, m), libc::ENOENT) => {
+                // Expired meanwhile: a plain addition does.
+                self.queue(pipe, NfOp::Peers(vec![(p, m)]));
             }
             (NfOp::Peers(peers), libc::ENOENT) => {
                 self.rebuild(pipe);
@@ -487,6 +504,7 @@ fn describe_nf(op: &NfOp) -> String {
     match op {
         NfOp::Users(c) => format!("{} user change(s)", c.len()),
         NfOp::Peers(p) => format!("{} peer element(s)", p.len()),
+        NfOp::Replace(p, m) => format!("give peer {p} mark {m:#x}"),
         NfOp::Table => "rebuild table inet refract_shape".to_string(),
         NfOp::Check { minor, .. } => format!("conntrack dump of mark {:#x}", marks::mark(*minor)),
     }
@@ -772,7 +790,7 @@ impl Shaper {
             if !changes.is_empty() {
                 h.queue(&mut c.pipe, NfOp::Users(changes));
             }
-            for chunk in peers.chunks(nft::PEERS_PER_MSG * 4) {
+            for chunk in peers.chunks(nft::PEERS_PER_BATCH) {
                 h.queue(&mut c.pipe, NfOp::Peers(chunk.to_vec()));
             }
         });

@@ -95,22 +95,11 @@ impl ShapeConfig {
 pub fn remove_all() -> std::io::Result<Vec<String>> {
     let mut removed = tc::remove_everywhere(&mut tc::open()?)?;
     let mut sock = nft::open()?;
-    if table_exists(&mut sock)? {
+    if nft::exists(&mut sock)? {
         nft::remove(&mut sock)?;
         removed.push(format!("table inet {}", nft::TABLE));
     }
     Ok(removed)
-}
-
-fn table_exists(sock: &mut crate::nl::socket::NlSocket) -> std::io::Result<bool> {
-    let mut buf = crate::nl::buf::NlBuf::new();
-    let seq = sock.next_seq();
-    crate::nl::nftables::get_table(&mut buf, seq, nft::TABLE);
-    match sock.request(&buf, std::time::Duration::from_secs(5)) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// `refract cleanup`'s part for shaping: what there is, removed unless
@@ -127,7 +116,7 @@ pub fn cleanup_report(dry_run: bool) -> std::io::Result<String> {
             .filter(|q| tc::is_ours(q))
             .map(|q| format!("htb {} on link {}", tc::handle_str(q.handle), q.ifindex))
             .collect();
-        if table_exists(&mut nft::open()?)? {
+        if nft::exists(&mut nft::open()?)? {
             found.push(format!("table inet {}", nft::TABLE));
         }
         return Ok(if found.is_empty() {

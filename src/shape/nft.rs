@@ -23,7 +23,8 @@
 //!   is no longer needed (the mark stays on the entry). In the kernel's
 //!   registers each field of a concatenation takes a multiple of 4 bytes,
 //!   so a key is the address, the port in network order and 2 zero bytes
-//!   (8 bytes for IPv4, 20 for IPv6).
+//!   (8 bytes for IPv4, 20 for IPv6). A mark on an entry stays: a later
+//!   element for the same peer marks only new connections.
 //! - set `users` (`mark`): each capped user's mark with the user's email
 //!   in the element's comment (nft's element user data), so a restarted
 //!   daemon reads back whose each mark is ([`read_users`]): marks persist
@@ -58,6 +59,12 @@
 //! holds one second of the rate plus the burst (`nft_limit_init()`), so a
 //! sender that pauses less than a second loses no tokens.
 //!
+//! The policer counts every packet of the original direction, a
+//! download's ACKs too. TCP's ACKs are cumulative, so losing most of them
+//! costs little: a download in MTU-sized segments across a veth pair kept
+//! 600 to 900 Mbit/s under a 1 Mbit/s upload cap (its ACKs alone were
+//! over 10 Mbit/s).
+//!
 //! # Changing a rate
 //!
 //! The kernel cannot update a limit object: `nf_tables_newobj()` on an
@@ -70,8 +77,10 @@
 //! Builders write into an [`NlBuf`] with a given sequence number, asking
 //! for one ack on the last message, like [`crate::nl::nftables::Batch`]:
 //! the daemon sends them on its own non-blocking socket through
-//! [`crate::nl::pipeline`]. [`read_users`], [`ensure`] and [`remove`] are
-//! the blocking startup and cleanup exchanges.
+//! [`crate::nl::pipeline`], one batch to a datagram (the kernel runs the
+//! first batch of a datagram only; see the [`crate::nl::nftables`] docs).
+//! [`read_users`], [`ensure`] and [`remove`] are the blocking startup and
+//! cleanup exchanges.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -91,7 +100,7 @@ use crate::nl::socket::NlSocket;
 /// that turning shaping off or cleaning up removes just this.
 pub const TABLE: &str = "refract_shape";
 
-pub use super::marks::{mark as user_mark, minor_of, MARK_TAG, MARK_TAG_MASK as MARK_MASK};
+pub use super::marks::{mark as user_mark, minor_of, MARK_TAG, MARK_TAG_MASK};
 
 /// How long a peer element stays: long enough for the connection's next
 /// packet after the log line (the mark then stays on its conntrack
@@ -106,6 +115,11 @@ pub const PEERS_SIZE: u32 = 65_536;
 /// attribute with a 16-bit length, and an IPv6 peer element (timeout,
 /// 20-byte key, 4-byte data) takes 64 bytes.
 pub const PEERS_PER_MSG: usize = 512;
+
+/// Peers per batch ([`peers_batch`]): about 64 KiB of IPv6 elements, one
+/// datagram well below the kernel's bound on it (`netlink_sendmsg()`:
+/// the send buffer, about 208 KiB by default).
+pub const PEERS_PER_BATCH: usize = 1024;
 
 /// Users per batch in [`ensure`]: a user takes three messages' worth
 /// (element, object, object map element), under 300 bytes, so a batch
@@ -149,6 +163,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct User<'a> {
     pub mark: u32,
+    /// Kept as the element's comment, cut to 127 bytes (see
+    /// [`Item::comment`]): [`read_users`] gives back what was kept.
     pub email: &'a str,
     /// The upload cap in bytes per second; `None`: not policed.
     pub up_bytes_per_s: Option<u64>,
@@ -172,16 +188,17 @@ pub enum UserChange<'a> {
 
 /// The limit object's name for a mark: `up_` and the minor in hex.
 pub fn up_name(mark: u32) -> String {
-    format!("up_{:04x}", mark & !MARK_MASK)
+    format!("up_{:04x}", mark & !MARK_TAG_MASK)
 }
 
 /// The policer's burst, beyond the second of the rate the kernel's bucket
 /// always holds. Measured with a TCP upload across a veth pair
 /// (`tests/kernel/shape_nft.rs`, 4 s after 1 s of warm-up, then 3 s from
-/// 2 s after a change to 10 Mbit/s): 16 KiB gave 4.93 to 5.06 Mbit/s for
-/// a 5 Mbit/s cap and 9.66 to 9.79 for 10 over five runs; a quarter, a
-/// half and a whole second of the rate gave 4.69, 5.26 and 5.10 (9.99,
-/// 11.01 and 10.04): a larger burst only lets more through at once.
+/// 2 s after a change to 10 Mbit/s): with 16 KiB, 4.93 to 5.29 Mbit/s for
+/// a 5 Mbit/s cap and 9.40 to 10.48 for 10 over ten runs (one beside a
+/// busy loop); a quarter, a half and a whole second of the rate gave
+/// 4.69, 5.26 and 5.10 (9.99, 11.01 and 10.04): a larger burst only lets
+/// more through at once.
 pub const UP_BURST: u32 = 16 * 1024;
 
 fn limit(bytes_per_s: u64) -> Limit {
@@ -239,18 +256,7 @@ fn sets(b: &mut Batch<'_>, ports: &[u16]) {
         PORTS.id,
         false,
     );
-    let ports: Vec<[u8; 2]> = ports.iter().map(|p| p.to_be_bytes()).collect();
-    let elems: Vec<nft::Elem<'_>> = ports
-        .iter()
-        .map(|p| nft::Elem {
-            key: p,
-            timeout_ms: None,
-        })
-        .collect();
-    // (an empty NEWSETELEM would be refused)
-    if !elems.is_empty() {
-        b.elems(TABLE, PORTS, true, &elems, false);
-    }
+    b.port_elems(TABLE, PORTS, ports, false);
     for (set, addr_type, key_len) in [(PEERS4, TYPE_IPADDR, 8), (PEERS6, TYPE_IP6ADDR, 20)] {
         b.set(
             TABLE,
@@ -321,7 +327,7 @@ fn rules(b: &mut Batch<'_>) {
             chain: CHAIN_OUT,
             l4proto,
             ports_set: PORTS,
-            mask: MARK_MASK,
+            mask: MARK_TAG_MASK,
             tag: MARK_TAG,
         };
         b.restore_rule(&r, false);
@@ -339,10 +345,8 @@ fn add_users(b: &mut Batch<'_>, users: &[User<'_>]) {
         .iter()
         .zip(&marks)
         .map(|(u, m)| Item {
-            key: m,
-            timeout_ms: None,
-            value: Value::None,
             comment: Some(u.email),
+            ..Item::key(m)
         })
         .collect();
     b.items(TABLE, USERS, true, &items, false);
@@ -362,10 +366,8 @@ fn add_users(b: &mut Batch<'_>, users: &[User<'_>]) {
         .iter()
         .zip(&names)
         .map(|(&(i, _), name)| Item {
-            key: &marks[i],
-            timeout_ms: None,
             value: Value::Object(name),
-            comment: None,
+            ..Item::key(&marks[i])
         })
         .collect();
     if !refs.is_empty() {
@@ -376,13 +378,7 @@ fn add_users(b: &mut Batch<'_>, users: &[User<'_>]) {
 /// Deletes a mark's `up` element, then its object.
 fn del_up(b: &mut Batch<'_>, mark: u32) {
     let key = mark.to_ne_bytes();
-    let item = Item {
-        key: &key,
-        timeout_ms: None,
-        value: Value::None,
-        comment: None,
-    };
-    b.items(TABLE, UP, false, &[item], false);
+    b.items(TABLE, UP, false, &[Item::key(&key)], false);
     b.del_obj(TABLE, &up_name(mark), NFT_OBJECT_LIMIT, false);
 }
 
@@ -392,10 +388,8 @@ fn add_up(b: &mut Batch<'_>, mark: u32, rate: u64) {
     b.new_limit(TABLE, &name, &limit(rate), false);
     let key = mark.to_ne_bytes();
     let item = Item {
-        key: &key,
-        timeout_ms: None,
         value: Value::Object(&name),
-        comment: None,
+        ..Item::key(&key)
     };
     b.items(TABLE, UP, true, &[item], false);
 }
@@ -428,28 +422,25 @@ pub fn users_batch(buf: &mut NlBuf, seq: u32, changes: &[UserChange<'_>]) {
                     del_up(&mut b, mark);
                 }
                 let key = mark.to_ne_bytes();
-                let item = Item {
-                    key: &key,
-                    timeout_ms: None,
-                    value: Value::None,
-                    comment: None,
-                };
-                b.items(TABLE, USERS, false, &[item], false);
+                b.items(TABLE, USERS, false, &[Item::key(&key)], false);
             }
         }
     }
     b.end_acked();
 }
 
-/// Writes one batch adding a peer element per `(client, mark)`, each for
-/// [`PEER_TIMEOUT`], packed [`PEERS_PER_MSG`] to a message per family
-/// (nothing when empty). An element already there with the same mark
-/// only has its timeout renewed; with another mark the batch fails whole
-/// with `EEXIST` (`nft_add_set_elem()`), so a caller that may send such
-/// a clash sends it in a batch of its own.
-pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) {
+/// Writes one batch adding a peer element per `(client, mark)` of the
+/// first [`PEERS_PER_BATCH`] of `peers`, each for [`PEER_TIMEOUT`],
+/// packed [`PEERS_PER_MSG`] to a message per family; returns how many it
+/// took (the rest go in the next batch; nothing is written for none).
+/// An element already there with the same mark only has its timeout
+/// renewed; with another mark the batch fails whole with `EEXIST`
+/// (`nft_add_set_elem()`), and [`replace_peer_batch`] is the way to
+/// give that peer its new mark.
+pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) -> usize {
+    let peers = &peers[..peers.len().min(PEERS_PER_BATCH)];
     if peers.is_empty() {
-        return;
+        return 0;
     }
     let ms = PEER_TIMEOUT.as_millis() as u64;
     let keyed: Vec<(bool, Vec<u8>, [u8; 4])> = peers
@@ -465,10 +456,9 @@ pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) {
             .iter()
             .filter(|(f, _, _)| *f == v6)
             .map(|(_, key, mark)| Item {
-                key,
                 timeout_ms: Some(ms),
                 value: Value::Data(mark),
-                comment: None,
+                ..Item::key(key)
             })
             .collect();
         for chunk in items.chunks(PEERS_PER_MSG) {
@@ -476,6 +466,26 @@ pub fn peers_batch(buf: &mut NlBuf, seq: u32, peers: &[(SocketAddr, u32)]) {
         }
     }
     b.end_acked();
+    peers.len()
+}
+
+/// Writes one batch that gives a peer another mark: its element is
+/// deleted and added again (for the `EEXIST` of [`peers_batch`]; the
+/// delete fails with `ENOENT` if the element expired meanwhile, and a
+/// plain [`peers_batch`] then does).
+pub fn replace_peer_batch(buf: &mut NlBuf, seq: u32, client: SocketAddr, mark: u32) {
+    let (v6, key) = peer_key(client);
+    let set = if v6 { PEERS6 } else { PEERS4 };
+    let data = mark.to_ne_bytes();
+    let item = Item {
+        timeout_ms: Some(PEER_TIMEOUT.as_millis() as u64),
+        value: Value::Data(&data),
+        ..Item::key(&key)
+    };
+    let mut b = Batch::begin(buf, seq);
+    b.items(TABLE, set, false, &[item], false);
+    b.items(TABLE, set, true, &[item], true);
+    b.end();
 }
 
 /// Writes the batch deleting the table (`ENOENT` when there is none).
@@ -540,6 +550,18 @@ pub fn read_users(sock: &mut NlSocket) -> io::Result<Vec<(u32, String)>> {
         Err(e) => return Err(err("list set users", e)),
     };
     Ok(msgs.iter().flat_map(|m| parse_users(&m.as_msg())).collect())
+}
+
+/// Whether the table exists.
+pub fn exists(sock: &mut NlSocket) -> io::Result<bool> {
+    let mut buf = NlBuf::new();
+    let seq = sock.next_seq();
+    nft::get_table(&mut buf, seq, TABLE);
+    match sock.request(&buf, TIMEOUT) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(err("get table", e)),
+    }
 }
 
 /// Makes the table fresh with `ports` and `users` (see [`table_batch`]):
@@ -698,8 +720,26 @@ mod tests {
         // Nothing to do writes nothing.
         buf.clear();
         users_batch(&mut buf, 1, &[]);
-        peers_batch(&mut buf, 1, &[]);
+        assert_eq!(peers_batch(&mut buf, 1, &[]), 0);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_peer_is_deleted_then_added_in_one_batch() {
+        let mut buf = NlBuf::new();
+        replace_peer_batch(&mut buf, 4, "[2001:db8::7]:50000".parse().unwrap(), ALICE);
+        let got = ours(&buf, 4);
+        let types: Vec<u16> = got.iter().map(|m| m.0).collect();
+        let del = msg_type(crate::nl::nftables::NFT_MSG_DELSETELEM);
+        assert_eq!(types[1..3], [del, msg_type(NFT_MSG_NEWSETELEM)]);
+        // The addition is the one peers_batch writes.
+        let mut one = NlBuf::new();
+        peers_batch(
+            &mut one,
+            4,
+            &[("[2001:db8::7]:50000".parse().unwrap(), ALICE)],
+        );
+        assert_eq!(got[2], ours(&one, 4)[1]);
     }
 
     #[test]
@@ -709,10 +749,24 @@ mod tests {
             .chain(std::iter::once(("[2001:db8::1]:7".parse().unwrap(), ALICE)))
             .collect();
         let mut buf = NlBuf::new();
-        peers_batch(&mut buf, 2, &peers);
+        assert_eq!(peers_batch(&mut buf, 2, &peers), peers.len());
         let types: Vec<u16> = ours(&buf, 2).iter().map(|m| m.0).collect();
         let elems = msg_type(NFT_MSG_NEWSETELEM);
         assert_eq!(types.iter().filter(|&&t| t == elems).count(), 3);
+        // At most PEERS_PER_BATCH in one batch, in a datagram far below
+        // the kernel's bound.
+        let many: Vec<(SocketAddr, u32)> = (0..3000u16)
+            .map(|i| {
+                (
+                    SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, i], 7)),
+                    ALICE,
+                )
+            })
+            .collect();
+        buf.clear();
+        assert_eq!(peers_batch(&mut buf, 2, &many), PEERS_PER_BATCH);
+        assert!(buf.len() < 100 << 10, "{}", buf.len());
+        assert_eq!(ours(&buf, 2).len(), 2 + PEERS_PER_BATCH / PEERS_PER_MSG);
     }
 
     #[test]

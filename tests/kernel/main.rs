@@ -40,8 +40,10 @@ mod liveness;
 mod nftables;
 
 /// The nf_tables half of bandwidth caps (`refract::shape::nft`): the
-/// table, users read back, conntrack and packet marks on real
-/// connections, upload policing and a rate changed in place.
+/// table, users read back, conntrack and packet marks on real TCP and
+/// UDP flows, upload policing and a rate changed in place, a download
+/// untouched by a small upload cap, hundreds of users and thousands of
+/// peers.
 mod shape_nft;
 
 /// The kernel enforcer driven directly (no daemon): bans, restart

@@ -44,24 +44,31 @@ fn ensure(n: &Netns, ports: &[u16], users: &[User<'_>]) {
     n.in_netns(|| shape::ensure(&mut sock(), ports, users).unwrap());
 }
 
-fn add_peers(n: &Netns, peers: &[(SocketAddr, u32)]) {
+/// Sends the batch `f` writes from inside `n`; the kernel's answer.
+fn send(
+    n: &Netns,
+    f: impl FnOnce(&mut refract::nl::buf::NlBuf, u32) + Send,
+) -> std::io::Result<()> {
     n.in_netns(|| {
         let mut s = sock();
         let mut buf = refract::nl::buf::NlBuf::new();
         let seq = s.next_seq();
-        shape::peers_batch(&mut buf, seq, peers);
-        s.request(&buf, PROMPT).unwrap();
-    });
+        f(&mut buf, seq);
+        s.request(&buf, PROMPT).map(drop)
+    })
+}
+
+fn add_peers(n: &Netns, peers: &[(SocketAddr, u32)]) {
+    let mut left = peers;
+    while !left.is_empty() {
+        let mut took = 0;
+        send(n, |b, s| took = shape::peers_batch(b, s, left)).unwrap();
+        left = &left[took..];
+    }
 }
 
 fn change_users(n: &Netns, changes: &[UserChange<'_>]) {
-    n.in_netns(|| {
-        let mut s = sock();
-        let mut buf = refract::nl::buf::NlBuf::new();
-        let seq = s.next_seq();
-        shape::users_batch(&mut buf, seq, changes);
-        s.request(&buf, PROMPT).unwrap();
-    });
+    send(n, |b, s| shape::users_batch(b, s, changes)).unwrap();
 }
 
 fn alice(up: Option<u64>) -> User<'static> {
@@ -75,6 +82,10 @@ fn alice(up: Option<u64>) -> User<'static> {
 /// The conntrack mark of the TCP connection from `client`, as
 /// `conntrack -L` shows it (decimal).
 fn ct_mark(n: &Netns, client: SocketAddr) -> Option<u32> {
+    ct_mark_of(n, "tcp", client)
+}
+
+fn ct_mark_of(n: &Netns, proto: &str, client: SocketAddr) -> Option<u32> {
     let fam = if client.is_ipv4() { "ipv4" } else { "ipv6" };
     let port = client.port().to_string();
     let out = n.exec(&[
@@ -83,12 +94,14 @@ fn ct_mark(n: &Netns, client: SocketAddr) -> Option<u32> {
         "-f",
         fam,
         "-p",
-        "tcp",
+        proto,
         "--orig-port-src",
         &port,
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains("ESTABLISHED"))?;
+    let line = text
+        .lines()
+        .find(|l| proto != "tcp" || l.contains("ESTABLISHED"))?;
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("mark="))
         .and_then(|m| m.parse().ok())
@@ -100,6 +113,7 @@ fn ensure_builds_the_table_idempotently_and_users_read_back() {
         return;
     };
     let before = n.ok(&["nft", "list", "ruleset"]);
+    assert!(!n.in_netns(|| shape::exists(&mut sock()).unwrap()));
     let bob = User {
         mark: BOB,
         email: "bob@example.com",
@@ -107,7 +121,7 @@ fn ensure_builds_the_table_idempotently_and_users_read_back() {
     };
     ensure(&n, &[443, 8443], &[alice(Some(MBIT5)), bob]);
     let first = n.ok(&["nft", "list", "table", "inet", "refract_shape"]);
-    eprintln!("{first}");
+    assert!(n.in_netns(|| shape::exists(&mut sock()).unwrap()));
     for want in [
         "set ports {",
         "elements = { 443, 8443 }",
@@ -162,6 +176,41 @@ fn ensure_builds_the_table_idempotently_and_users_read_back() {
     assert!(n
         .in_netns(|| shape::read_users(&mut sock()).unwrap())
         .is_empty());
+}
+
+/// More users than one batch takes, and thousands of peers: every one
+/// lands (each batch within the kernel's datagram bound).
+#[test]
+fn many_users_and_peers_land() {
+    let Some(n) = Netns::with_tools("shy", &["nft"]) else {
+        return;
+    };
+    let emails: Vec<String> = (1..=600).map(|i| format!("user{i}@example.com")).collect();
+    let users: Vec<User<'_>> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| User {
+            mark: shape::user_mark(i as u16 + 1),
+            email: e,
+            up_bytes_per_s: (i % 2 == 0).then_some(MBIT5),
+        })
+        .collect();
+    ensure(&n, &[443], &users);
+    let back = n.in_netns(|| shape::read_users(&mut sock()).unwrap());
+    assert_eq!(back.len(), 600);
+    assert!(back.contains(&(shape::user_mark(600), "user600@example.com".to_owned())));
+    let peers: Vec<(SocketAddr, u32)> = (0..3000u16)
+        .map(|i| {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, i, 1);
+            (SocketAddr::new(ip.into(), 1024 + i), ALICE)
+        })
+        .chain((0..3000u16).map(|i| (SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 9)), BOB)))
+        .collect();
+    add_peers(&n, &peers);
+    for (map, want) in [("peers4", 3000), ("peers6", 3000)] {
+        let t = n.ok(&["nft", "-j", "list", "map", "inet", "refract_shape", map]);
+        assert_eq!(t.matches("\"concat\"").count(), want, "{map}");
+    }
 }
 
 #[test]
@@ -227,12 +276,14 @@ fn users_are_added_changed_and_removed_in_place() {
     assert!(t.contains("0x52460005 : \"up_0005\""), "{t}");
 }
 
-/// Counts packets leaving with the packet mark `mark`: a test-only table
-/// whose postrouting chain runs after refract's (priority 100 > -150).
+/// Counts packets leaving with the packet mark `mark`, IPv4 and IPv6
+/// apart: a test-only table whose postrouting chain runs after refract's
+/// (priority 100 > -150).
 fn witness(n: &Netns, mark: u32) {
     let rules = format!(
         "table inet witness {{\n chain post {{\n type filter hook postrouting priority 100;\n \
-         meta mark {mark:#x} counter\n }}\n}}\n"
+         meta nfproto ipv4 meta mark {mark:#x} counter\n \
+         meta nfproto ipv6 meta mark {mark:#x} counter\n }}\n}}\n"
     );
     let path = std::env::temp_dir().join(format!("{}-w.nft", n.name()));
     std::fs::write(&path, rules).unwrap();
@@ -240,13 +291,17 @@ fn witness(n: &Netns, mark: u32) {
     let _ = std::fs::remove_file(&path);
 }
 
-fn witnessed(n: &Netns) -> u64 {
+/// The witness's packet counts: (IPv4, IPv6).
+fn witnessed(n: &Netns) -> (u64, u64) {
     let t = n.ok(&["nft", "list", "chain", "inet", "witness", "post"]);
-    t.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let words: Vec<&str> = t.split_whitespace().collect();
+    let counts: Vec<u64> = words
+        .windows(2)
+        .filter(|w| w[0] == "packets")
+        .map(|w| w[1].parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 2, "{t}");
+    (counts[0], counts[1])
 }
 
 #[test]
@@ -261,17 +316,18 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
     let six = transfer::start(&srv, "[fd88::1]:5303".parse().unwrap(), &cli, Dir::Down);
     // Nothing is marked before the peers are known.
     assert_eq!(ct_mark(&srv, marked.client), Some(0));
-    assert_eq!(witnessed(&srv), 0);
+    assert_eq!(witnessed(&srv), (0, 0));
     add_peers(&srv, &[(marked.client, ALICE), (six.client, ALICE)]);
     for f in [&marked, &six] {
         wait_until(PROMPT, &format!("the mark on {}", f.client), || {
             (ct_mark(&srv, f.client) == Some(ALICE)).then_some(())
         });
     }
-    // The replies (the download) leave with the packet mark.
-    let start = witnessed(&srv);
+    // The replies (the download) leave with the packet mark, both families.
+    let (v4, v6) = witnessed(&srv);
     wait_until(PROMPT, "marked replies", || {
-        (witnessed(&srv) > start + 100).then_some(())
+        let (a, b) = witnessed(&srv);
+        (a > v4 + 100 && b > v6 + 100).then_some(())
     });
     assert_eq!(ct_mark(&srv, other.client), Some(0), "unlisted: unmarked");
     // An IPv4 client of a dual-stack listener named as ::ffff:a.b.c.d is
@@ -289,6 +345,63 @@ fn listed_connections_get_the_mark_and_their_replies_carry_it() {
         (ct_mark(&srv, late.client) == Some(BOB)).then_some(())
     });
     assert_eq!(ct_mark(&srv, other.client), Some(0), "unlisted: unmarked");
+
+    // A listed peer with another mark is refused (the whole batch), and
+    // taken by the replacing batch.
+    let clash = send(&srv, |b, s| {
+        shape::peers_batch(b, s, &[(other.client, BOB), (marked.client, BOB)]);
+    })
+    .expect_err("a clash is refused");
+    assert_eq!(clash.raw_os_error(), Some(libc::EEXIST), "{clash}");
+    add_peers(&srv, &[(other.client, BOB)]);
+    send(&srv, |b, s| {
+        shape::replace_peer_batch(b, s, marked.client, BOB)
+    })
+    .unwrap();
+    let t = srv.ok(&["nft", "list", "map", "inet", "refract_shape", "peers4"]);
+    let at = format!("10.88.0.2 . {} timeout", marked.client.port());
+    let elem = &t[t.find(&at).unwrap_or_else(|| panic!("{at} in {t}"))..];
+    let elem = &elem[..elem.find([',', '}']).unwrap()];
+    assert!(elem.trim_end().ends_with(": 0x52460006"), "{elem}");
+    // The mark already on a connection stays (`ct mark 0` is the rule's
+    // condition): a map change is for new connections.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
+    assert_eq!(ct_mark(&srv, other.client), Some(BOB));
+
+    // A restart makes the table fresh (no peers): the marks stay on the
+    // entries and the replies keep carrying them.
+    ensure(&srv, &[5301, 5302, 5303], &[alice(None)]);
+    let (v4, v6) = witnessed(&srv);
+    wait_until(PROMPT, "marked replies after a fresh table", || {
+        let (a, b) = witnessed(&srv);
+        (a > v4 + 100 && b > v6 + 100).then_some(())
+    });
+    assert_eq!(ct_mark(&srv, marked.client), Some(ALICE));
+    assert_eq!(ct_mark(&srv, six.client), Some(ALICE));
+}
+
+/// UDP flows are marked alike (Xray inbounds take UDP too).
+#[test]
+fn a_listed_udp_flow_gets_the_mark() {
+    use std::net::UdpSocket;
+    let Some((srv, cli)) = pair("shv") else {
+        return;
+    };
+    ensure(&srv, &[5304], &[alice(None)]);
+    let server = srv.in_netns(|| UdpSocket::bind("10.88.0.1:5304").unwrap());
+    let client = cli.in_netns(|| UdpSocket::bind("10.88.0.2:0").unwrap());
+    client.connect("10.88.0.1:5304").unwrap();
+    let from = client.local_addr().unwrap();
+    client.send(b"hello").unwrap();
+    let mut buf = [0; 16];
+    server.recv_from(&mut buf).unwrap();
+    assert_eq!(ct_mark_of(&srv, "udp", from), Some(0));
+    add_peers(&srv, &[(from, ALICE)]);
+    wait_until(PROMPT, "the mark on the UDP flow", || {
+        client.send(b"again").unwrap();
+        (ct_mark_of(&srv, "udp", from) == Some(ALICE)).then_some(())
+    });
 }
 
 /// Both flows' receiver rates over the same `over`, in bit/s.
@@ -352,4 +465,30 @@ fn a_capped_upload_is_policed_to_its_rate_and_the_rate_changes_in_place() {
         "capped upload after the change at {:.2} Mbit/s",
         capped / 1e6
     );
+}
+
+/// The upload policer sees a download's ACKs too (they travel in the
+/// original direction), but TCP's ACKs are cumulative: losing most of
+/// them costs the download little. Segments of one MTU (no TSO on the
+/// server's veth), as on a real NIC, so the ACKs are many.
+#[test]
+fn a_small_upload_cap_leaves_the_download_alone() {
+    let _heavy = crate::support::heavy();
+    let Some((srv, cli)) = pair("shd") else {
+        return;
+    };
+    srv.ok(&["ip", "link", "set", "dev", "sv0", "gso_max_size", "1500"]);
+    ensure(&srv, &[5301], &[alice(Some(MBIT5 / 5))]);
+    let down = transfer::start(&srv, "10.88.0.1:5301".parse().unwrap(), &cli, Dir::Down);
+    add_peers(&srv, &[(down.client, ALICE)]);
+    wait_until(PROMPT, "the mark on the download", || {
+        (ct_mark(&srv, down.client) == Some(ALICE)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let rate = down.rate_bps(Duration::from_secs(2));
+    eprintln!(
+        "download with a 1 Mbit/s upload cap: {:.0} Mbit/s",
+        rate / 1e6
+    );
+    assert!(rate > 50e6, "the download was slowed to {rate} bit/s");
 }

@@ -164,18 +164,8 @@ pub fn ensure(buf: &mut NlBuf, seq: u32, cfg: &NftConfig, fresh: bool) {
     b.new_chain(TABLE, CHAIN, NF_INET_LOCAL_IN, PRIORITY, false);
     b.new_set(TABLE, SET_PORTS, TYPE_INET_SERVICE, 2, 0, 0, 1, false);
     b.elems(TABLE, PORTS, false, &[], false);
-    let ports: Vec<[u8; 2]> = cfg.ports.iter().map(|p| p.to_be_bytes()).collect();
-    let elems: Vec<nft::Elem<'_>> = ports
-        .iter()
-        .map(|p| nft::Elem {
-            key: p,
-            timeout_ms: None,
-        })
-        .collect();
-    // (`--dport` is never empty; an empty NEWSETELEM would be refused.)
-    if !elems.is_empty() {
-        b.elems(TABLE, PORTS, true, &elems, false);
-    }
+    // (`--dport` is never empty.)
+    b.port_elems(TABLE, PORTS, &cfg.ports, false);
     b.new_set(
         TABLE,
         SET_V4,
