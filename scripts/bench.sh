@@ -31,6 +31,13 @@
 #               decided by the daemon's exact sock_diag lookup of device
 #               1's connection (in use, its only line older than the
 #               window); the daemon's liveness counters in the row
+#   fleet       (a latency row) scripts/fleet-latency.sh: two daemons in
+#               namespaces of their own sharing a real redis-server (on a
+#               unix socket: a namespace cannot reach the host's loopback),
+#               line on node B → key in B's set while node A holds the
+#               user's first device, beside the same measure for a violation
+#               B sees alone, alternated in the same run; 1000 users
+#               (--quick: 200). Skipped, saying why, without root or redis
 #   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s),
 #               the daemon with liveness on (--proto=tcp --dport=443, in a
 #               namespace of its own); the follow phase again without
@@ -263,6 +270,42 @@ for ehash in 16384 0; do
         late_row latency "refract, ban decided by liveness, $where" "not measured (needs root, ip, ipset, iptables, ss)" "" "p99 < $((goal / 1000)) ms" "-"
     fi
 done
+
+# ---- fleet (a latency row, after the others) ----
+# scripts/fleet-latency.sh (tests/kernel/fleet.rs `fleet_latency`): the
+# same daemon's fleet and local decisions, alternated in one run.
+say "latency, --fleet (two namespaces sharing a redis-server)"
+fleet_n=1000
+((quick)) && fleet_n=200
+fleet_label="ban latency with --fleet (a real redis-server, on a unix socket both nodes' namespaces reach), p50/p99: line on node B → key in B's set while node A holds the user's first device"
+fleet_goal="fleet p50 ≤ local p50 + 5 ms"
+fleet_why=
+if [[ $(id -u) -ne 0 ]]; then
+    fleet_why="needs root (network namespaces)"
+elif ! command -v redis-server >/dev/null && ! command -v redis-check-rdb >/dev/null; then
+    fleet_why="no redis-server (scripts/deps.sh bench installs redis-tools)"
+elif ! flat=$(scripts/fleet-latency.sh "$fleet_n"); then
+    fleet_why="scripts/fleet-latency.sh $fleet_n failed (its error above)"
+fi
+if [[ -z $fleet_why ]]; then
+    flget() { sed -n "s/^fleet-latency $1 .*$2=\([0-9-]*\).*/\1/p" <<<"$flat" | head -1; }
+    ff50=$(flget fleet p50_us) ff99=$(flget fleet p99_us)
+    fl50=$(flget local p50_us) fl99=$(flget local p99_us)
+    freq=$(sed -n 's/^fleet-latency redis_requests_a=\([0-9]*\).*/\1/p' <<<"$flat" | head -1)
+    if [[ -z $ff50 || -z $fl50 ]]; then
+        fleet_why=$(sed -n 's/^SKIPPED: //p' <<<"$flat" | head -1)
+        fleet_why=${fleet_why:-"no figures in the output of scripts/fleet-latency.sh"}
+    fi
+fi
+if [[ -z $fleet_why ]]; then
+    late_row latency "$fleet_label; $fleet_n users" \
+        "fleet p50 $ff50 µs, p99 $ff99 µs; local (a violation B sees alone, same daemon, alternated) p50 $fl50 µs, p99 $fl99 µs (node A's Redis requests: ${freq:-?} for its $fleet_n lines)" \
+        "fleet / local: p50 $(ratio "$ff50" "$fl50")x ($(awk -v a="$ff50" -v b="$fl50" 'BEGIN { printf "%+.1f", (a - b) / 1000 }') ms), p99 $(ratio "$ff99" "$fl99")x" \
+        "$fleet_goal" "$(yes_no "$ff50 >= 0 && $ff50 <= $fl50 + 5000")"
+else
+    say "fleet latency skipped: $fleet_why"
+    late_row latency "$fleet_label" "skipped: $fleet_why" "" "$fleet_goal" "-"
+fi
 rows+=("${late_rows[@]}")
 
 # ---- footprint ----
