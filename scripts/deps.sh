@@ -189,7 +189,7 @@ refract_install_deps() {
         build) ;;
         demo) cmds+=(ip ss ipset iptables conntrack python3) ;;
         test) cmds+=(ip ss ipset iptables nft conntrack shellcheck v2ray systemd-analyze python3 curl dpkg-deb pgrep man logrotate openssl redis-check-rdb) ;;
-        bench) cmds+=(ip ss ipset iptables nft conntrack fail2ban-regex python3) ;;
+        bench) cmds+=(ip ss ipset iptables nft conntrack fail2ban-regex python3 redis-check-rdb) ;;
         *) echo "deps: unknown set '$what' (build, demo, test, bench)" >&2; return 2 ;;
     esac
     refract_install_rust "$what"
