@@ -293,7 +293,11 @@ fn bash_completion_parses_and_completes() {
         complete(&["refract", "--proto", ""]),
         ["tcp", "udp", "tcp,udp"]
     );
-    assert_eq!(complete(&["refract", "--firewall", "=", "n"]), ["none"]);
+    assert_eq!(
+        complete(&["refract", "--firewall", "=", "n"]),
+        ["none", "nftables"]
+    );
+    assert_eq!(complete(&["refract", "--shape", "o"]), ["on", "off"]);
     // Every flag the completion offers without a command is one the man
     // page documents.
     let man = man_flags(&man_source());
