@@ -267,6 +267,27 @@ fn settings_source(r: &mut Report, env_file: Option<&EnvFile>) {
     }
 }
 
+/// Bandwidth caps: off, not configured, or each piece tried.
+fn shape(r: &mut Report, cfg: &Config) {
+    if cfg.shape.off {
+        r.note(
+            "shape",
+            "--shape off: refract's shaping is removed at start",
+        );
+        return;
+    }
+    if !cfg.shape.enabled() {
+        r.note("shape", "no rate configured: no shaping");
+        return;
+    }
+    for (what, res) in crate::shape::check(&cfg.shape, &cfg.ports) {
+        match res {
+            Ok(m) => r.ok(&what, m),
+            Err(e) => r.fail(&what, e),
+        }
+    }
+}
+
 /// Runs the checks; returns the report and whether the daemon would start.
 /// `env_file` is the environment file the settings were read from.
 pub fn run(cfg: &Config, env_file: Option<&EnvFile>) -> (String, bool) {
@@ -282,6 +303,7 @@ pub fn run(cfg: &Config, env_file: Option<&EnvFile>) -> (String, bool) {
         r.note("kernel", "--dry-run: nothing is set up in the kernel");
     } else {
         kernel(&mut r, cfg);
+        shape(&mut r, cfg);
     }
     let ok = r.problems == 0;
     let _ = writeln!(

@@ -132,3 +132,68 @@ pub fn cleanup_report(dry_run: bool) -> std::io::Result<String> {
         format!("shape: removed {}\n", removed.join(", "))
     })
 }
+
+/// `refract check`'s part for shaping: the device and its root qdisc, and
+/// every kernel piece the data plane needs, each tried in a scratch
+/// network namespace (HTB, its class and the classic cls_bpf filter; the
+/// table with its conntrack-mark rules, a limit object and the objref map;
+/// the conntrack dump by mark). `(what, Ok(detail) | Err(problem))`.
+pub fn check(cfg: &ShapeConfig, ports: &[u16]) -> Vec<(String, Result<String, String>)> {
+    let mut out = Vec::new();
+    let dev = match &cfg.dev {
+        Dev::Auto => "auto",
+        Dev::Named(n) => n.as_str(),
+    };
+    match tc::resolve_dev(dev) {
+        Ok(d) => {
+            let root = tc::open()
+                .and_then(|mut s| tc::qdiscs(&mut s))
+                .map(|qs| qs.into_iter().find(|q| q.ifindex == d.index && q.is_root()));
+            let r = match root {
+                Ok(Some(q)) if tc::is_ours(&q) => {
+                    Ok(format!("{}: refract's root qdisc 5246: is there", d.name))
+                }
+                Ok(Some(q)) if q.handle == 0 => Ok(format!(
+                    "{}: the kernel's default root qdisc ({}) will be replaced by refract's",
+                    d.name, q.kind
+                )),
+                Ok(Some(q)) => Err(format!(
+                    "{}: the root qdisc is someone else's ({} {}); refract will not replace it",
+                    d.name,
+                    q.kind,
+                    tc::handle_str(q.handle)
+                )),
+                Ok(None) => Ok(format!("{}: no root qdisc yet", d.name)),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push(("shape device".to_string(), r));
+        }
+        Err(e) => out.push(("shape device".to_string(), Err(e.to_string()))),
+    }
+    for (feature, r) in tc::check_kernel() {
+        out.push((format!("shape: {feature}"), r.map(|()| "works".to_string())));
+    }
+    let nft = tc::scratch_socket(libc::NETLINK_NETFILTER).and_then(|mut s| {
+        let user = nft::User {
+            mark: marks::mark(1),
+            email: "check@refract",
+            up_bytes_per_s: Some(125_000),
+        };
+        nft::ensure(&mut s, ports, &[user])?;
+        let mut buf = crate::nl::buf::NlBuf::new();
+        crate::nl::conntrack::MarkDump {
+            mark: marks::mark(1),
+            mask: u32::MAX,
+        }
+        .emit(&mut buf, s.next_seq());
+        s.request(&buf, std::time::Duration::from_secs(5))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("conntrack dump by mark: {e}")))?;
+        Ok(())
+    });
+    out.push((
+        "shape: nftables marks and limits".to_string(),
+        nft.map(|()| "works (ct mark rules, concatenation maps, limit objects, objref map, conntrack by mark)".to_string())
+            .map_err(|e| e.to_string()),
+    ));
+    out
+}

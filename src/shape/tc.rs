@@ -531,7 +531,7 @@ pub type Finding = (&'static str, Result<(), String>);
 /// touched, even if refract dies halfway. Without `CAP_SYS_ADMIN` (no
 /// scratch namespace), says so and tries nothing.
 pub fn check_kernel() -> Vec<Finding> {
-    let sock = match scratch_socket() {
+    let sock = match scratch_socket(libc::NETLINK_ROUTE) {
         Ok(s) => s,
         Err(e) => {
             return vec![(
@@ -545,8 +545,9 @@ pub fn check_kernel() -> Vec<Finding> {
     check_in(sock)
 }
 
-/// A route socket in a new network namespace, the thread back in its own.
-fn scratch_socket() -> io::Result<NlSocket> {
+/// A netlink socket of `protocol` in a new, empty network namespace, the
+/// thread back in its own (the namespace lives as long as the socket).
+pub fn scratch_socket(protocol: i32) -> io::Result<NlSocket> {
     let home = File::open("/proc/thread-self/ns/net")?;
     crate::sys::netlink::unshare_net().map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EPERM) {
@@ -556,7 +557,7 @@ fn scratch_socket() -> io::Result<NlSocket> {
         };
         io::Error::new(e.kind(), format!("unshare: {e}{hint}"))
     })?;
-    let sock = NlSocket::open(libc::NETLINK_ROUTE, 0);
+    let sock = NlSocket::open(protocol, 0);
     if let Err(e) = crate::sys::netlink::setns_net(home.as_fd()) {
         // Cannot happen (we came from there, with the rights to leave); a
         // thread stranded in an empty namespace must not carry on.

@@ -373,3 +373,41 @@ fn download_and_upload_at_once_each_hold_their_cap() {
         2e6,
     );
 }
+
+/// `refract check` tries every piece of the data plane in a scratch
+/// namespace and names a root qdisc it would not replace.
+#[test]
+fn check_reports_the_kernel_pieces_and_a_foreign_root() {
+    let Some(n) = node("e") else { return };
+    let dir = TempDir::new("shape-e");
+    let access = dir.path("access.log");
+    append(&access, "");
+    let run = || {
+        let o = n.node.exec(&[
+            BIN,
+            "check",
+            "--firewall=none",
+            "--rate-down=2mbit",
+            "--shape-dev=sv0",
+            &format!("--access-log={}", access.display()),
+            &format!("--block-log={}", dir.path("block.log").display()),
+        ]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = run();
+    for want in [
+        "ok    shape device: sv0:",
+        "ok    shape: htb qdisc: works",
+        "ok    shape: cls_bpf classic filter: works",
+        "ok    shape: nftables marks and limits: works",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    n.node.ok(&["tc", "qdisc", "add", "dev", "sv0", "root", "handle", "1:", "htb"]);
+    let out = run();
+    assert!(
+        out.contains("the root qdisc is someone else's (htb 1:); refract will not replace it"),
+        "{out}"
+    );
+    assert!(out.contains("refract would not start"), "{out}");
+}
