@@ -289,6 +289,41 @@ impl Daemon {
                 ],
             );
         }
+        if let Some(sh) = self.core.shape.as_ref() {
+            let x = &sh.stats;
+            e.gauge(
+                "refract_shaped_users",
+                "Users with a bandwidth mark now (a class and/or an upload limit).",
+                &[(&[], sh.marks.len() as f64)],
+            );
+            e.counter(
+                "refract_shape_connections_marked_total",
+                "Connections handed their user's mark (peer elements sent).",
+                &[(&[], x.marked)],
+            );
+            e.counter(
+                "refract_shape_user_changes_total",
+                "Capped users given a mark, changed in place (reload), released.",
+                &[
+                    (&[("change", "added")], x.added),
+                    (&[("change", "changed")], x.changed),
+                    (&[("change", "released")], x.released),
+                ],
+            );
+            e.counter(
+                "refract_shape_errors_total",
+                "Shaping requests the kernel refused or did not answer, and lines of capped users with every mark taken.",
+                &[
+                    (&[("kind", "kernel")], x.errors),
+                    (&[("kind", "marks_full")], x.full),
+                ],
+            );
+            e.counter(
+                "refract_shape_repairs_total",
+                "Shaping objects deleted behind refract's back and rebuilt.",
+                &[(&[], x.repairs)],
+            );
+        }
         e.counter(
             "refract_control_requests_total",
             "Requests served on the control socket.",

@@ -40,7 +40,7 @@ pub const MAX_MINOR: u16 = 0xfffe;
 /// A peer handed the same mark within this long is not sent again.
 pub const PEER_REFRESH: Micros = 60 * SECOND;
 /// Peers remembered at most.
-pub const MAX_PEERS: usize = 65_536;
+pub const MAX_PEERS: usize = 8192;
 /// A user without a line for this long is a candidate for release.
 pub const RELEASE_IDLE: Micros = 10 * 60 * SECOND;
 

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::daemon::*;
@@ -42,16 +41,6 @@ fn samples(text: &str) -> HashMap<String, f64> {
         assert!(m.insert(series.to_string(), v).is_none(), "twice: {series}");
     }
     m
-}
-
-fn promtool() -> Option<PathBuf> {
-    crate::support::which("promtool").or_else(|| {
-        let p = PathBuf::from(
-            std::env::var("REFRACT_TOOLS").unwrap_or_else(|_| "/var/cache/refract-tools".into()),
-        )
-        .join("promtool");
-        p.exists().then_some(p)
-    })
 }
 
 #[test]
@@ -128,31 +117,7 @@ fn a_scrape_shows_what_happened_and_promtool_accepts_it() {
     let (code, _) = get(&addr, "/");
     assert_eq!(code, 404);
 
-    match promtool() {
-        None => skip("promtool not installed (scripts/deps.sh test fetches it)"),
-        Some(p) => {
-            let mut child = std::process::Command::new(p)
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let o = child.wait_with_output().unwrap();
-            assert!(
-                o.status.success(),
-                "promtool check metrics: {}{}\n{text}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-    }
+    crate::support::promtool_check(&text);
 }
 
 #[test]

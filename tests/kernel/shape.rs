@@ -279,7 +279,9 @@ fn repairs_restart_and_cleanup() {
     let Some(n) = node("c") else { return };
     let dir = TempDir::new("shape-c");
     let before = qdiscs(&n.node);
-    let mut d = start(&n, &dir, &["--rate-down=2mbit", "--rate-up=1mbit"]);
+    let prom = dir.path("refract.prom");
+    let prom_arg = format!("--metrics-file={}", prom.display());
+    let mut d = start(&n, &dir, &["--rate-down=2mbit", "--rate-up=1mbit", &prom_arg]);
     let f = transfer::start(&n.node, listen(false), &n.client, Dir::Down);
     append(&d.access, &line("erin@example.com", f.client, false));
     wait_until(PROMPT, "erin's class", || {
@@ -307,6 +309,15 @@ fn repairs_restart_and_cleanup() {
     });
     let s = d.stats();
     assert!(s["shape_repairs"] >= 2, "{s:?}\n{}", d.log());
+    let text = wait_until(PROMPT, "the metrics with the repairs", || {
+        let t = std::fs::read_to_string(&prom).unwrap_or_default();
+        t.lines()
+            .any(|l| l.starts_with("refract_shape_repairs_total ") && !l.ends_with(" 0"))
+            .then_some(t)
+    });
+    assert!(text.contains("refract_shaped_users 1\n"), "{text}");
+    assert!(text.contains("refract_shape_connections_marked_total 1\n"), "{text}");
+    crate::support::promtool_check(&text);
     assert!(d.terminate().0.success());
 
     // Restart: erin keeps mark 1 (her connection carries it).

@@ -72,6 +72,47 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `promtool` (Prometheus' own checker of the exposition format): on
+/// `$PATH`, or where `scripts/deps.sh` puts it (`$REFRACT_TOOLS`, default
+/// `/var/cache/refract-tools`).
+pub fn promtool() -> Option<PathBuf> {
+    which("promtool").or_else(|| {
+        let p = PathBuf::from(
+            std::env::var("REFRACT_TOOLS").unwrap_or_else(|_| "/var/cache/refract-tools".into()),
+        )
+        .join("promtool");
+        p.exists().then_some(p)
+    })
+}
+
+/// `promtool check metrics` on `text` must pass (skipped, with the
+/// reason printed, without promtool).
+pub fn promtool_check(text: &str) {
+    let Some(p) = promtool() else {
+        return skip("promtool not installed (scripts/deps.sh test fetches it)");
+    };
+    let mut child = std::process::Command::new(p)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Whether `tool` is installed (on `$PATH`).
 pub fn have_tool(tool: &str) -> bool {
     which(tool).is_some()
