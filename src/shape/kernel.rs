@@ -787,8 +787,9 @@ impl Shaper {
             }
         });
         self.nf_with(now, |c, h| {
-            if !changes.is_empty() {
-                h.queue(&mut c.pipe, NfOp::Users(changes));
+            // A batch is one datagram: bounded like the startup's.
+            for chunk in changes.chunks(nft::USERS_PER_BATCH) {
+                h.queue(&mut c.pipe, NfOp::Users(chunk.to_vec()));
             }
             for chunk in peers.chunks(nft::PEERS_PER_BATCH) {
                 h.queue(&mut c.pipe, NfOp::Peers(chunk.to_vec()));

@@ -281,7 +281,11 @@ fn repairs_restart_and_cleanup() {
     let before = qdiscs(&n.node);
     let prom = dir.path("refract.prom");
     let prom_arg = format!("--metrics-file={}", prom.display());
-    let mut d = start(&n, &dir, &["--rate-down=2mbit", "--rate-up=1mbit", &prom_arg]);
+    let mut d = start(
+        &n,
+        &dir,
+        &["--rate-down=2mbit", "--rate-up=1mbit", &prom_arg],
+    );
     let f = transfer::start(&n.node, listen(false), &n.client, Dir::Down);
     append(&d.access, &line("erin@example.com", f.client, false));
     wait_until(PROMPT, "erin's class", || {
@@ -316,7 +320,10 @@ fn repairs_restart_and_cleanup() {
             .then_some(t)
     });
     assert!(text.contains("refract_shaped_users 1\n"), "{text}");
-    assert!(text.contains("refract_shape_connections_marked_total 1\n"), "{text}");
+    assert!(
+        text.contains("refract_shape_connections_marked_total 1\n"),
+        "{text}"
+    );
     crate::support::promtool_check(&text);
     assert!(d.terminate().0.success());
 
@@ -414,11 +421,68 @@ fn check_reports_the_kernel_pieces_and_a_foreign_root() {
     ] {
         assert!(out.contains(want), "{want:?} missing:\n{out}");
     }
-    n.node.ok(&["tc", "qdisc", "add", "dev", "sv0", "root", "handle", "1:", "htb"]);
+    n.node.ok(&[
+        "tc", "qdisc", "add", "dev", "sv0", "root", "handle", "1:", "htb",
+    ]);
     let out = run();
     assert!(
         out.contains("the root qdisc is someone else's (htb 1:); refract will not replace it"),
         "{out}"
     );
     assert!(out.contains("refract would not start"), "{out}");
+}
+
+/// Ten thousand capped users: a class, a users element and an upload
+/// limit each, every one in the kernel, nothing refused, and the daemon's
+/// memory printed (the kernel holds the classes, refract a table entry).
+#[test]
+fn ten_thousand_capped_users() {
+    let Some(n) = node("f") else { return };
+    let _heavy = heavy();
+    let dir = TempDir::new("shape-f");
+    let mut d = start(&n, &dir, &["--rate-down=2mbit", "--rate-up=1mbit"]);
+    let (_, rss0) = crate::support::daemon::proc_status(d.pid());
+    const USERS: usize = 10_000;
+    let mut text = String::new();
+    for i in 0..USERS {
+        let peer: std::net::SocketAddr =
+            format!("10.80.{}.{}:{}", i / 250, i % 250 + 1, 20_000 + i % 30_000)
+                .parse()
+                .unwrap();
+        text.push_str(&line(&format!("user{i}@example.com"), peer, false));
+    }
+    append(&d.access, &text);
+    let start = std::time::Instant::now();
+    crate::support::wait_progress(crate::support::STALL, "every class in the kernel", || {
+        let classes = n.node.ok(&["tc", "class", "show", "dev", "sv0"]);
+        let have = classes
+            .lines()
+            .filter(|l| l.starts_with("class htb 5246:"))
+            .count();
+        if have == USERS {
+            Ok(())
+        } else {
+            Err(have)
+        }
+    });
+    let took = start.elapsed();
+    let users = n
+        .node
+        .ok(&["nft", "list", "set", "inet", "refract_shape", "users"]);
+    assert_eq!(users.matches("comment \"user").count(), USERS);
+    let objects = n
+        .node
+        .ok(&["nft", "list", "limits", "table", "inet", "refract_shape"]);
+    assert_eq!(objects.matches("limit up_").count(), USERS);
+    let s = d.stats();
+    assert_eq!(
+        (s["shape_errors"], s["shaped_users"]),
+        (0, USERS as u64),
+        "{s:?}"
+    );
+    let (_, rss1) = crate::support::daemon::proc_status(d.pid());
+    eprintln!(
+        "{USERS} capped users in the kernel after {took:?}; daemon VmRSS {rss0} kB -> {rss1} kB"
+    );
+    assert!(d.terminate().0.success());
 }
