@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::support::daemon::*;
-use crate::support::{skip, wait_until, TempDir, PROMPT};
+use crate::support::{wait_until, TempDir, PROMPT};
 
 /// `GET path` on `addr`: status code and body.
 fn get(addr: &str, path: &str) -> (u16, String) {
