@@ -5,7 +5,7 @@
 # versions compare.
 #
 #   sudo scripts/bench.sh [--quick] [--only SECTION[,SECTION...]]
-#       --only: just these of throughput, latency, fleet, footprint, scale
+#       --only: just these of throughput, latency, fleet, shape, footprint, scale
 #       (the table's header says so; default all)
 #   REFRACT_BASE=path/to/previous/refract [REFRACT_BASE_NAME=label] sudo scripts/bench.sh
 #       also measures that binary in this run: the first latency row's
@@ -40,6 +40,14 @@
 #               user's first device, beside the same measure for a violation
 #               B sees alone, alternated in the same run; 1000 users
 #               (--quick: 200). Skipped, saying why, without root or redis
+#   shape       (a latency row) scripts/shape-latency.sh: the daemon with
+#               --rate-down/--rate-up in a namespace, a trickling TCP
+#               connection: line appended → the connection's peer in
+#               refract's nftables map (from then on its next packet takes
+#               the mark), and → the mark on its conntrack entry; for a
+#               user's first line and a further connection; vs one
+#               `conntrack -U --mark` process per line (what log-following
+#               shell scripts run). 200 connections each (--quick: 50)
 #   footprint   scripts/footprint.sh (--quick: 10 s phases instead of 60 s),
 #               the daemon with liveness on (--proto=tcp --dport=443, in a
 #               namespace of its own); the follow phase again without
@@ -63,7 +71,7 @@ while (($#)); do
             ;;
         --only=*) only=${1#--only=} ;;
         *)
-            echo "usage: scripts/bench.sh [--quick] [--only throughput,latency,fleet,footprint,scale]" >&2
+            echo "usage: scripts/bench.sh [--quick] [--only throughput,latency,fleet,shape,footprint,scale]" >&2
             exit 2
             ;;
     esac
@@ -71,8 +79,8 @@ while (($#)); do
 done
 for s in ${only//,/ }; do
     case $s in
-        throughput | latency | fleet | footprint | scale) ;;
-        *) echo "bench: unknown section '$s' (throughput, latency, fleet, footprint, scale)" >&2 && exit 2 ;;
+        throughput | latency | fleet | shape | footprint | scale) ;;
+        *) echo "bench: unknown section '$s' (throughput, latency, fleet, shape, footprint, scale)" >&2 && exit 2 ;;
     esac
 done
 # want SECTION: whether this run measures SECTION.
@@ -334,6 +342,42 @@ if want fleet; then
     else
         say "fleet latency skipped: $fleet_why"
         late_row latency "$fleet_label" "skipped: $fleet_why" "" "$fleet_goal" "-"
+    fi
+fi
+
+# ---- shape (a latency row, after fleet) ----
+# scripts/shape-latency.sh (tests/kernel/shape.rs `shape_latency`).
+if want shape; then
+    say "latency, bandwidth marks (--rate-down/--rate-up)"
+    shape_n=200
+    ((quick)) && shape_n=50
+    shape_label="bandwidth mark latency, p50/p99: line appended → the connection's peer in refract's map (its next packet takes the mark) / → the mark on its conntrack entry (a trickling connection: a packet every 100 µs)"
+    shape_goal="peer in the map: p50 < 1 ms"
+    shape_why=
+    if [[ $(id -u) -ne 0 ]]; then
+        shape_why="needs root (network namespaces)"
+    elif ! slat=$(scripts/shape-latency.sh "$shape_n"); then
+        shape_why="scripts/shape-latency.sh $shape_n failed (its error above)"
+    fi
+    if [[ -z $shape_why ]]; then
+        slget() { sed -n "s/^shape-latency $1 .*$2=\([0-9-]*\).*/\1/p" <<<"$slat" | head -1; }
+        sf50=$(slget first p50_us) sf99=$(slget first p99_us)
+        sn50=$(slget next p50_us) sn99=$(slget next p99_us)
+        sfm50=$(slget first-marked p50_us) snm50=$(slget next-marked p50_us)
+        st50=$(slget conntrack-tool p50_us) st99=$(slget conntrack-tool p99_us)
+        if [[ -z $sf50 || -z $st50 ]]; then
+            shape_why=$(sed -n 's/^SKIPPED: //p' <<<"$slat" | head -1)
+            shape_why=${shape_why:-"no figures in the output of scripts/shape-latency.sh"}
+        fi
+    fi
+    if [[ -z $shape_why ]]; then
+        late_row latency "$shape_label; $shape_n connections each" \
+            "a user's first line: p50 $sf50 µs, p99 $sf99 µs (marked: p50 $sfm50 µs); a further connection: p50 $sn50 µs, p99 $sn99 µs (marked: p50 $snm50 µs); conntrack -U process: p50 $st50 µs, p99 $st99 µs" \
+            "conntrack -U / refract (further connection, p50): $(ratio "$st50" "$sn50")x" \
+            "$shape_goal" "$(yes_no "$sn50 >= 0 && $sn50 < 1000 && $sf50 < 1000")"
+    else
+        say "shape latency skipped: $shape_why"
+        late_row latency "$shape_label" "skipped: $shape_why" "" "$shape_goal" "-"
     fi
 fi
 rows+=("${late_rows[@]}")

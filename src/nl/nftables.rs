@@ -981,6 +981,27 @@ pub fn dump_elems(buf: &mut NlBuf, seq: u32, table: &str, set: &str) {
     );
 }
 
+/// `NFT_MSG_GETSETELEM` of one element by its key, acked (what `nft get
+/// element` asks; `nf_tables_getsetelem()` without `NLM_F_DUMP` answers
+/// the element, then the ack, or `ENOENT`).
+pub fn get_elem(buf: &mut NlBuf, seq: u32, table: &str, set: &str, key: &[u8]) {
+    buf.message(
+        msg_type(NFT_MSG_GETSETELEM),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        |b| {
+            nfgen(b, NFPROTO_INET);
+            b.attr_str(NFTA_SET_ELEM_LIST_TABLE, table);
+            b.attr_str(NFTA_SET_ELEM_LIST_SET, set);
+            b.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                b.nested(NFTA_LIST_ELEM, |b| {
+                    b.nested(NFTA_SET_ELEM_KEY, |b| b.attr(NFTA_DATA_VALUE, key));
+                });
+            });
+        },
+    );
+}
+
 /// `NFT_MSG_GETTABLE` of one table, acked: `ENOENT` when it is missing.
 pub fn get_table(buf: &mut NlBuf, seq: u32, table: &str) {
     buf.message(

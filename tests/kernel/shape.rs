@@ -486,3 +486,156 @@ fn ten_thousand_capped_users() {
     );
     assert!(d.terminate().0.success());
 }
+
+/// The flow's conntrack mark, by an exact `IPCTNL_MSG_CT_GET` of its
+/// original tuple (what a tight poll can afford: a hash lookup).
+fn ct_mark(
+    sock: &mut NlSocket,
+    client: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+) -> Option<u32> {
+    use refract::nl::conntrack::{GetRequest, Tuple, CTA_MARK};
+    let mut buf = NlBuf::new();
+    GetRequest {
+        family: if client.is_ipv4() {
+            libc::AF_INET as u8
+        } else {
+            libc::AF_INET6 as u8
+        },
+        orig: Tuple {
+            src: client.ip(),
+            dst: server.ip(),
+            proto: libc::IPPROTO_TCP as u8,
+            sport: client.port(),
+            dport: server.port(),
+        },
+    }
+    .emit(&mut buf, sock.next_seq());
+    let msgs = sock.request(&buf, TIMEOUT).ok()?;
+    msgs.iter().find_map(|m| {
+        let m = m.as_msg();
+        refract::nl::msg::Attrs::new(m.payload.get(4..)?)
+            .find(|a| a.ty == CTA_MARK)
+            .and_then(|a| a.u32_be())
+    })
+}
+
+/// How long from a line to its connection's mark: the line is appended
+/// while the connection trickles (a packet every 100 µs, at almost no
+/// CPU); the peer's element is polled by exact get until it is in the map
+/// (`first`, `next`: refract's part, from then on the next packet takes the
+/// mark), then the conntrack entry until it carries the mark
+/// (`…-marked`: that next packet included). For a user's first line (a mark, a class and a limit made
+/// first) and for a further connection of a user already capped. The
+/// reference, in the same run: what the log-following shell designs do
+/// per line, one `conntrack -U … --mark` process on a connection of its
+/// own. Prints `shape-latency …` lines with p50 and p99 in µs.
+#[test]
+#[ignore = "benchmark: scripts/shape-latency.sh"]
+fn shape_latency() {
+    // A packet on the connection every 100 µs: the mark is set by the
+    // first one after refract's batch, so this bounds what the kernel adds.
+    const PACE: Option<Duration> = Some(Duration::from_micros(100));
+    let Some(n) = node("l") else { return };
+    let iters: usize = std::env::var("REFRACT_SHAPE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = TempDir::new("shape-l");
+    let d = start(&n, &dir, &["--rate-down=100mbit", "--rate-up=100mbit"]);
+    let server = listen(false);
+    let mut sock = n
+        .node
+        .in_netns(|| NlSocket::open(NETLINK_NETFILTER, 1 << 20).unwrap());
+    let mut first = Vec::new();
+    let mut next = Vec::new();
+    let mut first_mark = Vec::new();
+    let mut next_mark = Vec::new();
+    let mut tool = Vec::new();
+    // First the peer's element in the map (refract's part: from then on
+    // the connection's next packet takes the mark), then the mark on the
+    // conntrack entry (the kernel's part: that next packet).
+    let poll = |sock: &mut NlSocket, f: &transfer::Flow, t0: std::time::Instant| {
+        let deadline = t0 + PROMPT;
+        let (v6, key) = refract::shape::nft::peer_key(f.client);
+        let set = if v6 { "peers6" } else { "peers4" };
+        let mut buf = NlBuf::new();
+        let elem = loop {
+            buf.clear();
+            refract::nl::nftables::get_elem(&mut buf, sock.next_seq(), "refract_shape", set, &key);
+            if sock.request(&buf, TIMEOUT).is_ok() {
+                break t0.elapsed();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no element for {}",
+                f.client
+            );
+        };
+        loop {
+            if ct_mark(sock, f.client, server).is_some_and(|m| m >> 16 == 0x5246) {
+                return (elem, t0.elapsed());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no mark on {}",
+                f.client
+            );
+        }
+    };
+    for i in 0..iters {
+        for (user, out, marked) in [
+            (format!("l{i}@example.com"), &mut first, &mut first_mark),
+            (format!("l{i}@example.com"), &mut next, &mut next_mark),
+        ] {
+            let f = transfer::start_paced(&n.node, server, &n.client, Dir::Up, PACE);
+            let text = line(&user, f.client, false);
+            let t0 = std::time::Instant::now();
+            append(&d.access, &text);
+            let (e, m) = poll(&mut sock, &f, t0);
+            out.push(e);
+            marked.push(m);
+        }
+        // The reference: a process per line.
+        let f = transfer::start_paced(&n.node, server, &n.client, Dir::Up, PACE);
+        let port = f.client.port().to_string();
+        // Run from a thread inside the namespace (a child inherits it), so
+        // no `ip netns exec` is counted.
+        tool.push(n.node.in_netns(|| {
+            let t0 = std::time::Instant::now();
+            let o = std::process::Command::new("conntrack")
+                .args([
+                    "-U",
+                    "-f",
+                    "ipv4",
+                    "-p",
+                    "tcp",
+                    "--sport",
+                    &port,
+                    "--mark",
+                    "0x52460fff",
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "conntrack -U: {o:?}");
+            t0.elapsed()
+        }));
+    }
+    let pct = |v: &mut Vec<Duration>, p: usize| {
+        v.sort_unstable();
+        v[(v.len() * p / 100).min(v.len() - 1)].as_micros()
+    };
+    for (what, v) in [
+        ("first", &mut first),
+        ("next", &mut next),
+        ("first-marked", &mut first_mark),
+        ("next-marked", &mut next_mark),
+        ("conntrack-tool", &mut tool),
+    ] {
+        println!(
+            "shape-latency {what} n={iters} p50_us={} p99_us={}",
+            pct(v, 50),
+            pct(v, 99)
+        );
+    }
+}

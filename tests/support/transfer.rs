@@ -36,9 +36,21 @@ pub struct Flow {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn pump_out(mut s: TcpStream) {
-    let chunk = vec![0x5a_u8; 64 * 1024];
-    while s.write_all(&chunk).is_ok() {}
+fn pump_out(mut s: TcpStream, pace: Option<Duration>) {
+    match pace {
+        None => {
+            let chunk = vec![0x5a_u8; 64 * 1024];
+            while s.write_all(&chunk).is_ok() {}
+        }
+        // A trickle: a small write every `every` (a packet each), so the
+        // connection always has a packet coming without loading the CPU.
+        Some(every) => {
+            let _ = s.set_nodelay(true);
+            while s.write_all(&[0x5a; 64]).is_ok() {
+                std::thread::sleep(every);
+            }
+        }
+    }
 }
 
 fn pump_in(mut s: TcpStream, count: Arc<AtomicU64>) {
@@ -57,6 +69,19 @@ fn pump_in(mut s: TcpStream, count: Arc<AtomicU64>) {
 /// client in `client` connecting to it (the kernel picks its source
 /// address and port), bytes flowing `dir`.
 pub fn start(server: &Netns, listen: SocketAddr, client: &Netns, dir: Dir) -> Flow {
+    start_paced(server, listen, client, dir, None)
+}
+
+/// [`start`], the sender writing 64 bytes every `pace` when given (a
+/// connection that always has a next packet within `pace`, at almost no
+/// CPU: for measuring how soon something applies to it).
+pub fn start_paced(
+    server: &Netns,
+    listen: SocketAddr,
+    client: &Netns,
+    dir: Dir,
+    pace: Option<Duration>,
+) -> Flow {
     let listener = server.in_netns(|| TcpListener::bind(listen).expect("bind the server"));
     let port = listener.local_addr().unwrap().port();
     let target = SocketAddr::new(listen.ip(), port);
@@ -73,7 +98,7 @@ pub fn start(server: &Netns, listen: SocketAddr, client: &Netns, dir: Dir) -> Fl
     };
     let count = received.clone();
     let threads = vec![
-        std::thread::spawn(move || pump_out(tx)),
+        std::thread::spawn(move || pump_out(tx, pace)),
         std::thread::spawn(move || pump_in(rx, count)),
     ];
     Flow {
