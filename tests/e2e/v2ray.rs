@@ -929,12 +929,27 @@ fn since(a: Instant, b: Instant) -> Duration {
 #[test]
 fn ban_cuts_and_lifts_the_second_device() {
     skip_unless_sandbox!();
-    let mut sb = Sandbox::new("ban");
+    ban_cuts_and_lifts("ban", &[]);
+}
+
+/// The same with refract's own nftables table (`--firewall nftables`).
+#[test]
+fn ban_cuts_and_lifts_the_second_device_with_nftables() {
+    skip_unless_sandbox!();
+    if which("nft").is_none() {
+        skip("nft not installed (apt-get install nftables)");
+        return;
+    }
+    ban_cuts_and_lifts("bannft", &["--firewall=nftables"]);
+}
+
+fn ban_cuts_and_lifts(tag: &str, extra: &[&str]) {
+    let mut sb = Sandbox::new(tag);
     let a1 = sb.add_client("a1", ALICE_ID, Net::V4(1));
     let a2 = sb.add_client("a2", ALICE_ID, Net::V4(2));
     let b1 = sb.add_client("b1", BOB_ID, Net::V4(11));
     sb.start_proxy();
-    sb.start_refract(&[]);
+    sb.start_refract(extra);
 
     let bob = Prober::start(&sb.node(), &[&a1, &b1], Some(&b1));
     // a2 alone first: a download that streams 1 s and then idles, held
