@@ -129,6 +129,10 @@ fn kernel(r: &mut Report, cfg: &Config) {
             ),
             Err(e) => r.fail("nftables", e.to_string()),
         }
+        match crate::enforce::ipset::startup::destroy_works() {
+            Ok(can) => sock_diag(r, Some(can)),
+            Err(e) => r.fail("sock_diag", e),
+        }
         return;
     }
     let cfg = &Config {
@@ -165,14 +169,7 @@ fn kernel(r: &mut Report, cfg: &Config) {
             ),
         }
     }
-    match probe.destroy {
-        Some(true) => r.ok("sock_diag", "the kernel can destroy sockets (open TCP connections are ended)"),
-        Some(false) => r.note(
-            "sock_diag",
-            "this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY off): bans only stop new packets",
-        ),
-        None => {}
-    }
+    sock_diag(r, probe.destroy);
     let fw = Firewall::new(
         cfg.firewall,
         cfg.protos,
@@ -264,6 +261,18 @@ fn settings_source(r: &mut Report, env_file: Option<&EnvFile>) {
                 ENV_FILES.join(", ")
             ),
         ),
+    }
+}
+
+/// Whether the kernel can end a banned address's open connections.
+fn sock_diag(r: &mut Report, destroy: Option<bool>) {
+    match destroy {
+        Some(true) => r.ok("sock_diag", "the kernel can destroy sockets (open TCP connections are ended)"),
+        Some(false) => r.note(
+            "sock_diag",
+            "this kernel cannot destroy sockets (CONFIG_INET_DIAG_DESTROY off): bans only stop new packets",
+        ),
+        None => {}
     }
 }
 

@@ -367,6 +367,12 @@ fn the_daemon_bans_into_the_table_restarts_with_its_bans_and_cleanup_removes_it(
     ]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains("would create table inet refract"), "{out}");
+    // Open connections of a banned address can be ended (the same probe
+    // as with ipset).
+    assert!(
+        out.contains("ok    sock_diag: the kernel can destroy sockets"),
+        "{out}"
+    );
 
     let mut d = Daemon::start_in(&n, &dir, &flags);
     d.wait_log("enforcer nftables");

@@ -644,6 +644,15 @@ fn probe_destroy(sock: &mut NlSocket) -> Result<bool, StartError> {
     }
 }
 
+/// [`probe_destroy`] on a sock_diag socket of its own, for `refract
+/// check` with a backend that has no probe of its own (nftables):
+/// whether open connections of a banned address can be ended.
+pub fn destroy_works() -> Result<bool, String> {
+    let mut sock = NlSocket::open(crate::nl::consts::NETLINK_SOCK_DIAG, 1 << 16)
+        .map_err(|e| format!("sock_diag: {e}"))?;
+    probe_destroy(&mut sock).map_err(|e| e.to_string())
+}
+
 fn typename(f: Family) -> &'static str {
     match f {
         Family::V4 => "hash:ip",
