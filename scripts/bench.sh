@@ -315,7 +315,7 @@ if want fleet; then
     fleet_n=1000
     ((quick)) && fleet_n=200
     fleet_label="ban latency with --fleet (a real redis-server, on a unix socket both nodes' namespaces reach), p50/p99: line on node B → key in B's set while node A holds the user's first device"
-    fleet_goal="fleet p50 ≤ local p50 + 5 ms"
+    fleet_goal="fleet p99 < 5 ms (the issue's), p50 ≤ local p50 + 5 ms"
     fleet_why=
     if [[ $(id -u) -ne 0 ]]; then
         fleet_why="needs root (network namespaces)"
@@ -338,7 +338,7 @@ if want fleet; then
         late_row latency "$fleet_label; $fleet_n users" \
             "fleet p50 $ff50 µs, p99 $ff99 µs; local (a violation B sees alone, same daemon, alternated) p50 $fl50 µs, p99 $fl99 µs (node A's Redis requests: ${freq:-?} for its $fleet_n lines)" \
             "fleet / local: p50 $(ratio "$ff50" "$fl50")x ($(awk -v a="$ff50" -v b="$fl50" 'BEGIN { printf "%+.1f", (a - b) / 1000 }') ms), p99 $(ratio "$ff99" "$fl99")x" \
-            "$fleet_goal" "$(yes_no "$ff50 >= 0 && $ff50 <= $fl50 + 5000")"
+            "$fleet_goal" "$(yes_no "$ff50 >= 0 && $ff99 < 5000 && $ff50 <= $fl50 + 5000")"
     else
         say "fleet latency skipped: $fleet_why"
         late_row latency "$fleet_label" "skipped: $fleet_why" "" "$fleet_goal" "-"
