@@ -64,7 +64,82 @@ pub enum Level {
     Info,
 }
 
-type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+/// The local syslog socket, spoken to as `syslog(3)` does: one datagram
+/// per message, `<PRI>Mmm dd hh:mm:ss refract[PID]: MSG` (RFC 3164's
+/// format without the host name, which the local daemon adds), facility
+/// `daemon`. Written here, not with a crate: the `syslog` crate pulled in
+/// `time` with its formatting machinery, about 60 KB of the binary, for
+/// this one line.
+struct Syslog {
+    sock: std::os::unix::net::UnixDatagram,
+    path: &'static str,
+    pid: u32,
+}
+
+/// Where syslog daemons listen (journald's `/dev/log` link, rsyslog,
+/// busybox syslogd; BSD-style paths last).
+const SYSLOG_PATHS: [&str; 3] = ["/dev/log", "/var/run/syslog", "/var/run/log"];
+
+/// `LOG_DAEMON` (`<syslog.h>`: facility 3, shifted by 3).
+const LOG_DAEMON: u8 = 3 << 3;
+
+impl Syslog {
+    fn connect() -> std::io::Result<Syslog> {
+        Syslog::connect_to(&SYSLOG_PATHS)
+    }
+
+    fn connect_to(paths: &[&'static str]) -> std::io::Result<Syslog> {
+        let mut last = std::io::Error::from(std::io::ErrorKind::NotFound);
+        for &path in paths {
+            let sock = std::os::unix::net::UnixDatagram::unbound()?;
+            match sock.connect(path) {
+                Ok(()) => {
+                    return Ok(Syslog {
+                        sock,
+                        path,
+                        pid: std::process::id(),
+                    })
+                }
+                Err(e) => last = std::io::Error::new(e.kind(), format!("{path}: {e}")),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends one message; after a failure (the syslog daemon restarted:
+    /// `ECONNREFUSED`, `ENOTCONN`) connects again once and retries.
+    fn send(&mut self, level: Level, msg: &str) -> std::io::Result<()> {
+        let severity = match level {
+            Level::Error => 3,
+            Level::Warning => 4,
+            Level::Notice => 5,
+            Level::Info => 6,
+        };
+        let t = crate::clock::localtime_now().civil();
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let month = MONTHS[t.month.clamp(1, 12) as usize - 1];
+        let line = format!(
+            "<{}>{month} {:>2} {:02}:{:02}:{:02} refract[{}]: {msg}",
+            LOG_DAEMON | severity,
+            t.day,
+            t.hour,
+            t.minute,
+            t.second,
+            self.pid
+        );
+        match self.sock.send(line.as_bytes()) {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                let sock = std::os::unix::net::UnixDatagram::unbound()?;
+                sock.connect(self.path)?;
+                self.sock = sock;
+                self.sock.send(line.as_bytes()).map(drop)
+            }
+        }
+    }
+}
 
 enum Sink {
     Stderr,
@@ -135,13 +210,7 @@ pub fn init(target: Target) -> &'static str {
     let mut sink = Sink::Stderr;
     let mut failed = None;
     if want_syslog {
-        let fmt = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_DAEMON,
-            hostname: None,
-            process: "refract".into(),
-            pid: std::process::id(),
-        };
-        match syslog::unix(fmt) {
+        match Syslog::connect() {
             Ok(l) => sink = Sink::Syslog(Box::new(l)),
             Err(e) => failed = Some(e.to_string()),
         }
@@ -173,14 +242,7 @@ pub fn log(level: Level, msg: fmt::Arguments<'_>) {
     }
     let mut guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(Sink::Syslog(l)) = guard.as_mut() {
-        let msg = msg.clone();
-        let r = match level {
-            Level::Error => l.err(msg),
-            Level::Warning => l.warning(msg),
-            Level::Notice => l.notice(msg),
-            Level::Info => l.info(msg),
-        };
-        if r.is_ok() {
+        if l.send(level, &msg).is_ok() {
             return;
         }
     }
@@ -279,6 +341,44 @@ impl<const N: usize> RateLimit<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The datagram a syslog daemon receives: priority (daemon.notice is
+    /// 3 << 3 | 5), the local time as RFC 3164 writes it, ident and pid;
+    /// after the daemon went away and came back, the next message
+    /// reconnects.
+    #[test]
+    fn syslog_datagrams_are_rfc3164_and_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("refract-syslog-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path: &'static str = Box::leak(dir.join("log").display().to_string().into_boxed_str());
+        let _ = std::fs::remove_file(path);
+        let server = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        let mut l = Syslog::connect_to(&["/nonexistent/refract-log", path]).unwrap();
+        l.send(Level::Notice, "hello").unwrap();
+        let mut buf = [0u8; 256];
+        let n = server.recv(&mut buf).unwrap();
+        let got = std::str::from_utf8(&buf[..n]).unwrap();
+        assert!(got.starts_with("<29>"), "{got}");
+        assert!(
+            got.ends_with(&format!(" refract[{}]: hello", std::process::id())),
+            "{got}"
+        );
+        // `<29>Mmm dd hh:mm:ss`: the month, the day padded to two.
+        let stamp = &got[4..19];
+        assert!(
+            stamp.as_bytes()[3] == b' ' && stamp.as_bytes()[6] == b' ',
+            "{stamp:?}"
+        );
+        assert_eq!(&stamp[9..10], ":", "{stamp:?}");
+        // The daemon restarts: a new socket at the same path.
+        drop(server);
+        std::fs::remove_file(path).unwrap();
+        let server = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        l.send(Level::Error, "again").unwrap();
+        let n = server.recv(&mut buf).unwrap();
+        assert!(std::str::from_utf8(&buf[..n]).unwrap().starts_with("<27>"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn rate_limit_one_per_class_per_period() {
