@@ -773,20 +773,6 @@ impl Core {
                 live.stats.errors,
             ));
         }
-        if let Some(f) = self.fleet.as_ref() {
-            let x = &f.stats;
-            out.push_str(&format!(
-                " fleet_up={} fleet_requests={} fleet_admitted={} fleet_over={} \
-                 fleet_timeouts={} fleet_errors={} fleet_connects={}",
-                u8::from(x.up),
-                x.requests,
-                x.admitted,
-                x.over,
-                x.timeouts,
-                x.errors,
-                x.connects,
-            ));
-        }
         if let Some(sh) = self.shape.as_ref() {
             let x = &sh.stats;
             out.push_str(&format!(
