@@ -88,6 +88,10 @@ use crate::support::{heavy, wait_until, TempDir, PROMPT};
 
 /// The proxy's inbound port in these tests (`--dport`).
 const PORT: u16 = 8443;
+/// An upload is policed: the kernel's bucket holds a second of the rate,
+/// which a flow out of a stall (a busy machine) spends at once; measured
+/// over 8 s that second is at most 12.5% of the figure.
+const POLICED_WINDOW: Duration = Duration::from_secs(8);
 /// The kernel enforces the caps; ±15% is the bound.
 const TOLERANCE: f64 = 0.15;
 
@@ -221,7 +225,8 @@ fn capped_user_holds_the_caps_and_an_uncapped_one_runs_free() {
     // Upload: policed at 2 Mbit/s.
     let up = transfer::start(&n.node, listen(false), &n.client, Dir::Up);
     append(&d.access, &line("alice@example.com", up.client, false));
-    assert_capped("alice, upload", settled_rate(&up), 2e6);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_capped("alice, upload", up.rate_bps(POLICED_WINDOW), 2e6);
     drop(up);
 
     let s = d.stats();
@@ -377,7 +382,7 @@ fn download_and_upload_at_once_each_hold_their_cap() {
     append(&d.access, &line("gina@example.com", up.client, false));
     std::thread::sleep(Duration::from_secs(1));
     let (d0, u0, t0) = (down.received(), up.received(), std::time::Instant::now());
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(POLICED_WINDOW);
     let s = t0.elapsed().as_secs_f64();
     let rate = |a: u64, b: u64| (b - a) as f64 * 8.0 / s;
     assert_capped(
