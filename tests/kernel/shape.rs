@@ -364,10 +364,7 @@ fn repairs_restart_and_cleanup() {
     let out = n.node.ok(&[BIN, "cleanup", "--firewall=none"]);
     assert!(out.contains("shape: removed htb 5246:"), "{out}");
     assert_eq!(qdiscs(&n.node), before);
-    assert!(!n
-        .node
-        .ok(&["nft", "list", "tables"])
-        .contains("refract_shape"));
+    assert_eq!(n.node.ok(&["nft", "list", "ruleset"]), ruleset);
 }
 
 /// A user downloading and uploading at once gets both caps: the upload's
