@@ -218,3 +218,45 @@ fn in_path(bin: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
+
+/// What [`flush_within`] needs of a kernel enforcer (ipset and nftables
+/// share the shutdown flush).
+pub(crate) trait Flush {
+    /// Reads everything readable and sends what that queued.
+    fn drain_all(&mut self);
+    /// Whether any request is unanswered or waiting.
+    fn busy(&self) -> bool;
+    /// Gives up on every request; returns how many there were.
+    fn abandon(&mut self) -> usize;
+    /// The sockets the answers come on.
+    fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
+    fn stats_mut(&mut self) -> &mut EnforceStats;
+}
+
+/// [`Enforcer::flush`] of a kernel enforcer: drains until nothing is
+/// waiting or `budget` is spent (then the rest is abandoned, counted and
+/// logged), sleeping in `poll` on its sockets in between. Bounded by the
+/// budget: every pass either waits or finishes.
+pub(crate) fn flush_within(e: &mut impl Flush, budget: Duration) {
+    let end = std::time::Instant::now() + budget;
+    loop {
+        e.drain_all();
+        if !e.busy() {
+            return;
+        }
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            let n = e.abandon();
+            e.stats_mut().errors += n as u64;
+            crate::logger::warning(format_args!(
+                "enforce: shutting down with {n} kernel requests unanswered"
+            ));
+            return;
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        if let Err(err) = crate::sys::netlink::poll_readable_any(&e.fds(), ms) {
+            crate::logger::warning(format_args!("enforce: poll: {err}"));
+            return;
+        }
+    }
+}

@@ -24,7 +24,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::clock::Micros;
 use crate::config::{Config, FirewallMode, Protos};
@@ -194,6 +194,30 @@ impl KernelEnforcer {
     }
 }
 
+impl crate::enforce::Flush for KernelEnforcer {
+    fn drain_all(&mut self) {
+        KernelEnforcer::drain_all(self);
+    }
+
+    fn busy(&self) -> bool {
+        KernelEnforcer::busy(self)
+    }
+
+    fn abandon(&mut self) -> usize {
+        self.ops.abandon() + self.kill.abandon()
+    }
+
+    fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        let mut fds = vec![self.ops.fd()];
+        fds.extend(self.kill.fds());
+        fds
+    }
+
+    fn stats_mut(&mut self) -> &mut EnforceStats {
+        &mut self.stats
+    }
+}
+
 impl Enforcer for KernelEnforcer {
     fn name(&self) -> &'static str {
         "kernel"
@@ -290,30 +314,7 @@ impl Enforcer for KernelEnforcer {
     }
 
     fn flush(&mut self, budget: Duration) {
-        let end = Instant::now() + budget;
-        // Bounded by the budget: every pass either waits or finishes.
-        loop {
-            self.drain_all();
-            if !self.busy() {
-                return;
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let n = self.ops.abandon() + self.kill.abandon();
-                self.stats.errors += n as u64;
-                log(format_args!(
-                    "enforce: shutting down with {n} kernel requests unanswered"
-                ));
-                return;
-            }
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            let mut fds = vec![self.ops.fd()];
-            fds.extend(self.kill.fds());
-            if let Err(e) = crate::sys::netlink::poll_readable_any(&fds, ms) {
-                log(format_args!("enforce: poll: {e}"));
-                return;
-            }
-        }
+        crate::enforce::flush_within(self, budget);
     }
 
     fn take_reports(&mut self) -> Vec<KillReport> {

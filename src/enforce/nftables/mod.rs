@@ -29,7 +29,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::clock::Micros;
 use crate::config::{Config, Protos};
@@ -358,6 +358,30 @@ impl NftEnforcer {
     }
 }
 
+impl crate::enforce::Flush for NftEnforcer {
+    fn drain_all(&mut self) {
+        NftEnforcer::drain_all(self);
+    }
+
+    fn busy(&self) -> bool {
+        NftEnforcer::busy(self)
+    }
+
+    fn abandon(&mut self) -> usize {
+        self.ops.abandon() + self.kill.abandon()
+    }
+
+    fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        let mut fds = vec![self.ops.fd()];
+        fds.extend(self.kill.fds());
+        fds
+    }
+
+    fn stats_mut(&mut self) -> &mut EnforceStats {
+        &mut self.stats
+    }
+}
+
 impl Enforcer for NftEnforcer {
     fn name(&self) -> &'static str {
         "nftables"
@@ -451,29 +475,7 @@ impl Enforcer for NftEnforcer {
     }
 
     fn flush(&mut self, budget: Duration) {
-        let end = Instant::now() + budget;
-        loop {
-            self.drain_all();
-            if !self.busy() {
-                return;
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let n = self.ops.abandon() + self.kill.abandon();
-                self.stats.errors += n as u64;
-                log(format_args!(
-                    "enforce: shutting down with {n} kernel requests unanswered"
-                ));
-                return;
-            }
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            let mut fds = vec![self.ops.fd()];
-            fds.extend(self.kill.fds());
-            if let Err(e) = crate::sys::netlink::poll_readable_any(&fds, ms) {
-                log(format_args!("enforce: poll: {e}"));
-                return;
-            }
-        }
+        crate::enforce::flush_within(self, budget);
     }
 
     fn take_reports(&mut self) -> Vec<KillReport> {
