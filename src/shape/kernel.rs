@@ -40,11 +40,12 @@ use super::tc::{self, Dev};
 use super::ShapeConfig;
 use crate::clock::Micros;
 use crate::enforce::ipset::lock::{self, InstanceLock, LockError};
+use crate::enforce::nftables::Watch;
 use crate::logger::RateLimit;
 use crate::nl::buf::NlBuf;
 use crate::nl::channel::{Channel, Fault, Handler};
 use crate::nl::conntrack::MarkDump;
-use crate::nl::consts::{NETLINK_NETFILTER, NFNLGRP_NFTABLES, NLM_F_CREATE};
+use crate::nl::consts::NLM_F_CREATE;
 use crate::nl::msg::{Messages, Msg, Reply};
 use crate::nl::pipeline::{Completion, Kind, Limits, Outcome, Pipeline};
 use crate::nl::rtnl;
@@ -530,9 +531,8 @@ pub struct Shaper {
     rt: Channel<RtOp>,
     nf: Channel<NfOp>,
     rt_watch: NlSocket,
-    nf_watch: NlSocket,
+    nf_watch: Watch,
     rt_port: u32,
-    nf_port: u32,
     rx: Vec<u8>,
     st: State,
     next_sweep: Micros,
@@ -588,12 +588,13 @@ impl Shaper {
         })?;
         let dev = tc::resolve_dev(dev_name).map_err(|e| StartError(format!("{e}")))?;
         let rt_watch = open_watch(NETLINK_ROUTE, RTNLGRP_TC).map_err(|e| err("rtnetlink", &e))?;
-        let nf_watch =
-            open_watch(NETLINK_NETFILTER, NFNLGRP_NFTABLES).map_err(|e| err("nfnetlink", &e))?;
+        let mut nf_sock = nft::open().map_err(|e| err("nftables", &e))?;
+        let nf_port = nf_sock.port_id().map_err(|e| err("nfnetlink", &e))?;
+        // Notifications caused by our own request socket are ours.
+        let nf_watch = Watch::for_table(nft::TABLE, nf_port).map_err(|e| err("nfnetlink", &e))?;
         let mut rt_sock = tc::open().map_err(|e| err("rtnetlink", &e))?;
         let adopted =
             tc::ensure_root(&mut rt_sock, &dev).map_err(|e| StartError(format!("{e}")))?;
-        let mut nf_sock = nft::open().map_err(|e| err("nftables", &e))?;
         let previous = nft::read_users(&mut nf_sock).map_err(|e| err("nftables", &e))?;
         let mut m = Marks::new();
         m.restore(
@@ -634,7 +635,6 @@ impl Shaper {
             }
         }
         let rt_port = rt_sock.port_id().map_err(|e| err("rtnetlink", &e))?;
-        let nf_port = nf_sock.port_id().map_err(|e| err("nfnetlink", &e))?;
         crate::logger::notice(format_args!(
             "shape: {} on {} (root qdisc {}), {} user(s) kept from before",
             if adopted.created { "set up" } else { "adopted" },
@@ -652,7 +652,6 @@ impl Shaper {
             rt_watch,
             nf_watch,
             rt_port,
-            nf_port,
             rx: Vec::new(),
             st: State {
                 dev,
@@ -820,7 +819,7 @@ impl Shaper {
         registry.register(&mut self.rt.sock, mio::Token(first), r)?;
         registry.register(&mut self.nf.sock, mio::Token(first + 1), r)?;
         registry.register(&mut self.rt_watch, mio::Token(first + 2), r)?;
-        registry.register(&mut self.nf_watch, mio::Token(first + 3), r)
+        registry.register(&mut self.nf_watch.sock, mio::Token(first + 3), r)
     }
 
     /// Token `i` (0..[`TOKENS`]) is readable.
@@ -893,31 +892,13 @@ impl Shaper {
     }
 
     fn nf_notifications(&mut self, now: Micros) {
-        let mut lost = false;
-        for _ in 0..100_000 {
-            match self.nf_watch.recv(&mut self.rx) {
-                Ok(n) => {
-                    for m in Messages::new(&self.rx[..n]).flatten() {
-                        if let Reply::Data(m) = m {
-                            lost |= crate::nl::nftables::deletes_table_objects(
-                                &m,
-                                nft::TABLE,
-                                self.nf_port,
-                            );
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => lost = true,
-                Err(e) => {
-                    self.st.failed(
-                        &mut self.stats,
-                        "nftables notifications",
-                        format_args!("{e}"),
-                    );
-                    break;
-                }
-            }
+        let (lost, err) = self.nf_watch.drain();
+        if let Some(e) = err {
+            self.st.failed(
+                &mut self.stats,
+                "nftables notifications",
+                format_args!("{e}"),
+            );
         }
         if lost {
             self.nf_with(now, |c, h| {

@@ -235,51 +235,57 @@ fn log(msg: std::fmt::Arguments<'_>) {
     crate::logger::warning(msg);
 }
 
-/// The nf_tables notification socket: a deletion in refract's table by
-/// someone else schedules a rebuild.
+/// The nf_tables notification socket: a deletion in one of refract's
+/// tables by someone else schedules a rebuild. The ban table's enforcer
+/// watches `inet refract`, the shaper `inet refract_shape`.
 #[derive(Debug)]
 pub struct Watch {
-    sock: NlSocket,
+    pub(crate) sock: NlSocket,
     own_port: u32,
+    table: &'static str,
     rx: Vec<u8>,
 }
 
 impl Watch {
-    /// Joins `NFNLGRP_NFTABLES`; notifications caused by `own_port` (the
-    /// enforcer's request socket) are ours and ignored.
+    /// Joins `NFNLGRP_NFTABLES` for the ban table; notifications caused
+    /// by `own_port` (the enforcer's request socket) are ours and ignored.
     pub fn open(own_port: u32) -> io::Result<Watch> {
+        Watch::for_table(TABLE, own_port)
+    }
+
+    /// [`Watch::open`] for `table` (family `inet`).
+    pub fn for_table(table: &'static str, own_port: u32) -> io::Result<Watch> {
         let sock = NlSocket::open(crate::nl::consts::NETLINK_NETFILTER, 1 << 20)?;
         sock.join_group(crate::nl::consts::NFNLGRP_NFTABLES)?;
         Ok(Watch {
             sock,
             own_port,
+            table,
             rx: Vec::new(),
         })
     }
 
-    /// Drains the socket; true if refract's table lost something (or
-    /// notifications were lost, `ENOBUFS`: one of them may have said so).
-    pub fn drain(&mut self, stats: &mut EnforceStats) -> bool {
+    /// Drains the socket: whether the table lost something (or
+    /// notifications were lost, `ENOBUFS`: one of them may have said so),
+    /// and the error that stopped the reading, if one did (the caller
+    /// counts and logs it).
+    pub fn drain(&mut self) -> (bool, Option<io::Error>) {
         let mut lost = false;
         for _ in 0..100_000 {
             match self.sock.recv(&mut self.rx) {
                 Ok(n) => {
                     for m in Messages::new(&self.rx[..n]).flatten() {
                         if let Reply::Data(m) = m {
-                            lost |= nft::deletes_table_objects(&m, TABLE, self.own_port);
+                            lost |= nft::deletes_table_objects(&m, self.table, self.own_port);
                         }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => lost = true,
-                Err(e) => {
-                    stats.errors += 1;
-                    log(format_args!("nftables: ruleset watch: {e}"));
-                    break;
-                }
+                Err(e) => return (lost, Some(e)),
             }
         }
-        lost
+        (lost, None)
     }
 }
 
@@ -343,7 +349,12 @@ impl NftEnforcer {
 
     fn drain_watch(&mut self) {
         if let Some(w) = &mut self.watch {
-            if w.drain(&mut self.stats) {
+            let (lost, err) = w.drain();
+            if let Some(e) = err {
+                self.stats.errors += 1;
+                log(format_args!("nftables: ruleset watch: {e}"));
+            }
+            if lost {
                 self.ops.repair(self.now, &self.cfg, &mut self.stats);
             }
         }
