@@ -554,14 +554,7 @@ pub fn read_users(sock: &mut NlSocket) -> io::Result<Vec<(u32, String)>> {
 
 /// Whether the table exists.
 pub fn exists(sock: &mut NlSocket) -> io::Result<bool> {
-    let mut buf = NlBuf::new();
-    let seq = sock.next_seq();
-    nft::get_table(&mut buf, seq, TABLE);
-    match sock.request(&buf, TIMEOUT) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(err("get table", e)),
-    }
+    crate::enforce::nftables::startup::has_table(sock, TABLE).map_err(|e| err("get table", e))
 }
 
 /// Makes the table fresh with `ports` and `users` (see [`table_batch`]):

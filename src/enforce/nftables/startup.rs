@@ -177,14 +177,19 @@ impl NftEnforcer {
 
 /// Whether table `inet refract` exists.
 pub fn table_exists() -> io::Result<bool> {
-    let mut sock = open()?;
+    has_table(&mut open()?, TABLE).map_err(|e| nft_err("get table", e))
+}
+
+/// Whether table `inet NAME` exists (`ENOENT` is "no"; any other error is
+/// the kernel's, as it came). The ban table's and the shaper's check.
+pub fn has_table(sock: &mut NlSocket, table: &str) -> io::Result<bool> {
     let mut buf = NlBuf::new();
     let seq = sock.next_seq();
-    nft::get_table(&mut buf, seq, TABLE);
+    nft::get_table(&mut buf, seq, table);
     match sock.request(&buf, STARTUP_TIMEOUT) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(nft_err("get table", e)),
+        Err(e) => Err(e),
     }
 }
 
