@@ -784,7 +784,7 @@ impl Core {
                 x.added,
                 x.changed,
                 x.released,
-                x.full,
+                sh.marks.full,
                 x.clashes,
                 x.errors,
                 x.repairs,

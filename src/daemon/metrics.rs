@@ -315,7 +315,7 @@ impl Daemon {
                 "Shaping requests the kernel refused or did not answer, and lines of capped users with every mark taken.",
                 &[
                     (&[("kind", "kernel")], x.errors),
-                    (&[("kind", "marks_full")], x.full),
+                    (&[("kind", "marks_full")], sh.marks.full),
                 ],
             );
             e.counter(

@@ -76,8 +76,6 @@ pub struct ShapeStats {
     pub added: u64,
     pub changed: u64,
     pub released: u64,
-    /// Lines of capped users with every mark taken.
-    pub full: u64,
     /// A peer still mapped to another user's mark (`EEXIST`), given the
     /// new one.
     pub clashes: u64,
@@ -673,10 +671,9 @@ impl Shaper {
 
     /// An accepted line of `email` from `peer`.
     pub fn line(&mut self, now: Micros, email: &[u8], peer: Option<SocketAddr>) {
-        let caps = self.cfg.caps_of(email);
-        let full = self.marks.full;
-        self.marks.line(now, email, peer, caps, &mut self.ops);
-        self.stats.full += self.marks.full - full;
+        let cfg = &self.cfg;
+        self.marks
+            .line(now, email, peer, || cfg.caps_of(email), &mut self.ops);
     }
 
     /// The limits file was re-read: new caps apply at once.

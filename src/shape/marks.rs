@@ -177,14 +177,16 @@ impl Marks {
     }
 
     /// An accepted line of `email` from `peer` (`None`: no client port, so
-    /// no connection to mark), whose caps are `caps`. Returns the user's
-    /// minor, if capped and one could be had.
+    /// no connection to mark); `caps` gives the user's caps, asked only
+    /// for a user without a mark yet (the common line, a user's further
+    /// one, costs one lookup here). Returns the user's minor, if capped
+    /// and one could be had.
     pub fn line(
         &mut self,
         now: Micros,
         email: &[u8],
         peer: Option<SocketAddr>,
-        caps: Caps,
+        caps: impl FnOnce() -> Caps,
         ops: &mut Vec<Op>,
     ) -> Option<u16> {
         let minor = match self.users.get_mut(email) {
@@ -192,8 +194,11 @@ impl Marks {
                 u.last_line = now;
                 u.minor
             }
-            None if !caps.is_capped() => return None,
             None => {
+                let caps = caps();
+                if !caps.is_capped() {
+                    return None;
+                }
                 let Some(minor) = self.allocate() else {
                     self.full += 1;
                     return None;
@@ -357,12 +362,12 @@ mod tests {
         let c = caps(1000, 0);
         // Uncapped users get nothing.
         assert_eq!(
-            m.line(0, b"bob", peer("192.0.2.1:1000"), Caps::default(), &mut ops),
+            m.line(0, b"bob", peer("192.0.2.1:1000"), Caps::default, &mut ops),
             None
         );
         assert!(ops.is_empty());
         let a = m
-            .line(0, b"alice", peer("192.0.2.2:1000"), c, &mut ops)
+            .line(0, b"alice", peer("192.0.2.2:1000"), || c, &mut ops)
             .unwrap();
         assert_eq!(a, 1);
         assert_eq!(
@@ -382,7 +387,7 @@ mod tests {
         ops.clear();
         // A mux line of the same connection: nothing new.
         assert_eq!(
-            m.line(SECOND, b"alice", peer("192.0.2.2:1000"), c, &mut ops),
+            m.line(SECOND, b"alice", peer("192.0.2.2:1000"), || c, &mut ops),
             Some(1)
         );
         assert!(ops.is_empty());
@@ -391,14 +396,14 @@ mod tests {
             PEER_REFRESH + SECOND,
             b"alice",
             peer("192.0.2.2:1000"),
-            c,
+            || c,
             &mut ops,
         );
         assert_eq!(ops.len(), 1);
         ops.clear();
         // A second user gets the next minor; a line without a port marks nothing.
         assert_eq!(
-            m.line(0, b"carol", peer("[2001:db8::1]:0"), c, &mut ops),
+            m.line(0, b"carol", peer("[2001:db8::1]:0"), || c, &mut ops),
             Some(2)
         );
         assert!(matches!(ops[..], [Op::AddUser { minor: 2, .. }]));
@@ -411,11 +416,11 @@ mod tests {
         let mut m = Marks::new();
         let mut ops = Vec::new();
         let c = caps(1000, 1000);
-        m.line(0, b"alice", peer("192.0.2.2:1000"), c, &mut ops);
-        m.line(0, b"bob", peer("192.0.2.3:1000"), c, &mut ops);
+        m.line(0, b"alice", peer("192.0.2.2:1000"), || c, &mut ops);
+        m.line(0, b"bob", peer("192.0.2.3:1000"), || c, &mut ops);
         ops.clear();
         assert!(m.idle(RELEASE_IDLE - 1, 10).is_empty());
-        m.line(RELEASE_IDLE / 2, b"bob", None, c, &mut ops);
+        m.line(RELEASE_IDLE / 2, b"bob", None, || c, &mut ops);
         assert_eq!(m.idle(RELEASE_IDLE, 10), vec![1]);
         // In flight: not listed twice.
         assert!(m.idle(RELEASE_IDLE + 1, 10).is_empty());
@@ -439,7 +444,7 @@ mod tests {
         // alice comes back: a new minor, not the one just released.
         ops.clear();
         assert_eq!(
-            m.line(3 * RELEASE_IDLE, b"alice", None, c, &mut ops),
+            m.line(3 * RELEASE_IDLE, b"alice", None, || c, &mut ops),
             Some(3)
         );
     }
@@ -448,8 +453,8 @@ mod tests {
     fn reload_changes_in_place_and_releases_the_uncapped() {
         let mut m = Marks::new();
         let mut ops = Vec::new();
-        m.line(0, b"alice", None, caps(1000, 0), &mut ops);
-        m.line(0, b"bob", None, caps(1000, 0), &mut ops);
+        m.line(0, b"alice", None, || caps(1000, 0), &mut ops);
+        m.line(0, b"bob", None, || caps(1000, 0), &mut ops);
         ops.clear();
         m.reload(
             |e| {
@@ -498,7 +503,7 @@ mod tests {
         assert_eq!(m.len(), 1);
         let mut ops = Vec::new();
         // The next new user gets a minor after the restored ones.
-        assert_eq!(m.line(0, b"bob", None, c, &mut ops), Some(8));
+        assert_eq!(m.line(0, b"bob", None, || c, &mut ops), Some(8));
     }
 
     #[test]
@@ -508,13 +513,13 @@ mod tests {
         let c = caps(1000, 0);
         for i in 0..u32::from(MAX_MINOR) {
             assert!(m
-                .line(0, format!("u{i}").as_bytes(), None, c, &mut ops)
+                .line(0, format!("u{i}").as_bytes(), None, || c, &mut ops)
                 .is_some());
         }
-        assert_eq!(m.line(0, b"one-too-many", None, c, &mut ops), None);
+        assert_eq!(m.line(0, b"one-too-many", None, || c, &mut ops), None);
         assert_eq!(m.full, 1);
         m.release(7, &mut ops);
-        assert_eq!(m.line(0, b"one-too-many", None, c, &mut ops), Some(7));
+        assert_eq!(m.line(0, b"one-too-many", None, || c, &mut ops), Some(7));
     }
 
     #[test]
@@ -524,7 +529,7 @@ mod tests {
         let c = caps(1000, 0);
         for i in 0..(MAX_PEERS + 10) {
             let p = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1000));
-            m.line(0, b"alice", Some(p), c, &mut ops);
+            m.line(0, b"alice", Some(p), || c, &mut ops);
         }
         assert_eq!(m.peers.len(), MAX_PEERS);
         assert_eq!(m.peer_order.len(), MAX_PEERS);
