@@ -13,7 +13,7 @@ use std::time::Duration;
 use refract::control::json::{parse, Value};
 
 use crate::support::daemon::*;
-use crate::support::netns::{veth, Netns, FIREWALL};
+use crate::support::netns::{wired, Netns, FIREWALL};
 use crate::support::{wait_until, TempDir, PROMPT};
 
 const S4: &str = "refract_banned_users";
@@ -56,20 +56,13 @@ fn ban_reasons(status: &Value) -> Vec<(String, String)> {
 
 #[test]
 fn ban_unban_status_and_restart_in_the_kernel() {
-    let Some(node) = Netns::with_tools("ctlnode", FIREWALL) else {
+    let Some((node, client)) = wired(
+        ("ctlnode", "c0", &["192.0.2.1/24"]),
+        FIREWALL,
+        ("ctlcli", "n0", &["192.0.2.2/24", "192.0.2.3/24"]),
+    ) else {
         return;
     };
-    let Some(client) = Netns::new("ctlcli") else {
-        return;
-    };
-    veth(
-        &node,
-        "c0",
-        &["192.0.2.1/24"],
-        &client,
-        "n0",
-        &["192.0.2.2/24", "192.0.2.3/24"],
-    );
     let dir = TempDir::new("kctl");
     let flags = ["--dport=443", "--window=2s", "--timeout=1m"];
     let mut d = Daemon::start_in(&node, &dir, &flags);

@@ -20,7 +20,7 @@ use refract::nl::consts::{NETLINK_NETFILTER, NETLINK_SOCK_DIAG};
 use refract::nl::diag;
 use refract::nl::socket::NlSocket;
 
-use crate::support::netns::{veth, Netns};
+use crate::support::netns::{veth, wired, Netns};
 use crate::support::nl::{find_flows, find_sockets, kill_tcp, kill_udp};
 use crate::support::rules;
 use crate::support::{poll_until, wait_until, PROMPT};
@@ -412,20 +412,13 @@ fn udp_conntrack_entries_of_the_key_are_deleted() {
 /// listener check.
 #[test]
 fn a_ban_of_a_gone_connection_leaves_the_listener_alone() {
-    let Some(node) = Netns::with_tools("lstnode", crate::support::netns::FIREWALL) else {
+    let Some((node, client)) = wired(
+        ("lstnode", "c0", &["192.0.2.1/24"]),
+        crate::support::netns::FIREWALL,
+        ("lstcli", "n0", &["192.0.2.3/24"]),
+    ) else {
         return;
     };
-    let Some(client) = Netns::new("lstcli") else {
-        return;
-    };
-    veth(
-        &node,
-        "c0",
-        &["192.0.2.1/24"],
-        &client,
-        "n0",
-        &["192.0.2.3/24"],
-    );
     let dir = crate::support::TempDir::new("lst");
     let d = crate::support::daemon::Daemon::start_in(&node, &dir, &["--dport=443", "--window=1h"]);
     let listener = node.in_netns(|| TcpListener::bind("0.0.0.0:443").unwrap());

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use crate::support::daemon::*;
-use crate::support::netns::{veth, Netns, FIREWALL};
+use crate::support::netns::{wired, FIREWALL};
 use crate::support::{wait_until, TempDir, PROMPT};
 
 fn samples(text: &str) -> HashMap<String, f64> {
@@ -28,20 +28,13 @@ fn samples(text: &str) -> HashMap<String, f64> {
 
 #[test]
 fn a_scrape_in_the_namespace_counts_the_ban_the_kill_and_the_unban() {
-    let Some(node) = Netns::with_tools("metnode", FIREWALL) else {
+    let Some((node, client)) = wired(
+        ("metnode", "c0", &["192.0.2.1/24"]),
+        FIREWALL,
+        ("metcli", "n0", &["192.0.2.2/24"]),
+    ) else {
         return;
     };
-    let Some(client) = Netns::new("metcli") else {
-        return;
-    };
-    veth(
-        &node,
-        "c0",
-        &["192.0.2.1/24"],
-        &client,
-        "n0",
-        &["192.0.2.2/24"],
-    );
     node.ok(&["ip", "link", "set", "lo", "up"]);
     let dir = TempDir::new("kmetrics");
     let d = Daemon::start_in(&node, &dir, &["--dport=443", "--metrics=127.0.0.1:9433"]);

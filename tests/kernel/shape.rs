@@ -9,7 +9,7 @@ use refract::nl::conntrack::{self, MarkDump};
 use refract::nl::consts::NETLINK_NETFILTER;
 use refract::nl::socket::NlSocket;
 
-use crate::support::netns::{veth, Netns};
+use crate::support::netns::{wired, Netns};
 use crate::support::transfer::{self, Dir};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,20 +35,13 @@ fn flows_with_mark(ns: &Netns, mark: u32) -> usize {
 
 #[test]
 fn mark_dump_finds_exactly_the_flows_with_the_mark_in_both_families() {
-    let Some(server) = Netns::with_tools("shmd", &["conntrack", "nft"]) else {
+    let Some((server, client)) = wired(
+        ("shmd", "md0", &["10.78.0.1/24", "fd78::1/64"]),
+        &["conntrack", "nft"],
+        ("shmdc", "md1", &["10.78.0.2/24", "fd78::2/64"]),
+    ) else {
         return;
     };
-    let Some(client) = Netns::new("shmdc") else {
-        return;
-    };
-    veth(
-        &server,
-        "md0",
-        &["10.78.0.1/24", "fd78::1/64"],
-        &client,
-        "md1",
-        &["10.78.0.2/24", "fd78::2/64"],
-    );
     // Conntrack runs in a namespace once a rule needs it.
     server.ok(&["nft", "add table inet t"]);
     server.ok(&[
@@ -103,16 +96,11 @@ struct Node {
 /// A node (`shn*`: the daemon, the server) and a client namespace on a
 /// veth pair; the node's end `sv0` is the shaped device.
 fn node(tag: &str) -> Option<Node> {
-    let node = Netns::with_tools(&format!("shn{tag}"), &["tc", "nft", "conntrack", "ipset"])?;
-    let client = Netns::new(&format!("shc{tag}"))?;
-    veth(
-        &node,
-        "sv0",
-        &["10.79.0.1/24", "fd79::1/64"],
-        &client,
-        "sv1",
-        &["10.79.0.2/24", "fd79::2/64"],
-    );
+    let (node, client) = wired(
+        (&format!("shn{tag}"), "sv0", &["10.79.0.1/24", "fd79::1/64"]),
+        &["tc", "nft", "conntrack", "ipset"],
+        (&format!("shc{tag}"), "sv1", &["10.79.0.2/24", "fd79::2/64"]),
+    )?;
     Some(Node { node, client })
 }
 

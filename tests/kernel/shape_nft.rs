@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use refract::nl::socket::NlSocket;
 use refract::shape::nft::{self as shape, User, UserChange};
 
-use crate::support::netns::{veth, Netns};
+use crate::support::netns::{wired, Netns};
 use crate::support::transfer::{self, Dir, Flow};
 use crate::support::{wait_until, PROMPT};
 
@@ -23,17 +23,11 @@ const MBIT5: u64 = 625_000;
 const MBIT10: u64 = 1_250_000;
 
 fn pair(tag: &str) -> Option<(Netns, Netns)> {
-    let srv = Netns::with_tools(&format!("{tag}s"), &["nft", "conntrack"])?;
-    let cli = Netns::new(&format!("{tag}c"))?;
-    veth(
-        &srv,
-        "sv0",
-        &["10.88.0.1/24", "fd88::1/64"],
-        &cli,
-        "cl0",
-        &["10.88.0.2/24", "fd88::2/64"],
-    );
-    Some((srv, cli))
+    wired(
+        (&format!("{tag}s"), "sv0", &["10.88.0.1/24", "fd88::1/64"]),
+        &["nft", "conntrack"],
+        (&format!("{tag}c"), "cl0", &["10.88.0.2/24", "fd88::2/64"]),
+    )
 }
 
 fn sock() -> NlSocket {

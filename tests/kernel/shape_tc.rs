@@ -22,7 +22,7 @@ use refract::nl::rtnl;
 use refract::shape::tc::{self, Dev, ShapeError};
 
 use crate::support::heavy;
-use crate::support::netns::{veth, Netns};
+use crate::support::netns::{wired, Netns};
 use crate::support::transfer::{self, Dir, Flow};
 
 const MBIT: f64 = 1_000_000.0;
@@ -39,16 +39,11 @@ struct Pair {
 }
 
 fn pair(tag: &str) -> Option<Pair> {
-    let server = Netns::with_tools(&format!("{tag}s"), &["tc", "nft"])?;
-    let client = Netns::new(&format!("{tag}c"))?;
-    veth(
-        &server,
-        "s0",
-        &["10.9.0.1/24", "fd00:9::1/64"],
-        &client,
-        "c0",
-        &["10.9.0.2/24", "fd00:9::2/64"],
-    );
+    let (server, client) = wired(
+        (&format!("{tag}s"), "s0", &["10.9.0.1/24", "fd00:9::1/64"]),
+        &["tc", "nft"],
+        (&format!("{tag}c"), "c0", &["10.9.0.2/24", "fd00:9::2/64"]),
+    )?;
     // A veth hands TCP 64 KB super-packets (GSO), each 1/4 s of a 2 Mbit/s
     // cap: the receiver would count in steps of 7% of a 4 s window. 16 KB
     // ones keep the measurement smooth; the kernel's rate is the same.

@@ -206,6 +206,20 @@ pub fn veth(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
     }
 }
 
+/// One end of a [`wired`] pair: the namespace's tag, its end of the veth
+/// and that end's addresses (CIDR).
+pub type End<'a> = (&'a str, &'a str, &'a [&'a str]);
+
+/// The usual topology of the kernel tests: a node namespace that needs
+/// `tools` and a client namespace, wired by a veth pair ([`veth`]). `None`
+/// (with the reason printed) where the node cannot be made.
+pub fn wired(node: End<'_>, tools: &[&str], client: End<'_>) -> Option<(Netns, Netns)> {
+    let n = Netns::with_tools(node.0, tools)?;
+    let c = Netns::new(client.0)?;
+    veth(&n, node.1, node.2, &c, client.1, client.2);
+    Some((n, c))
+}
+
 /// Adds a default-free route in `ns` to `dst` (CIDR) via `dev`, for
 /// topologies with more than two namespaces.
 pub fn route(ns: &Netns, dst: &str, dev: &str) {
