@@ -22,6 +22,34 @@ pub struct Redis {
 impl Redis {
     /// `None` (skipped, with the reason) without the binary.
     pub fn start(dir: &TempDir) -> Option<Redis> {
+        Redis::launch(dir, "redis.sock", &["--port".into(), "0".into()])
+    }
+
+    /// On 127.0.0.1:`port` with the ACL of the README: the default user
+    /// off, user `refract` (password `s3cret`) allowed the fleet's keys and
+    /// the commands the admission script runs, nothing else.
+    pub fn start_with_acl(dir: &TempDir, port: u16) -> Option<Redis> {
+        let acl = dir.path("users.acl");
+        std::fs::write(
+            &acl,
+            format!("user default off\nuser refract on >s3cret {ACL}\n"),
+        )
+        .unwrap();
+        let args: Vec<std::ffi::OsString> = vec![
+            "--port".into(),
+            port.to_string().into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--aclfile".into(),
+            acl.into(),
+        ];
+        Redis::launch(dir, "redis-acl.sock", &args)
+    }
+
+    /// Starts the server with `args` besides a unix socket `dir/sock`, no
+    /// persistence, `dir` as its working directory; waits (bounded) for
+    /// the socket.
+    fn launch(dir: &TempDir, sock: &str, args: &[std::ffi::OsString]) -> Option<Redis> {
         let bin = which("redis-server").or_else(|| which("redis-check-rdb"));
         let Some(bin) = bin else {
             skip("no redis-server (scripts/deps.sh test installs redis-tools)");
@@ -31,54 +59,12 @@ impl Redis {
         let link = dir.path("redis-server");
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&bin, &link).unwrap();
-        let sock = dir.path("redis.sock");
+        let sock = dir.path(sock);
         let child = Command::new(&link)
-            .args(["--port", "0", "--unixsocket"])
+            .args(args)
+            .arg("--unixsocket")
             .arg(&sock)
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.root())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(start.elapsed() < PROMPT, "redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Redis { child, sock })
-    }
-
-    /// On 127.0.0.1:`port` with the ACL of the README: the default user
-    /// off, user `refract` (password `s3cret`) allowed the fleet's keys and
-    /// the commands the admission script runs, nothing else.
-    pub fn start_with_acl(dir: &TempDir, port: u16) -> Option<Redis> {
-        let bin = which("redis-server").or_else(|| which("redis-check-rdb"));
-        let Some(bin) = bin else {
-            skip("no redis-server (scripts/deps.sh test installs redis-tools)");
-            return None;
-        };
-        let link = dir.path("redis-server");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&bin, &link).unwrap();
-        let acl = dir.path("users.acl");
-        std::fs::write(
-            &acl,
-            format!("user default off\nuser refract on >s3cret {ACL}\n"),
-        )
-        .unwrap();
-        let sock = dir.path("redis-acl.sock");
-        let child = Command::new(&link)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--unixsocket",
-            ])
-            .arg(&sock)
-            .args(["--save", "", "--appendonly", "no", "--aclfile"])
-            .arg(&acl)
-            .args(["--dir"])
             .arg(dir.root())
             .stdout(Stdio::null())
             .spawn()
