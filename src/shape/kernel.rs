@@ -180,7 +180,11 @@ struct Rt<'a> {
 
 impl Rt<'_> {
     fn queue(&mut self, pipe: &mut Pipeline<RtOp>, op: RtOp) {
-        if pipe.push(op, Kind::Ack).is_err() {
+        if let Err(op) = pipe.push(op, Kind::Ack) {
+            // A rebuild that never went out is not running.
+            if op == RtOp::Root {
+                self.st.root_rebuilding = false;
+            }
             let n = pipe.limits().max_queued;
             self.st.failed(
                 self.stats,
@@ -326,8 +330,11 @@ impl Nf<'_> {
             Kind::Ack
         };
         if let Err(op) = pipe.push(op, kind) {
-            if let NfOp::Check { minor, .. } = op {
-                self.marks.still_used(self.st.now, minor);
+            match op {
+                NfOp::Check { minor, .. } => self.marks.still_used(self.st.now, minor),
+                // A rebuild that never went out is not running.
+                NfOp::Table => self.st.rebuilding = false,
+                _ => {}
             }
             let n = pipe.limits().max_queued;
             self.st.failed(
